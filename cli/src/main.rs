@@ -1,0 +1,31 @@
+//! `edkd`: the one command users type.
+
+mod info;
+
+use clap::{Parser, Subcommand};
+
+/// Distil decoder-only language models into small, fast encoder-decoder students.
+#[derive(Parser)]
+#[command(name = "edkd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the runtime (torch version, CUDA) and, optionally, a model's shape.
+    Info(info::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Info(args) => info::run(args),
+    }
+}

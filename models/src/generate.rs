@@ -1,0 +1,164 @@
+//! Batched generation for decoder-only models: left padding, one prefill, then cached
+//! single-token steps.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::nn::AttnMask;
+use crate::nn::attention::causal_padding_mask;
+use crate::sampling::{Rng, Sampling, select};
+use crate::teacher::{CausalLm, positions_from_valid};
+
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Generation of a row stops after it emits any of these.
+    pub eos_token_ids: Vec<i64>,
+    /// Fills the left padding of shorter prompts and the tail of finished rows.
+    pub pad_token_id: i64,
+    pub seed: u64,
+}
+
+impl GenerationConfig {
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            sampling: Sampling::Greedy,
+            eos_token_ids: Vec::new(),
+            pad_token_id: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// Checks prompt ids against the vocabulary; names the offending row and token.
+pub fn check_ids(prompts: &[Vec<i64>], vocab: i64) -> Result<()> {
+    for (row, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::Input(format!("prompt {row} is empty")));
+        }
+        if let Some(&bad) = p.iter().find(|&&t| t < 0 || t >= vocab) {
+            return Err(Error::Input(format!(
+                "prompt {row}: token id {bad} is outside the vocabulary [0, {vocab})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Left-pads prompts into `[b, L]` ids and a bool validity mask.
+pub fn left_pad(prompts: &[Vec<i64>], pad: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let b = prompts.len();
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = vec![pad; b * len];
+    let mut valid = vec![false; b * len];
+    for (r, p) in prompts.iter().enumerate() {
+        let off = r * len + (len - p.len());
+        ids[off..off + p.len()].copy_from_slice(p);
+        valid[off..off + p.len()].iter_mut().for_each(|v| *v = true);
+    }
+    let shape = [b as i64, len as i64];
+    (
+        Tensor::from_slice(&ids).reshape(shape).to_device(device),
+        Tensor::from_slice(&valid).reshape(shape).to_device(device),
+    )
+}
+
+/// Tracks which rows are done and collects their new tokens.
+pub(crate) struct Outputs {
+    pub tokens: Vec<Vec<i64>>,
+    pub done: Vec<bool>,
+    eos: Vec<i64>,
+    pad: i64,
+}
+
+impl Outputs {
+    pub fn new(b: usize, eos: &[i64], pad: i64) -> Self {
+        Self {
+            tokens: vec![Vec::new(); b],
+            done: vec![false; b],
+            eos: eos.to_vec(),
+            pad,
+        }
+    }
+
+    /// Records one step; returns the ids to feed next (pad for finished rows).
+    pub fn push(&mut self, picked: &[i64]) -> Vec<i64> {
+        picked
+            .iter()
+            .enumerate()
+            .map(|(r, &t)| {
+                if self.done[r] {
+                    return self.pad;
+                }
+                self.tokens[r].push(t);
+                if self.eos.contains(&t) {
+                    self.done[r] = true;
+                }
+                t
+            })
+            .collect()
+    }
+
+    pub fn all_done(&self) -> bool {
+        self.done.iter().all(|&d| d)
+    }
+}
+
+/// Generates up to `cfg.max_new_tokens` for each prompt; returns only the new tokens of
+/// each row (ending with EOS when it was produced).
+pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+    check_ids(prompts, model.config.vocab_size)?;
+    if cfg.max_new_tokens == 0 || prompts.is_empty() {
+        return Ok(vec![Vec::new(); prompts.len()]);
+    }
+    let device = model.device();
+    let (ids, valid) = left_pad(prompts, cfg.pad_token_id, device);
+    let (b, prompt_len) = ids.size2()?;
+    let padded = valid.all().int64_value(&[]) == 0;
+    let capacity = prompt_len + cfg.max_new_tokens as i64;
+    if capacity > model.config.max_positions {
+        tracing::warn!(
+            capacity,
+            max_positions = model.config.max_positions,
+            "prompt + new tokens exceed the model's trained context"
+        );
+    }
+    let key_valid = Tensor::ones([b, capacity], (Kind::Bool, device));
+    key_valid.narrow(1, 0, prompt_len).copy_(&valid);
+    let mut rng = Rng::new(cfg.seed);
+    let mut out = Outputs::new(b as usize, &cfg.eos_token_ids, cfg.pad_token_id);
+
+    tch::no_grad(|| -> Result<()> {
+        let mut cache = model.new_cache(b, capacity);
+        let positions = positions_from_valid(&valid);
+        let mask = if padded {
+            AttnMask::Explicit(causal_padding_mask(&key_valid.narrow(1, 0, prompt_len), 0, prompt_len))
+        } else {
+            AttnMask::Causal
+        };
+        let hidden = model.hidden(&ids, &positions, &mask, Some(&mut cache), false);
+        let mut logits = model.logits(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1));
+        let mut next_pos = positions.narrow(1, prompt_len - 1, 1) + 1; // [b, 1]
+        for step in 0..cfg.max_new_tokens {
+            let picked = select(&logits, &cfg.sampling, &mut rng);
+            let feed = out.push(&picked);
+            if out.all_done() || step + 1 == cfg.max_new_tokens {
+                break;
+            }
+            let past = cache.len();
+            let x = Tensor::from_slice(&feed).reshape([b, 1]).to_device(device);
+            let mask = if padded {
+                AttnMask::Explicit(causal_padding_mask(&key_valid.narrow(1, 0, past + 1), past, 1))
+            } else {
+                AttnMask::Full
+            };
+            let h = model.hidden(&x, &next_pos, &mask, Some(&mut cache), false);
+            logits = model.logits(&h.squeeze_dim(1));
+            next_pos += 1;
+        }
+        Ok(())
+    })?;
+    Ok(out.tokens)
+}

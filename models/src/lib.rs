@@ -1,0 +1,22 @@
+//! edkd-models: transformer layers on libtorch (tch), decoder-only teachers loaded from
+//! Hugging Face checkpoints, KV caches and generation.
+
+pub mod error;
+pub mod generate;
+pub mod nn;
+pub mod sampling;
+pub mod teacher;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use generate::{GenerationConfig, generate};
+pub use sampling::Sampling;
+pub use teacher::{CausalLm, LoadOptions, Teacher};
+pub use tokenizer::Tokenizer;
+
+/// Versions of the runtime, for `edkd info`.
+pub fn torch_info() -> (String, bool, i64) {
+    let version = env!("EDKD_TORCH_VERSION").to_string();
+    (version, tch::Cuda::is_available(), tch::Cuda::device_count())
+}

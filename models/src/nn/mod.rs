@@ -1,0 +1,16 @@
+//! Transformer building blocks shared by teachers, the student and its decoder-only twin.
+
+pub mod attention;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+pub use attention::{Attention, AttentionConfig, AttnMask, GqaMapping, KvCache};
+pub use mlp::{Activation, GatedMlp, PlainMlp};
+pub use norm::RmsNorm;
+pub use rope::{RopeConfig, RopeScaling, RopeTables};
+
+/// Dropout that is active only when training.
+pub fn dropout(x: &tch::Tensor, p: f64, train: bool) -> tch::Tensor {
+    if train && p > 0.0 { x.dropout(p, true) } else { x.shallow_clone() }
+}
