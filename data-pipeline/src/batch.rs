@@ -1,0 +1,135 @@
+//! Collating examples into padded, row-major arrays for the student and the teacher.
+//!
+//! Conventions (right padding everywhere):
+//! - encoder: `input_ids`, no specials added.
+//! - decoder input `[bos] + target`, labels `target + [eos]` (same length `T + 1`).
+//! - teacher sequence `input ++ target`; the teacher logit at position
+//!   `target_start - 1 + t` predicts `labels[t]` for `t in 0..=T` (the last one predicts eos).
+
+use crate::dataset::Dataset;
+use crate::tokenizer::SpecialIds;
+
+/// Label value at padded positions (what torch's cross-entropy ignores by default).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A padded batch. Every `Vec` is row-major with the shape named in its comment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// Number of examples; 0 only for a rank's filler batch in an epoch's last step.
+    pub rows: usize,
+    /// Global example index in the split, `[rows]`.
+    pub indices: Vec<u64>,
+    /// Example ids (keys of the teacher cache), `[rows]`.
+    pub ids: Vec<String>,
+    pub enc_len: usize,
+    /// `[rows, enc_len]`, pad id at padding.
+    pub encoder_ids: Vec<i64>,
+    /// `[rows, enc_len]`, true at real tokens.
+    pub encoder_mask: Vec<bool>,
+    pub dec_len: usize,
+    /// `[rows, dec_len]`: `[bos] + target`, pad id at padding.
+    pub decoder_input_ids: Vec<i64>,
+    /// `[rows, dec_len]`: `target + [eos]`, [`IGNORE_INDEX`] at padding.
+    pub labels: Vec<i64>,
+    /// `[rows, dec_len]`, true where `labels` is real.
+    pub decoder_mask: Vec<bool>,
+    /// 0 when the reader was asked not to build teacher arrays.
+    pub teacher_len: usize,
+    /// `[rows, teacher_len]`: `input ++ target`, pad id at padding.
+    pub teacher_ids: Vec<i64>,
+    /// `[rows, teacher_len]`.
+    pub teacher_mask: Vec<bool>,
+    /// `[rows]`: length of the input part (where the target starts in `teacher_ids`).
+    pub target_start: Vec<i64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Real (unpadded) input + target tokens.
+    pub fn real_tokens(&self) -> usize {
+        self.encoder_mask.iter().filter(|&&m| m).count()
+            + self.decoder_mask.iter().filter(|&&m| m).count()
+            - self.rows
+    }
+}
+
+/// Builds a [`Batch`] from examples `indices` of `ds`.
+pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: bool) -> Batch {
+    let rows = indices.len();
+    let examples: Vec<_> = indices.iter().map(|&i| ds.example(i)).collect();
+    let enc_len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let dec_len = examples
+        .iter()
+        .map(|e| e.target_ids.len() + 1)
+        .max()
+        .unwrap_or(0);
+    let pad = specials.pad as i64;
+
+    let mut encoder_ids = vec![pad; rows * enc_len];
+    let mut encoder_mask = vec![false; rows * enc_len];
+    let mut decoder_input_ids = vec![pad; rows * dec_len];
+    let mut labels = vec![IGNORE_INDEX; rows * dec_len];
+    let mut decoder_mask = vec![false; rows * dec_len];
+    for (r, e) in examples.iter().enumerate() {
+        let (n, t) = (e.input_ids.len(), e.target_ids.len());
+        let enc = &mut encoder_ids[r * enc_len..r * enc_len + n];
+        widen(enc, e.input_ids);
+        encoder_mask[r * enc_len..r * enc_len + n].fill(true);
+
+        let dec = &mut decoder_input_ids[r * dec_len..r * dec_len + t + 1];
+        dec[0] = specials.bos as i64;
+        widen(&mut dec[1..], e.target_ids);
+        let lab = &mut labels[r * dec_len..r * dec_len + t + 1];
+        widen(&mut lab[..t], e.target_ids);
+        lab[t] = specials.eos as i64;
+        decoder_mask[r * dec_len..r * dec_len + t + 1].fill(true);
+    }
+
+    let (mut teacher_len, mut teacher_ids, mut teacher_mask) = (0, Vec::new(), Vec::new());
+    let mut target_start = Vec::with_capacity(rows);
+    for e in &examples {
+        target_start.push(e.input_ids.len() as i64);
+    }
+    if teacher {
+        teacher_len = examples
+            .iter()
+            .map(|e| e.input_ids.len() + e.target_ids.len())
+            .max()
+            .unwrap_or(0);
+        teacher_ids = vec![pad; rows * teacher_len];
+        teacher_mask = vec![false; rows * teacher_len];
+        for (r, e) in examples.iter().enumerate() {
+            let (n, t) = (e.input_ids.len(), e.target_ids.len());
+            let row = &mut teacher_ids[r * teacher_len..(r + 1) * teacher_len];
+            widen(&mut row[..n], e.input_ids);
+            widen(&mut row[n..n + t], e.target_ids);
+            teacher_mask[r * teacher_len..r * teacher_len + n + t].fill(true);
+        }
+    }
+    Batch {
+        rows,
+        indices: indices.to_vec(),
+        ids: examples.iter().map(|e| e.id.to_owned()).collect(),
+        enc_len,
+        encoder_ids,
+        encoder_mask,
+        dec_len,
+        decoder_input_ids,
+        labels,
+        decoder_mask,
+        teacher_len,
+        teacher_ids,
+        teacher_mask,
+        target_start,
+    }
+}
+
+#[inline]
+fn widen(dst: &mut [i64], src: &[u32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s as i64;
+    }
+}

@@ -1,0 +1,122 @@
+//! The crate's one error type: each variant carries the facts a user needs to fix the input.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in edkd-data.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: malformed JSON: {message}")]
+    MalformedJson {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}:{line}: missing field `{field}`")]
+    MissingField {
+        path: PathBuf,
+        line: usize,
+        field: String,
+    },
+    #[error("{path}:{line}: field `{field}` is not a string or number")]
+    FieldType {
+        path: PathBuf,
+        line: usize,
+        field: String,
+    },
+    #[error("{path}:{line}: empty {what} (after templating and tokenization)")]
+    EmptyText {
+        path: PathBuf,
+        line: usize,
+        what: &'static str,
+    },
+    #[error("{path}:{line}: {what} has {tokens} tokens, over the limit of {limit} (truncation policy `error`)")]
+    TooLong {
+        path: PathBuf,
+        line: usize,
+        what: &'static str,
+        tokens: usize,
+        limit: usize,
+    },
+    #[error("{path}: unreadable Parquet file: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{path}:{line}: unreadable CSV: {message}")]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: unsupported input extension (expected .jsonl, .json, .parquet or .csv)")]
+    UnknownFormat { path: PathBuf },
+    #[error("input pattern `{pattern}` matched no files")]
+    NoInput { pattern: String },
+    #[error("duplicate example id `{id}` ({path}:{line})")]
+    DuplicateId {
+        id: String,
+        path: PathBuf,
+        line: usize,
+    },
+    #[error("no examples left for split `{split}` (all inputs empty or dropped)")]
+    EmptySplit { split: String },
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+    #[error("tokenizer has no special token `{token}` (needed as {role})")]
+    MissingSpecial { token: String, role: &'static str },
+    #[error("{path}: Arrow error: {message}")]
+    Arrow { path: PathBuf, message: String },
+    #[error("{path}: bad schema: {message}")]
+    Schema { path: PathBuf, message: String },
+    #[error("{path}: bad manifest: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("shard {shard} is corrupt or changed: sha256 {actual} but the manifest says {expected}")]
+    ShardChecksum {
+        shard: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("shard {shard} has {actual} rows but the manifest says {expected}")]
+    ShardRows {
+        shard: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{what} was made with tokenizer sha256 {found}, but this run expects {expected}")]
+    TokenizerMismatch {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error("split `{split}` not in manifest (have: {available})")]
+    UnknownSplit { split: String, available: String },
+    #[error("cursor does not fit this reader: {message}")]
+    Cursor { message: String },
+    #[error("bad configuration: {message}")]
+    Config { message: String },
+    #[error("teacher cache {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    /// Wraps an Arrow error with the path it concerns.
+    pub fn arrow(path: impl Into<PathBuf>) -> impl FnOnce(arrow_schema::ArrowError) -> Error {
+        let path = path.into();
+        move |e| Error::Arrow {
+            path,
+            message: e.to_string(),
+        }
+    }
+}

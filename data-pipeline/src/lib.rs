@@ -1,0 +1,23 @@
+//! edkd-data: datasets to tokenized Arrow shards, a sharded resumable reader, synthetic
+//! asymmetric tasks and the teacher-logit cache.
+//!
+//! - [`prepare`]: JSONL/Parquet/CSV -> Arrow IPC shards + [`manifest::Manifest`].
+//! - [`reader`]: deterministic, rank-disjoint, token-budget batches with a global cursor.
+//! - [`synth`]: synthetic long-input/short-output tasks.
+//! - [`tokenizer`]: loading `tokenizer.json` and training byte-level BPE.
+//! - [`cache`]: teacher top-k log-prob shards keyed by example id.
+//! - [`inspect`]: human-readable summaries of a dataset folder.
+
+pub mod batch;
+pub mod dataset;
+pub mod error;
+pub mod fsutil;
+pub mod ingest;
+pub mod manifest;
+pub mod prepare;
+pub mod reader;
+pub mod rng;
+pub mod shard;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,449 @@
+//! `edkd data prepare`: input files -> tokenized Arrow shards + `manifest.json`.
+//!
+//! Output is deterministic: records keep file order (parallel tokenization preserves it),
+//! the validation split is chosen by a hash of the example id, and no file holds a timestamp.
+//! Everything is written into a hidden folder next to `--out` and renamed into place at the
+//! end, so a failure leaves nothing partial behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::fsutil::TempDir;
+use crate::ingest::{self, FieldMap, RawRecord};
+use crate::manifest::{
+    LengthStats, MANIFEST_FORMAT, Manifest, PrepareSettings, ShardInfo, SplitInfo, TRAIN,
+    TokenizerInfo, VALIDATION,
+};
+use crate::shard::{self, Example};
+use crate::tokenizer::Tokenizer;
+
+/// Records tokenized together in one parallel step.
+const TOKENIZE_CHUNK: usize = 8192;
+/// Resolution of the hash-based validation split.
+const SPLIT_HASH_BUCKETS: u64 = 1 << 32;
+
+/// What to do with a text longer than its token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// Keep the first tokens (cut the end).
+    KeepStart,
+    /// Keep the last tokens (cut the beginning).
+    KeepEnd,
+    /// Skip the example (counted in the manifest as `dropped`).
+    Drop,
+    /// Stop with an error naming the file and line.
+    Error,
+}
+
+impl FromStr for Truncation {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "keep-start" => Ok(Self::KeepStart),
+            "keep-end" => Ok(Self::KeepEnd),
+            "drop" => Ok(Self::Drop),
+            "error" => Ok(Self::Error),
+            _ => Err(format!(
+                "unknown truncation `{s}` (keep-start, keep-end, drop, error)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KeepStart => "keep-start",
+            Self::KeepEnd => "keep-end",
+            Self::Drop => "drop",
+            Self::Error => "error",
+        })
+    }
+}
+
+/// Everything `prepare` needs.
+#[derive(Debug, Clone)]
+pub struct PrepareConfig {
+    /// Files or glob patterns (.jsonl, .parquet, .csv).
+    pub inputs: Vec<String>,
+    /// Optional separate validation files; otherwise `val_fraction` splits the inputs.
+    pub validation_inputs: Vec<String>,
+    pub fields: FieldMap,
+    pub tokenizer: PathBuf,
+    pub max_input_tokens: Option<usize>,
+    pub max_target_tokens: Option<usize>,
+    pub input_truncation: Truncation,
+    pub target_truncation: Truncation,
+    pub val_fraction: Option<f64>,
+    pub shard_rows: usize,
+    pub keep_text: bool,
+    pub out: PathBuf,
+    pub overwrite: bool,
+    /// Recorded verbatim in the manifest.
+    pub command: Vec<String>,
+    pub progress: bool,
+}
+
+/// What `prepare` did, for the closing summary.
+#[derive(Debug)]
+pub struct PrepareSummary {
+    pub manifest: Manifest,
+    pub elapsed: Duration,
+    /// Tokens produced (inputs + targets, after truncation).
+    pub tokens: u64,
+}
+
+/// Runs the whole preparation; see the module docs.
+pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
+    let start = Instant::now();
+    if cfg.shard_rows == 0 {
+        return Err(Error::Config {
+            message: "--shard-rows must be positive".into(),
+        });
+    }
+    if let Some(f) = cfg.val_fraction
+        && !(0.0..1.0).contains(&f)
+    {
+        return Err(Error::Config {
+            message: format!("--val-fraction {f} must be in [0, 1)"),
+        });
+    }
+    if cfg.val_fraction.is_some() && !cfg.validation_inputs.is_empty() {
+        return Err(Error::Config {
+            message: "give either --val-fraction or --validation-input, not both".into(),
+        });
+    }
+    let tokenizer = Tokenizer::load(&cfg.tokenizer)?;
+    let train_files = ingest::expand_inputs(&cfg.inputs)?;
+    let val_files = ingest::expand_inputs(&cfg.validation_inputs)?;
+    let with_validation = cfg.val_fraction.is_some() || !val_files.is_empty();
+
+    let tmp = TempDir::next_to(&cfg.out)?;
+    let mut splits = vec![SplitWriter::new(tmp.path(), TRAIN, cfg)?];
+    if with_validation {
+        splits.push(SplitWriter::new(tmp.path(), VALIDATION, cfg)?);
+    }
+    let progress = progress_bar(cfg.progress);
+    let mut state = State {
+        cfg,
+        tokenizer: &tokenizer,
+        seen_ids: HashSet::new(),
+        splits: &mut splits,
+        chunk: Vec::with_capacity(TOKENIZE_CHUNK),
+        progress: &progress,
+    };
+    for (files, forced) in [(&train_files, None), (&val_files, Some(1))] {
+        for file in files {
+            ingest::read_file(file, &cfg.fields, &mut |record| {
+                state.chunk.push((record, forced));
+                if state.chunk.len() == TOKENIZE_CHUNK {
+                    state.flush_chunk()?;
+                }
+                Ok(())
+            })?;
+        }
+        state.flush_chunk()?;
+    }
+    progress.finish_and_clear();
+
+    let mut infos = BTreeMap::new();
+    let mut tokens = 0;
+    for split in splits {
+        let (name, info) = split.finish()?;
+        tokens += info.input_tokens.total + info.target_tokens.total;
+        infos.insert(name, info);
+    }
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        edkd_version: env!("CARGO_PKG_VERSION").into(),
+        command: cfg.command.clone(),
+        tokenizer: TokenizerInfo {
+            sha256: tokenizer.sha256.clone(),
+            vocab_size: tokenizer.inner.get_vocab_size(true),
+            special_ids: tokenizer.specials,
+        },
+        settings: PrepareSettings {
+            input: describe(&cfg.fields.input),
+            target: describe(&cfg.fields.target),
+            max_input_tokens: cfg.max_input_tokens,
+            max_target_tokens: cfg.max_target_tokens,
+            input_truncation: cfg.input_truncation.to_string(),
+            target_truncation: cfg.target_truncation.to_string(),
+            val_fraction: cfg.val_fraction,
+            shard_rows: cfg.shard_rows,
+            keep_text: cfg.keep_text,
+        },
+        splits: infos,
+    };
+    crate::fsutil::write_atomic(&Manifest::path(tmp.path()), manifest.to_json().as_bytes())?;
+    tmp.commit(&cfg.out, cfg.overwrite)?;
+    Ok(PrepareSummary {
+        manifest,
+        elapsed: start.elapsed(),
+        tokens,
+    })
+}
+
+fn describe(spec: &ingest::TextSpec) -> String {
+    match spec {
+        ingest::TextSpec::Field(f) => format!("field:{f}"),
+        ingest::TextSpec::Template(parts) => {
+            let mut s = String::from("template:");
+            for p in parts {
+                match p {
+                    ingest::TemplatePart::Literal(l) => {
+                        s.push_str(&l.replace('{', "{{").replace('}', "}}"))
+                    }
+                    ingest::TemplatePart::Field(f) => s.push_str(&format!("{{{f}}}")),
+                }
+            }
+            s
+        }
+    }
+}
+
+fn progress_bar(show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {pos} examples ({per_sec}) {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+struct State<'a> {
+    cfg: &'a PrepareConfig,
+    tokenizer: &'a Tokenizer,
+    seen_ids: HashSet<String>,
+    splits: &'a mut Vec<SplitWriter>,
+    /// Records waiting for tokenization, with a forced split index (validation files).
+    chunk: Vec<(RawRecord, Option<usize>)>,
+    progress: &'a ProgressBar,
+}
+
+/// A tokenized record, or the reason it is skipped.
+struct Tokenized {
+    example: Option<Example>,
+    truncated_input: bool,
+    truncated_target: bool,
+}
+
+impl State<'_> {
+    fn flush_chunk(&mut self) -> Result<()> {
+        let chunk = std::mem::take(&mut self.chunk);
+        let results: Vec<Result<Tokenized>> = chunk
+            .par_iter()
+            .map(|(r, _)| tokenize(r, self.tokenizer, self.cfg))
+            .collect();
+        for ((record, forced), result) in chunk.into_iter().zip(results) {
+            let tokenized = result?;
+            if !self.seen_ids.insert(record.id.clone()) {
+                return Err(Error::DuplicateId {
+                    id: record.id,
+                    path: record.file.to_path_buf(),
+                    line: record.line,
+                });
+            }
+            let split = forced.unwrap_or_else(|| match self.cfg.val_fraction {
+                Some(f) if in_validation(&record.id, f) => 1,
+                _ => 0,
+            });
+            self.splits[split].push(tokenized)?;
+            self.progress.inc(1);
+        }
+        Ok(())
+    }
+}
+
+/// Stable split by id: the same id lands in the same split whatever the file order.
+fn in_validation(id: &str, fraction: f64) -> bool {
+    let bucket = crate::rng::hash_str(id) % SPLIT_HASH_BUCKETS;
+    (bucket as f64) < fraction * SPLIT_HASH_BUCKETS as f64
+}
+
+fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> Result<Tokenized> {
+    let input = tokenizer.encode(&record.input)?;
+    let target = tokenizer.encode(&record.target)?;
+    for (ids, what) in [(&input, "input"), (&target, "target")] {
+        if ids.is_empty() {
+            return Err(Error::EmptyText {
+                path: record.file.to_path_buf(),
+                line: record.line,
+                what,
+            });
+        }
+    }
+    let (input, truncated_input) = truncate(
+        input,
+        cfg.max_input_tokens,
+        cfg.input_truncation,
+        record,
+        "input",
+    )?;
+    let (target, truncated_target) = truncate(
+        target,
+        cfg.max_target_tokens,
+        cfg.target_truncation,
+        record,
+        "target",
+    )?;
+    let example = match (input, target) {
+        (Some(input_ids), Some(target_ids)) => Some(Example {
+            id: record.id.clone(),
+            task: record.task.clone(),
+            input_ids,
+            target_ids,
+            text: cfg
+                .keep_text
+                .then(|| (record.input.clone(), record.target.clone())),
+        }),
+        _ => None,
+    };
+    Ok(Tokenized {
+        example,
+        truncated_input,
+        truncated_target,
+    })
+}
+
+/// Applies `policy` when `ids` exceeds `limit`; `None` means the example is dropped.
+fn truncate(
+    mut ids: Vec<u32>,
+    limit: Option<usize>,
+    policy: Truncation,
+    record: &RawRecord,
+    what: &'static str,
+) -> Result<(Option<Vec<u32>>, bool)> {
+    let Some(limit) = limit.filter(|&l| ids.len() > l) else {
+        return Ok((Some(ids), false));
+    };
+    match policy {
+        Truncation::KeepStart => ids.truncate(limit),
+        Truncation::KeepEnd => {
+            ids.drain(..ids.len() - limit);
+        }
+        Truncation::Drop => return Ok((None, true)),
+        Truncation::Error => {
+            return Err(Error::TooLong {
+                path: record.file.to_path_buf(),
+                line: record.line,
+                what,
+                tokens: ids.len(),
+                limit,
+            });
+        }
+    }
+    Ok((Some(ids), true))
+}
+
+/// Buffers one split's rows and writes full shards as they fill.
+struct SplitWriter {
+    name: &'static str,
+    dir: PathBuf,
+    shard_rows: usize,
+    keep_text: bool,
+    rows: Vec<Example>,
+    shards: Vec<ShardInfo>,
+    input_lengths: BTreeMap<u64, u64>,
+    target_lengths: BTreeMap<u64, u64>,
+    tasks: BTreeMap<String, u64>,
+    truncated_inputs: u64,
+    truncated_targets: u64,
+    dropped: u64,
+}
+
+impl SplitWriter {
+    fn new(root: &Path, name: &'static str, cfg: &PrepareConfig) -> Result<Self> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        Ok(Self {
+            name,
+            dir,
+            shard_rows: cfg.shard_rows,
+            keep_text: cfg.keep_text,
+            rows: Vec::new(),
+            shards: Vec::new(),
+            input_lengths: BTreeMap::new(),
+            target_lengths: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            truncated_inputs: 0,
+            truncated_targets: 0,
+            dropped: 0,
+        })
+    }
+
+    fn push(&mut self, t: Tokenized) -> Result<()> {
+        self.truncated_inputs += t.truncated_input as u64;
+        self.truncated_targets += t.truncated_target as u64;
+        let Some(example) = t.example else {
+            self.dropped += 1;
+            return Ok(());
+        };
+        *self
+            .input_lengths
+            .entry(example.input_ids.len() as u64)
+            .or_default() += 1;
+        *self
+            .target_lengths
+            .entry(example.target_ids.len() as u64)
+            .or_default() += 1;
+        match self.tasks.get_mut(&example.task) {
+            Some(n) => *n += 1,
+            None => {
+                self.tasks.insert(example.task.clone(), 1);
+            }
+        }
+        self.rows.push(example);
+        if self.rows.len() >= self.shard_rows {
+            self.write_shard()?;
+        }
+        Ok(())
+    }
+
+    fn write_shard(&mut self) -> Result<()> {
+        let file = format!("{}/shard-{:05}.arrow", self.name, self.shards.len());
+        let path = self.dir.join(format!("shard-{:05}.arrow", self.shards.len()));
+        shard::write_shard(&path, &self.rows, self.keep_text)?;
+        self.shards.push(ShardInfo {
+            file,
+            rows: self.rows.len() as u64,
+            sha256: crate::fsutil::sha256_file(&path)?,
+        });
+        self.rows.clear();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(String, SplitInfo)> {
+        if !self.rows.is_empty() {
+            self.write_shard()?;
+        }
+        let rows: u64 = self.shards.iter().map(|s| s.rows).sum();
+        if rows == 0 {
+            return Err(Error::EmptySplit {
+                split: self.name.into(),
+            });
+        }
+        Ok((
+            self.name.to_owned(),
+            SplitInfo {
+                rows,
+                shards: self.shards,
+                input_tokens: LengthStats::from_counts(&self.input_lengths),
+                target_tokens: LengthStats::from_counts(&self.target_lengths),
+                tasks: self.tasks,
+                truncated_inputs: self.truncated_inputs,
+                truncated_targets: self.truncated_targets,
+                dropped: self.dropped,
+            },
+        ))
+    }
+}

@@ -1,0 +1,167 @@
+//! Loading a Hugging Face `tokenizer.json` (with its sha256 and special ids) and training a
+//! small byte-level BPE one, so demos need no downloaded tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{AddedToken, NormalizerWrapper, TokenizerBuilder};
+
+use crate::error::{Error, Result};
+
+/// Special tokens of tokenizers trained here, in id order: pad=0, bos=1, eos=2, unk=3.
+pub const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
+
+/// Names under which common tokenizer families spell each special token, tried in order.
+const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>", "[CLS]", "<|endoftext|>"];
+const EOS_NAMES: &[&str] = &[
+    "</s>",
+    "<|end_of_text|>",
+    "<|endoftext|>",
+    "<eos>",
+    "[SEP]",
+    "<|im_end|>",
+];
+const PAD_NAMES: &[&str] = &["<pad>", "[PAD]", "<|pad|>", "<|finetune_right_pad_id|>"];
+const UNK_NAMES: &[&str] = &["<unk>", "[UNK]"];
+
+/// Lowercase hex sha256 of bytes (the models crate hashes `tokenizer.json` the same way).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The special-token ids a dataset needs. `pad` falls back to `eos` when the tokenizer
+/// has no pad token (Llama-style); `unk` is optional (byte-level models never need it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecialIds {
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unk: Option<u32>,
+}
+
+/// A tokenizer plus the sha256 of the file it came from.
+pub struct Tokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub sha256: String,
+    pub specials: SpecialIds,
+    pub path: PathBuf,
+}
+
+impl Tokenizer {
+    /// Loads `tokenizer.json` and resolves its special tokens.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(Error::io(path))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos = find(BOS_NAMES).ok_or_else(|| Error::MissingSpecial {
+            token: BOS_NAMES.join(" | "),
+            role: "bos",
+        })?;
+        let eos = find(EOS_NAMES).ok_or_else(|| Error::MissingSpecial {
+            token: EOS_NAMES.join(" | "),
+            role: "eos",
+        })?;
+        let specials = SpecialIds {
+            bos,
+            eos,
+            pad: find(PAD_NAMES).unwrap_or(eos),
+            unk: find(UNK_NAMES),
+        };
+        Ok(Self {
+            inner,
+            sha256: sha256_hex(&bytes),
+            specials,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Token ids of `text` without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Trains a byte-level BPE tokenizer on the lines of `texts` and returns its JSON.
+/// Specials get ids 0..4 in [`SPECIALS`] order. Output is deterministic for the same input.
+pub fn train_bpe<I, S>(texts: I, vocab_size: usize, min_frequency: u64) -> Result<String>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
+    let bad = |message: String| Error::Tokenizer {
+        path: PathBuf::from("<training>"),
+        message,
+    };
+    let alphabet_len = ByteLevel::alphabet().len() + SPECIALS.len();
+    if vocab_size < alphabet_len {
+        return Err(Error::Config {
+            message: format!("--vocab-size {vocab_size} is below the byte alphabet plus specials ({alphabet_len})"),
+        });
+    }
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(min_frequency)
+        .show_progress(false)
+        .special_tokens(
+            SPECIALS
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build();
+    let bpe = BPE::builder()
+        .unk_token(SPECIALS[3].to_string())
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let byte_level = ByteLevel::new(false, true, true);
+    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+        .with_model(bpe)
+        .with_pre_tokenizer(Some(byte_level))
+        .with_decoder(Some(byte_level))
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| bad(e.to_string()))?;
+    tokenizer.to_string(false).map_err(|e| bad(e.to_string()))
+}
+
+/// Trains on the lines of `files` and writes `out` atomically (temp file + rename).
+pub fn train_bpe_files(
+    files: &[PathBuf],
+    vocab_size: usize,
+    min_frequency: u64,
+    out: &Path,
+) -> Result<String> {
+    let mut lines = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    let json = train_bpe(lines.into_iter(), vocab_size, min_frequency)?;
+    crate::fsutil::write_atomic(out, json.as_bytes())?;
+    Ok(sha256_hex(json.as_bytes()))
+}
