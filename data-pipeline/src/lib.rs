@@ -9,15 +9,24 @@
 //! - [`inspect`]: human-readable summaries of a dataset folder.
 
 pub mod batch;
+pub mod cache;
 pub mod dataset;
 pub mod error;
 pub mod fsutil;
 pub mod ingest;
+pub mod inspect;
 pub mod manifest;
 pub mod prepare;
 pub mod reader;
 pub mod rng;
 pub mod shard;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+
+pub use batch::{Batch, IGNORE_INDEX};
+pub use cache::{CacheEntry, CacheMeta, CacheReader, CacheWriter, TeacherBatch};
+pub use dataset::{Dataset, OpenOptions};
+pub use manifest::{Manifest, Verify};
+pub use reader::{Cursor, Reader, ReaderConfig};
