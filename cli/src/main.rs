@@ -1,5 +1,6 @@
 //! `edkd`: the one command users type.
 
+mod bench;
 mod info;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,9 @@ struct Cli {
 enum Command {
     /// Print the runtime (torch version, CUDA) and, optionally, a model's shape.
     Info(info::Args),
+    /// Benchmarks that print edkd next to a reference implementation.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +31,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Info(args) => info::run(args),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }

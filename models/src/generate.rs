@@ -108,7 +108,11 @@ impl Outputs {
 
 /// Generates up to `cfg.max_new_tokens` for each prompt; returns only the new tokens of
 /// each row (ending with EOS when it was produced).
-pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+pub fn generate(
+    model: &CausalLm,
+    prompts: &[Vec<i64>],
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<i64>>> {
     check_ids(prompts, model.config.vocab_size)?;
     if cfg.max_new_tokens == 0 || prompts.is_empty() {
         return Ok(vec![Vec::new(); prompts.len()]);
@@ -134,13 +138,17 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerationConfig) 
         let mut cache = model.new_cache(b, capacity);
         let positions = positions_from_valid(&valid);
         let mask = if padded {
-            AttnMask::Explicit(causal_padding_mask(&key_valid.narrow(1, 0, prompt_len), 0, prompt_len))
+            AttnMask::Explicit(causal_padding_mask(
+                &key_valid.narrow(1, 0, prompt_len),
+                0,
+                prompt_len,
+            ))
         } else {
             AttnMask::Causal
         };
         let hidden = model.hidden(&ids, &positions, &mask, Some(&mut cache), false);
         let mut logits = model.logits(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1));
-        let mut next_pos = positions.narrow(1, prompt_len - 1, 1) + 1; // [b, 1]
+        let first_new_pos = positions.narrow(1, prompt_len - 1, 1) + 1; // [b, 1]
         for step in 0..cfg.max_new_tokens {
             let picked = select(&logits, &cfg.sampling, &mut rng);
             let feed = out.push(&picked);
@@ -150,13 +158,17 @@ pub fn generate(model: &CausalLm, prompts: &[Vec<i64>], cfg: &GenerationConfig) 
             let past = cache.len();
             let x = Tensor::from_slice(&feed).reshape([b, 1]).to_device(device);
             let mask = if padded {
-                AttnMask::Explicit(causal_padding_mask(&key_valid.narrow(1, 0, past + 1), past, 1))
+                AttnMask::Explicit(causal_padding_mask(
+                    &key_valid.narrow(1, 0, past + 1),
+                    past,
+                    1,
+                ))
             } else {
                 AttnMask::Full
             };
-            let h = model.hidden(&x, &next_pos, &mask, Some(&mut cache), false);
+            let pos = &first_new_pos + step as i64;
+            let h = model.hidden(&x, &pos, &mask, Some(&mut cache), false);
             logits = model.logits(&h.squeeze_dim(1));
-            next_pos += 1;
         }
         Ok(())
     })?;

@@ -18,5 +18,9 @@ pub use tokenizer::Tokenizer;
 /// Versions of the runtime, for `edkd info`.
 pub fn torch_info() -> (String, bool, i64) {
     let version = env!("EDKD_TORCH_VERSION").to_string();
-    (version, tch::Cuda::is_available(), tch::Cuda::device_count())
+    (
+        version,
+        tch::Cuda::is_available(),
+        tch::Cuda::device_count(),
+    )
 }

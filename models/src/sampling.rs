@@ -59,7 +59,13 @@ pub fn select(logits: &Tensor, sampling: &Sampling, rng: &mut Rng) -> Vec<i64> {
     }
 }
 
-fn sample_row(row: &[f32], temperature: f64, top_k: Option<usize>, top_p: Option<f64>, rng: &mut Rng) -> i64 {
+fn sample_row(
+    row: &[f32],
+    temperature: f64,
+    top_k: Option<usize>,
+    top_p: Option<f64>,
+    rng: &mut Rng,
+) -> i64 {
     let t = temperature.max(1e-6);
     let mut cand: Vec<(usize, f64)> = row.iter().map(|&x| x as f64 / t).enumerate().collect();
     // Highest first; ties by lower id so the order is total and reproducible.
@@ -117,7 +123,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..50).flat_map(|_| select(&logits, &any, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .flat_map(|_| select(&logits, &any, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

@@ -134,7 +134,11 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
         Kind::Double => Dtype::F64,
         Kind::Int64 => Dtype::I64,
         Kind::Int => Dtype::I32,
-        other => return Err(Error::Input(format!("cannot save tensors of kind {other:?}"))),
+        other => {
+            return Err(Error::Input(format!(
+                "cannot save tensors of kind {other:?}"
+            )));
+        }
     })
 }
 

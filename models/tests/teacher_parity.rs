@@ -19,7 +19,9 @@ const CASES: [&str; 5] = [
 const LOGIT_TOL: f64 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/teachers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/teachers")
+        .join(name)
 }
 
 struct Expected {
@@ -31,14 +33,23 @@ struct Expected {
 
 fn expected(dir: &Path) -> Expected {
     let named = Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap();
-    let get = |k: &str| named.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+    let get = |k: &str| {
+        named
+            .iter()
+            .find(|(n, _)| n == k)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
     let generated = get("generated");
     let rows = generated.size()[0];
     Expected {
         ids: get("input_ids"),
         valid: get("attention_mask").to_kind(Kind::Bool),
         logits: get("logits"),
-        generated: (0..rows).map(|r| Vec::<i64>::try_from(generated.get(r)).unwrap()).collect(),
+        generated: (0..rows)
+            .map(|r| Vec::<i64>::try_from(generated.get(r)).unwrap())
+            .collect(),
     }
 }
 
@@ -48,7 +59,11 @@ fn prompts(e: &Expected) -> Vec<Vec<i64>> {
         .map(|r| {
             let ids = Vec::<i64>::try_from(e.ids.get(r)).unwrap();
             let valid = Vec::<bool>::try_from(e.valid.get(r)).unwrap();
-            ids.into_iter().zip(valid).filter(|(_, v)| *v).map(|(i, _)| i).collect()
+            ids.into_iter()
+                .zip(valid)
+                .filter(|(_, v)| *v)
+                .map(|(i, _)| i)
+                .collect()
         })
         .collect()
 }
@@ -120,7 +135,8 @@ fn cached_decoding_equals_full_forward_with_padding() {
         let mut cache = model.new_cache(b, t);
         let mut pieces = Vec::new();
         tch::no_grad(|| {
-            let mask = AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, split), 0, split));
+            let mask =
+                AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, split), 0, split));
             pieces.push(model.forward(
                 &e.ids.narrow(1, 0, split),
                 &positions.narrow(1, 0, split),
@@ -129,7 +145,8 @@ fn cached_decoding_equals_full_forward_with_padding() {
                 false,
             ));
             for s in split..t {
-                let mask = AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, s + 1), s, 1));
+                let mask =
+                    AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, s + 1), s, 1));
                 pieces.push(model.forward(
                     &e.ids.narrow(1, s, 1),
                     &positions.narrow(1, s, 1),
@@ -159,9 +176,9 @@ fn generation_stops_at_eos_and_sampling_is_seeded() {
     let got = generate(&model, &p, &cfg).unwrap();
     let first = e.generated[0].iter().position(|&t| t == eos).unwrap();
     assert_eq!(got[0], e.generated[0][..=first].to_vec());
-    for r in 1..p.len() {
-        let cut = e.generated[r].iter().position(|&t| t == eos).map_or(20, |i| i + 1);
-        assert_eq!(got[r], e.generated[r][..cut].to_vec());
+    for (row, want) in got.iter().zip(&e.generated).skip(1) {
+        let cut = want.iter().position(|&t| t == eos).map_or(20, |i| i + 1);
+        assert_eq!(*row, want[..cut].to_vec());
     }
     let mut s = GenerationConfig::greedy(12);
     s.sampling = edkd_models::Sampling::Sample {
@@ -171,9 +188,17 @@ fn generation_stops_at_eos_and_sampling_is_seeded() {
     };
     s.seed = 11;
     let a = generate(&model, &p, &s).unwrap();
-    assert_eq!(a, generate(&model, &p, &s).unwrap(), "same seed, same samples");
+    assert_eq!(
+        a,
+        generate(&model, &p, &s).unwrap(),
+        "same seed, same samples"
+    );
     s.seed = 12;
-    assert_ne!(a, generate(&model, &p, &s).unwrap(), "another seed, other samples");
+    assert_ne!(
+        a,
+        generate(&model, &p, &s).unwrap(),
+        "another seed, other samples"
+    );
 }
 
 #[test]
@@ -185,10 +210,14 @@ fn bf16_on_cpu_stays_close() {
     };
     let teacher = Teacher::load(&dir, opts).unwrap();
     let e = expected(&dir);
-    let logits = tch::no_grad(|| teacher.model.forward_padded(&e.ids, &e.valid)).to_kind(Kind::Float);
+    let logits =
+        tch::no_grad(|| teacher.model.forward_padded(&e.ids, &e.valid)).to_kind(Kind::Float);
     let diff = masked_max_diff(&logits, &e.logits, &e.valid);
     let scale = e.logits.abs().max().double_value(&[]);
-    assert!(diff <= 0.05 * scale, "bf16 logits off by {diff} (scale {scale})");
+    assert!(
+        diff <= 0.05 * scale,
+        "bf16 logits off by {diff} (scale {scale})"
+    );
 }
 
 #[test]

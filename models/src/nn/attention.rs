@@ -109,7 +109,12 @@ impl Attention {
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
         let qkv = if cfg.fused_qkv {
             Qkv::Fused {
-                qkv_proj: linear(&p / "qkv_proj", cfg.d_model, q_dim + 2 * kv_dim, cfg.qkv_bias),
+                qkv_proj: linear(
+                    &p / "qkv_proj",
+                    cfg.d_model,
+                    q_dim + 2 * kv_dim,
+                    cfg.qkv_bias,
+                ),
             }
         } else {
             Qkv::Separate {
@@ -166,7 +171,11 @@ impl Attention {
 
     fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         match &self.qkv {
-            Qkv::Separate { q_proj, k_proj, v_proj } => (
+            Qkv::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
                 self.heads(&q_proj.forward(x), self.cfg.n_heads),
                 self.heads(&k_proj.forward(x), self.cfg.n_kv_heads),
                 self.heads(&v_proj.forward(x), self.cfg.n_kv_heads),
@@ -253,7 +262,9 @@ impl Attention {
                 false,
             ),
         }; // [b, h, t, hd]
-        let out = out.transpose(1, 2).reshape([b, t, self.cfg.n_heads * self.cfg.head_dim]);
+        let out = out
+            .transpose(1, 2)
+            .reshape([b, t, self.cfg.n_heads * self.cfg.head_dim]);
         self.o_proj.forward(&out)
     }
 }

@@ -12,5 +12,9 @@ pub use rope::{RopeConfig, RopeScaling, RopeTables};
 
 /// Dropout that is active only when training.
 pub fn dropout(x: &tch::Tensor, p: f64, train: bool) -> tch::Tensor {
-    if train && p > 0.0 { x.dropout(p, true) } else { x.shallow_clone() }
+    if train && p > 0.0 {
+        x.dropout(p, true)
+    } else {
+        x.shallow_clone()
+    }
 }

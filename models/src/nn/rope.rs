@@ -8,9 +8,14 @@ use tch::{Device, Kind, Tensor};
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware base growth once the sequence exceeds `original_max`.
-    Dynamic { factor: f64, original_max: i64 },
+    Dynamic {
+        factor: f64,
+        original_max: i64,
+    },
     /// Llama 3.x: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
     Llama3 {
         factor: f64,

@@ -160,7 +160,11 @@ impl CausalLmConfig {
             .map(|(_, f)| *f)
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
-                found: if arch.is_empty() { "<none>".into() } else { arch.clone() },
+                found: if arch.is_empty() {
+                    "<none>".into()
+                } else {
+                    arch.clone()
+                },
                 supported,
             })?;
         let bad = |field: &'static str, msg: String| Error::Config {
@@ -169,7 +173,10 @@ impl CausalLmConfig {
             msg,
         };
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if raw.num_attention_heads <= 0 || num_kv_heads <= 0 || raw.num_attention_heads % num_kv_heads != 0 {
+        if raw.num_attention_heads <= 0
+            || num_kv_heads <= 0
+            || raw.num_attention_heads % num_kv_heads != 0
+        {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -178,11 +185,20 @@ impl CausalLmConfig {
                 ),
             ));
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        let act = Activation::parse(&raw.hidden_act)
-            .ok_or_else(|| bad("hidden_act", format!("unsupported activation {:?}", raw.hidden_act)))?;
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        let act = Activation::parse(&raw.hidden_act).ok_or_else(|| {
+            bad(
+                "hidden_act",
+                format!("unsupported activation {:?}", raw.hidden_act),
+            )
+        })?;
         if raw.use_sliding_window {
-            return Err(bad("use_sliding_window", "sliding-window attention is not supported".into()));
+            return Err(bad(
+                "use_sliding_window",
+                "sliding-window attention is not supported".into(),
+            ));
         }
         let rope = resolve_rope(raw, head_dim, path)?;
         let (qkv_bias, o_bias) = match family {
@@ -207,9 +223,19 @@ impl CausalLmConfig {
             mlp_bias: raw.mlp_bias && family == Family::Llama,
             act,
             attention_dropout: raw.attention_dropout,
-            bos_token_id: raw.bos_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
-            eos_token_ids: raw.eos_token_id.as_ref().map(|t| t.to_vec()).unwrap_or_default(),
-            pad_token_id: raw.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied()),
+            bos_token_id: raw
+                .bos_token_id
+                .as_ref()
+                .and_then(|t| t.to_vec().first().copied()),
+            eos_token_ids: raw
+                .eos_token_id
+                .as_ref()
+                .map(|t| t.to_vec())
+                .unwrap_or_default(),
+            pad_token_id: raw
+                .pad_token_id
+                .as_ref()
+                .and_then(|t| t.to_vec().first().copied()),
         })
     }
 }
@@ -220,9 +246,16 @@ fn resolve_rope(raw: &HfConfig, head_dim: i64, path: &Path) -> Result<RopeConfig
         field,
         msg,
     };
-    let params = raw.rope_parameters.clone().or_else(|| raw.rope_scaling.clone()).unwrap_or_default();
+    let params = raw
+        .rope_parameters
+        .clone()
+        .or_else(|| raw.rope_scaling.clone())
+        .unwrap_or_default();
     let theta = params.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0);
-    let partial = params.partial_rotary_factor.or(raw.partial_rotary_factor).unwrap_or(1.0);
+    let partial = params
+        .partial_rotary_factor
+        .or(raw.partial_rotary_factor)
+        .unwrap_or(1.0);
     let rotary_dim = (head_dim as f64 * partial) as i64;
     let original_max = params
         .original_max_position_embeddings
@@ -236,7 +269,9 @@ fn resolve_rope(raw: &HfConfig, head_dim: i64, path: &Path) -> Result<RopeConfig
     };
     let scaling = match kind.as_str() {
         "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: factor("linear")? },
+        "linear" => RopeScaling::Linear {
+            factor: factor("linear")?,
+        },
         "dynamic" => RopeScaling::Dynamic {
             factor: factor("dynamic")?,
             original_max,
@@ -277,7 +312,9 @@ fn resolve_rope(raw: &HfConfig, head_dim: i64, path: &Path) -> Result<RopeConfig
         other => {
             return Err(bad(
                 "rope_scaling",
-                format!("unsupported rope type {other:?}; supported: default, linear, dynamic, llama3, longrope"),
+                format!(
+                    "unsupported rope type {other:?}; supported: default, linear, dynamic, llama3, longrope"
+                ),
             ));
         }
     };

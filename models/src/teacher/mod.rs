@@ -52,6 +52,11 @@ pub fn check_dtype(kind: Kind, device: Device) -> Result<()> {
 }
 
 impl Teacher {
+    /// Parameter count (tied embeddings counted once).
+    pub fn num_parameters(&self) -> i64 {
+        CausalLm::num_parameters(&self.vs)
+    }
+
     /// Loads `dir` (config.json, model.safetensors or a sharded index, tokenizer.json).
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
         check_dtype(opts.kind, opts.device)?;

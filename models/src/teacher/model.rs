@@ -74,7 +74,11 @@ impl CausalLm {
             .map(|i| {
                 let p = &model / "layers" / i;
                 DecoderLayer {
-                    input_layernorm: RmsNorm::new(&p / "input_layernorm", c.hidden_size, c.rms_norm_eps),
+                    input_layernorm: RmsNorm::new(
+                        &p / "input_layernorm",
+                        c.hidden_size,
+                        c.rms_norm_eps,
+                    ),
                     self_attn: Attention::new(&p / "self_attn", &attn_cfg),
                     post_attention_layernorm: RmsNorm::new(
                         &p / "post_attention_layernorm",
@@ -142,14 +146,20 @@ impl CausalLm {
         mut cache: Option<&mut LmCache>,
         train: bool,
     ) -> Tensor {
+        // Residual adds stay out of place: the norms saved `x` for backward.
+        #![allow(clippy::assign_op_pattern)]
         let mut x = self.embed_tokens.forward(input_ids);
         let rope = self.config.rope.tables(positions, x.kind());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let h = layer.input_layernorm.forward(&x);
-            let h = layer.self_attn.forward_self(&h, Some(&rope), mask, layer_cache, train);
+            let h = layer
+                .self_attn
+                .forward_self(&h, Some(&rope), mask, layer_cache, train);
             x = x + h;
-            let h = layer.mlp.forward(&layer.post_attention_layernorm.forward(&x));
+            let h = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&x));
             x = x + h;
         }
         self.norm.forward(&x)
@@ -191,7 +201,11 @@ impl CausalLm {
 
     /// Number of parameters (tied embeddings counted once).
     pub fn num_parameters(vs: &nn::VarStore) -> i64 {
-        vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum()
+        vs.variables()
+            .values()
+            .map(Tensor::numel)
+            .map(|n| n as i64)
+            .sum()
     }
 }
 
