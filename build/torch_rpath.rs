@@ -19,14 +19,15 @@ fn main() {
     let version = std::fs::read_to_string(lib.join("../version.py"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(['\'', '"']).to_string()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("__version__ = ")
+                    .map(|v| v.trim_matches(['\'', '"']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=EDKD_TORCH_VERSION={version}");
     // The nvidia-* wheels sit next to torch in site-packages; cuDNN marks a full CUDA set.
-    let cuda_set = lib.join("libtorch_cuda.so").exists()
-        && lib.join("../../nvidia/cudnn").exists();
+    let cuda_set = lib.join("libtorch_cuda.so").exists() && lib.join("../../nvidia/cudnn").exists();
     if cuda_set {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }
