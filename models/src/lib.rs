@@ -1,16 +1,18 @@
 //! edkd-models: transformer layers on libtorch (tch), decoder-only teachers loaded from
-//! Hugging Face checkpoints, KV caches and generation.
+//! Hugging Face checkpoints, the encoder-decoder student and its decoder-only twin, KV
+//! caches and generation.
 
 pub mod error;
 pub mod generate;
 pub mod nn;
 pub mod sampling;
+pub mod student;
 pub mod teacher;
 pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use generate::{GenerationConfig, generate};
+pub use generate::{Decoding, GenerationConfig, generate, generate_seq2seq};
 pub use sampling::Sampling;
 pub use teacher::{CausalLm, LoadOptions, Teacher};
 pub use tokenizer::Tokenizer;

@@ -140,6 +140,46 @@ pub struct CausalLmConfig {
 }
 
 impl CausalLmConfig {
+    /// Parameter count from the shapes (tied embeddings counted once).
+    pub fn num_parameters(&self) -> i64 {
+        let d = self.hidden_size;
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let b = |on: bool, n: i64| if on { n } else { 0 };
+        let attn = 2 * d * q + 2 * d * kv + b(self.qkv_bias, q + 2 * kv) + b(self.o_bias, d);
+        let ff = self.intermediate_size;
+        let mlp = 3 * d * ff + b(self.mlp_bias, 2 * ff + d);
+        let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
+        embed + self.num_layers * (attn + mlp + 2 * d) + d
+    }
+
+    /// The Hugging Face `config.json` for this model (LlamaForCausalLM and friends).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": [self.family.architecture()],
+            "model_type": match self.family { Family::Llama => "llama", Family::Qwen2 => "qwen2", Family::Phi3 => "phi3" },
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "max_position_embeddings": self.max_positions,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope.theta,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.qkv_bias,
+            "mlp_bias": self.mlp_bias,
+            "hidden_act": "silu",
+            "attention_dropout": self.attention_dropout,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids.first(),
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Reads `dir/config.json` and resolves it; errors name the file and field.
     pub fn from_folder(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");

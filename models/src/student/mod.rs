@@ -1,0 +1,130 @@
+//! The encoder-decoder student: config and presets, the model, its folder format and the
+//! import of checkpoints in the paper's reference layout.
+
+pub mod config;
+pub mod convert;
+pub mod model;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, nn::VarStore};
+
+pub use config::{FfnKind, MODEL_TYPE, PRESETS, StudentConfig, twin_config};
+pub use model::{DecoderCache, Encoded, Student};
+
+use crate::error::{Error, Result, read_json};
+use crate::teacher::{CausalLm, LoadOptions};
+
+/// A student with its variables (and tokenizer, when its folder has one).
+pub struct StudentModel {
+    pub vs: VarStore,
+    pub model: Student,
+    pub tokenizer: Option<crate::Tokenizer>,
+}
+
+impl StudentModel {
+    /// A freshly initialised student (seeded through libtorch's global RNG).
+    pub fn init(config: &StudentConfig, device: Device, seed: i64) -> Result<Self> {
+        config.validate()?;
+        tch::manual_seed(seed);
+        let vs = VarStore::new(device);
+        let model = Student::new(&vs.root(), config);
+        Ok(Self {
+            vs,
+            model,
+            tokenizer: None,
+        })
+    }
+
+    /// Loads a student folder (`config.json`, `model.safetensors`, optional `tokenizer.json`).
+    pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
+        crate::teacher::check_dtype(opts.kind, opts.device)?;
+        let path = dir.join("config.json");
+        let config: StudentConfig = read_json(&path)?;
+        config.validate().map_err(|e| match e {
+            Error::Config { field, msg, .. } => Error::Config {
+                path: path.clone(),
+                field,
+                msg,
+            },
+            other => other,
+        })?;
+        let mut vs = VarStore::new(Device::Cpu);
+        let model = Student::new(&vs.root(), &config);
+        crate::weights::load_folder(&mut vs, dir)?;
+        vs.set_kind(opts.kind);
+        vs.set_device(opts.device);
+        let tok = dir.join("tokenizer.json");
+        let tokenizer = if tok.exists() {
+            Some(crate::Tokenizer::from_file(&tok)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            vs,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Writes `config.json` and `model.safetensors` (and copies `tokenizer`, if given) into `dir`.
+    pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        save_folder(
+            dir,
+            &serde_json::to_value(&self.model.config).expect("config serialises"),
+            &self.vs,
+            tokenizer,
+        )
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        CausalLm::num_parameters(&self.vs)
+    }
+}
+
+/// Writes a model folder: config.json, model.safetensors, optional tokenizer.json copy.
+pub fn save_folder(
+    dir: &Path,
+    config: &serde_json::Value,
+    vs: &VarStore,
+    tokenizer: Option<&Path>,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let cfg_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("JSON value serialises");
+    std::fs::write(&cfg_path, text + "\n").map_err(Error::io(&cfg_path))?;
+    crate::weights::save_varstore(vs, &dir.join(crate::weights::SINGLE_FILE))?;
+    if let Some(tok) = tokenizer {
+        let dst: PathBuf = dir.join("tokenizer.json");
+        if tok != dst {
+            std::fs::copy(tok, &dst).map_err(Error::io(tok))?;
+        }
+    }
+    Ok(())
+}
+
+/// What kind of model a folder holds, from its config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderKind {
+    Student,
+    Teacher,
+}
+
+pub fn folder_kind(dir: &Path) -> Result<FolderKind> {
+    let v: serde_json::Value = read_json(&dir.join("config.json"))?;
+    Ok(
+        if v.get("model_type").and_then(|m| m.as_str()) == Some(MODEL_TYPE) {
+            FolderKind::Student
+        } else {
+            FolderKind::Teacher
+        },
+    )
+}
+
+/// A decoder-only twin initialised at random, saved as a Hugging Face Llama folder.
+pub fn init_twin(student: &StudentConfig, device: Device, seed: i64) -> (VarStore, CausalLm) {
+    tch::manual_seed(seed);
+    let vs = VarStore::new(device);
+    let model = CausalLm::new(&vs.root(), &twin_config(student));
+    (vs, model)
+}
