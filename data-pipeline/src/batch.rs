@@ -60,7 +60,11 @@ impl Batch {
 pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: bool) -> Batch {
     let rows = indices.len();
     let examples: Vec<_> = indices.iter().map(|&i| ds.example(i)).collect();
-    let enc_len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
+    let enc_len = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0);
     let dec_len = examples
         .iter()
         .map(|e| e.target_ids.len() + 1)

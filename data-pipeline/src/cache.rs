@@ -271,10 +271,11 @@ impl CacheWriter {
         let name = shard_name(self.next_shard);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(Error::arrow(&tmp))?;
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(Error::arrow(&tmp))?;
         let file = File::create(&tmp).map_err(Error::io(&tmp))?;
-        let mut writer = FileWriter::try_new(BufWriter::new(file), &self.schema)
-            .map_err(Error::arrow(&tmp))?;
+        let mut writer =
+            FileWriter::try_new(BufWriter::new(file), &self.schema).map_err(Error::arrow(&tmp))?;
         writer.write(&batch).map_err(Error::arrow(&tmp))?;
         writer.finish().map_err(Error::arrow(&tmp))?;
         let file = writer

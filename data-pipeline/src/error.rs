@@ -35,7 +35,9 @@ pub enum Error {
         line: usize,
         what: &'static str,
     },
-    #[error("{path}:{line}: {what} has {tokens} tokens, over the limit of {limit} (truncation policy `error`)")]
+    #[error(
+        "{path}:{line}: {what} has {tokens} tokens, over the limit of {limit} (truncation policy `error`)"
+    )]
     TooLong {
         path: PathBuf,
         line: usize,
@@ -73,7 +75,9 @@ pub enum Error {
     Schema { path: PathBuf, message: String },
     #[error("{path}: bad manifest: {message}")]
     Manifest { path: PathBuf, message: String },
-    #[error("shard {shard} is corrupt or changed: sha256 {actual} but the manifest says {expected}")]
+    #[error(
+        "shard {shard} is corrupt or changed: sha256 {actual} but the manifest says {expected}"
+    )]
     ShardChecksum {
         shard: PathBuf,
         expected: String,

@@ -50,7 +50,9 @@ impl TextSpec {
                     let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
                     if name.is_empty() {
                         return Err(Error::Config {
-                            message: format!("template `{text}` has an empty or unclosed placeholder"),
+                            message: format!(
+                                "template `{text}` has an empty or unclosed placeholder"
+                            ),
                         });
                     }
                     if !literal.is_empty() {

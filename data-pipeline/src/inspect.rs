@@ -50,10 +50,16 @@ pub fn summary(m: &Manifest) -> String {
             split.truncated_targets,
             split.dropped
         );
-        let tasks: Vec<String> = split.tasks.iter().map(|(t, n)| format!("{t}={n}")).collect();
+        let tasks: Vec<String> = split
+            .tasks
+            .iter()
+            .map(|(t, n)| format!("{t}={n}"))
+            .collect();
         let _ = writeln!(s, "tasks: {}", tasks.join(" "));
-        for (label, stats) in [("input", &split.input_tokens), ("target", &split.target_tokens)]
-        {
+        for (label, stats) in [
+            ("input", &split.input_tokens),
+            ("target", &split.target_tokens),
+        ] {
             let _ = writeln!(
                 s,
                 "{label} tokens: total {} min {} mean {:.1} p50 {} p90 {} p99 {} max {}",
@@ -67,7 +73,13 @@ pub fn summary(m: &Manifest) -> String {
 
 /// Text bars of a power-of-two length histogram.
 pub fn histogram(stats: &LengthStats) -> String {
-    let top = stats.histogram.iter().map(|b| b[2]).max().unwrap_or(0).max(1);
+    let top = stats
+        .histogram
+        .iter()
+        .map(|b| b[2])
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let mut s = String::new();
     for &[lo, hi, count] in &stats.histogram {
         let bar = "#".repeat((count as usize * BAR_WIDTH).div_ceil(top as usize));

@@ -411,7 +411,9 @@ impl SplitWriter {
 
     fn write_shard(&mut self) -> Result<()> {
         let file = format!("{}/shard-{:05}.arrow", self.name, self.shards.len());
-        let path = self.dir.join(format!("shard-{:05}.arrow", self.shards.len()));
+        let path = self
+            .dir
+            .join(format!("shard-{:05}.arrow", self.shards.len()));
         shard::write_shard(&path, &self.rows, self.keep_text)?;
         self.shards.push(ShardInfo {
             file,

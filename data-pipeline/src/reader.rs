@@ -26,7 +26,7 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::rng::{Permutation, Rng, seed_of};
 
-/// Default examples sorted together for length bucketing.
+/// Default examples planned (and length-sorted) together.
 pub const DEFAULT_BUCKET_WINDOW: usize = 16384;
 /// Windows kept planned at once (the current one and those a step may reach into).
 const PLAN_CACHE_WINDOWS: usize = 8;
@@ -42,8 +42,11 @@ pub struct ReaderConfig {
     pub max_tokens: usize,
     /// Cap on rows per batch; 0 means no cap.
     pub max_rows: usize,
-    /// Examples sorted by length together; 1 disables bucketing.
+    /// Examples planned together: sorted by length (if `bucket_by_length`), packed into
+    /// micro-batches and shuffled. Larger windows pad less and mix more; memory is O(window).
     pub bucket_window: usize,
+    /// Sort each window by length before packing (less padding).
+    pub bucket_by_length: bool,
     /// False keeps manifest order (evaluation); batches are then still length-bucketed.
     pub shuffle: bool,
     /// Build `teacher_ids`/`teacher_mask` in each batch.
@@ -59,6 +62,7 @@ impl Default for ReaderConfig {
             max_tokens: 16384,
             max_rows: 0,
             bucket_window: DEFAULT_BUCKET_WINDOW,
+            bucket_by_length: true,
             shuffle: true,
             teacher: true,
         }
@@ -121,7 +125,7 @@ impl Reader {
                     return Err(Error::Cursor {
                         message: format!(
                             "cursor layout {} but this reader's is {layout} (dataset size, seed, \
-                             max_tokens, max_rows, bucket_window or shuffle changed)",
+                             max_tokens, max_rows, bucket settings or shuffle changed)",
                             c.layout
                         ),
                     });
@@ -244,7 +248,7 @@ impl Reader {
                 (a + t + 1, p, i, a, t + 1)
             })
             .collect();
-        if self.cfg.bucket_window > 1 {
+        if self.cfg.bucket_by_length {
             items.sort_unstable_by_key(|&(key, p, ..)| (key, p));
         }
         let mut plan: Plan = Vec::new();
@@ -279,6 +283,7 @@ fn layout_hash(cfg: &ReaderConfig, n: u64) -> String {
         cfg.max_tokens as u64,
         cfg.max_rows as u64,
         cfg.bucket_window as u64,
+        cfg.bucket_by_length as u64,
         cfg.shuffle as u64,
     ]);
     format!("{h:016x}")

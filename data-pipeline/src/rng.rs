@@ -22,7 +22,9 @@ pub fn hash_str(s: &str) -> u64 {
 
 /// Combines several values into one seed.
 pub fn seed_of(parts: &[u64]) -> u64 {
-    parts.iter().fold(0x5EED_u64, |acc, &p| mix64(acc ^ mix64(p)))
+    parts
+        .iter()
+        .fold(0x5EED_u64, |acc, &p| mix64(acc ^ mix64(p)))
 }
 
 /// A SplitMix64 stream.

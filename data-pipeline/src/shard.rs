@@ -124,7 +124,9 @@ impl MappedIpc {
         }
         let footer = arrow_ipc::root_as_footer(&buffer[trailer_start - footer_len..trailer_start])
             .map_err(|e| bad(format!("bad footer: {e}")))?;
-        let fb_schema = footer.schema().ok_or_else(|| bad("footer has no schema".into()))?;
+        let fb_schema = footer
+            .schema()
+            .ok_or_else(|| bad("footer has no schema".into()))?;
         let schema = Arc::new(
             arrow_ipc::convert::try_fb_to_schema(fb_schema).map_err(|e| bad(e.to_string()))?,
         );
@@ -171,7 +173,10 @@ impl TokenColumn {
         })?;
         let list = column.as_list_opt::<i32>().ok_or_else(|| Error::Schema {
             path: path.to_owned(),
-            message: format!("column `{name}` is {}, expected list<uint32>", column.data_type()),
+            message: format!(
+                "column `{name}` is {}, expected list<uint32>",
+                column.data_type()
+            ),
         })?;
         let values = list
             .values()

@@ -113,7 +113,11 @@ pub fn generate(task: &str, split: Split, seed: u64, n: usize) -> Result<Vec<Syn
     }
     Ok((0..n)
         .map(|i| {
-            let name = if task == "mix" { TASKS[i % TASKS.len()] } else { task };
+            let name = if task == "mix" {
+                TASKS[i % TASKS.len()]
+            } else {
+                task
+            };
             let key = seed_of(&[hash_str(name), hash_str(split.name()), seed, i as u64]);
             let mut rng = Rng::new(key);
             let (input, target) = match name {
@@ -222,7 +226,10 @@ fn agg(rng: &mut Rng) -> (String, String) {
     let kind = rng.below(3);
     let (question, answer) = if kind == 1 && unique_majority {
         let c = color_counts.iter().position(|&c| c == top).unwrap_or(0);
-        ("which colour is most common?".to_owned(), COLORS[c].to_owned())
+        (
+            "which colour is most common?".to_owned(),
+            COLORS[c].to_owned(),
+        )
     } else if kind == 2 {
         let place = rng.below(PLACES.len());
         let listed: Vec<String> = items

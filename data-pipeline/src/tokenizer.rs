@@ -15,7 +15,13 @@ use crate::error::{Error, Result};
 pub const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
 /// Names under which common tokenizer families spell each special token, tried in order.
-const BOS_NAMES: &[&str] = &["<s>", "<|begin_of_text|>", "<bos>", "[CLS]", "<|endoftext|>"];
+const BOS_NAMES: &[&str] = &[
+    "<s>",
+    "<|begin_of_text|>",
+    "<bos>",
+    "[CLS]",
+    "<|endoftext|>",
+];
 const EOS_NAMES: &[&str] = &[
     "</s>",
     "<|end_of_text|>",
@@ -117,7 +123,9 @@ where
     let alphabet_len = ByteLevel::alphabet().len() + SPECIALS.len();
     if vocab_size < alphabet_len {
         return Err(Error::Config {
-            message: format!("--vocab-size {vocab_size} is below the byte alphabet plus specials ({alphabet_len})"),
+            message: format!(
+                "--vocab-size {vocab_size} is below the byte alphabet plus specials ({alphabet_len})"
+            ),
         });
     }
     let mut trainer = BpeTrainerBuilder::new()
@@ -137,31 +145,63 @@ where
         .build()
         .map_err(|e| bad(e.to_string()))?;
     let byte_level = ByteLevel::new(false, true, true);
-    let mut tokenizer = TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
-        .with_model(bpe)
-        .with_pre_tokenizer(Some(byte_level))
-        .with_decoder(Some(byte_level))
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
+    let mut tokenizer =
+        TokenizerBuilder::<BPE, NormalizerWrapper, ByteLevel, ByteLevel, ByteLevel>::new()
+            .with_model(bpe)
+            .with_pre_tokenizer(Some(byte_level))
+            .with_decoder(Some(byte_level))
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
     tokenizer
         .train(&mut trainer, texts)
         .map_err(|e| bad(e.to_string()))?;
     tokenizer.to_string(false).map_err(|e| bad(e.to_string()))
 }
 
-/// Trains on the lines of `files` and writes `out` atomically (temp file + rename).
-pub fn train_bpe_files(
+/// Texts to train a tokenizer on: for .jsonl/.parquet/.csv files the values of
+/// `input_field` and `target_field` of every row, for any other file its lines.
+pub fn training_texts(
     files: &[PathBuf],
+    input_field: &str,
+    target_field: &str,
+) -> Result<Vec<String>> {
+    let fields = crate::ingest::FieldMap {
+        input: crate::ingest::TextSpec::Field(input_field.to_owned()),
+        target: crate::ingest::TextSpec::Field(target_field.to_owned()),
+        id_field: "id".into(),
+        task_field: "task".into(),
+        default_task: String::new(),
+    };
+    let mut texts = Vec::new();
+    for file in files {
+        let ext = file
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("jsonl" | "json" | "ndjson" | "parquet" | "pq" | "csv") => {
+                crate::ingest::read_file(file, &fields, &mut |r| {
+                    texts.push(r.input);
+                    texts.push(r.target);
+                    Ok(())
+                })?;
+            }
+            _ => {
+                let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
+                texts.extend(text.lines().map(str::to_owned));
+            }
+        }
+    }
+    Ok(texts)
+}
+
+/// Trains on `texts` and writes `out` atomically; returns the file's sha256.
+pub fn train_bpe_to_file(
+    texts: Vec<String>,
     vocab_size: usize,
     min_frequency: u64,
     out: &Path,
 ) -> Result<String> {
-    let mut lines = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(file).map_err(Error::io(file))?;
-        lines.extend(text.lines().map(str::to_owned));
-    }
-    let json = train_bpe(lines.into_iter(), vocab_size, min_frequency)?;
+    let json = train_bpe(texts.into_iter(), vocab_size, min_frequency)?;
     crate::fsutil::write_atomic(out, json.as_bytes())?;
     Ok(sha256_hex(json.as_bytes()))
 }

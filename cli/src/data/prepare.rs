@@ -1,0 +1,124 @@
+//! `edkd data prepare`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use edkd_data::ingest::{FieldMap, TextSpec};
+use edkd_data::prepare::{PrepareConfig, Truncation, prepare};
+
+#[derive(Parser)]
+pub struct Args {
+    /// Input files or glob patterns (.jsonl, .parquet, .csv by extension).
+    #[arg(long, required = true, num_args = 1..)]
+    input: Vec<String>,
+    /// Separate validation files (instead of --val-fraction).
+    #[arg(long, num_args = 1..)]
+    validation_input: Vec<String>,
+    /// Field holding the encoder input.
+    #[arg(long, default_value = "input", conflicts_with = "input_template")]
+    input_field: String,
+    /// Template for the input, e.g. "Question: {question}\nContext: {context}".
+    #[arg(long)]
+    input_template: Option<String>,
+    /// Field holding the target.
+    #[arg(long, default_value = "target", conflicts_with = "target_template")]
+    target_field: String,
+    /// Template for the target.
+    #[arg(long)]
+    target_template: Option<String>,
+    /// Field with a unique example id (rows without it get "<file>:<line>").
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Field with the task name.
+    #[arg(long, default_value = "task")]
+    task_field: String,
+    /// Task name for rows without the task field.
+    #[arg(long, default_value = "default")]
+    task: String,
+    /// The teacher's tokenizer.json.
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Token limit for inputs.
+    #[arg(long)]
+    max_input_tokens: Option<usize>,
+    /// Token limit for targets (eos not counted).
+    #[arg(long)]
+    max_target_tokens: Option<usize>,
+    /// What to do with inputs over the limit: keep-start, keep-end, drop, error.
+    #[arg(long, default_value = "keep-start")]
+    input_truncation: Truncation,
+    /// What to do with targets over the limit: keep-start, keep-end, drop, error.
+    #[arg(long, default_value = "keep-start")]
+    target_truncation: Truncation,
+    /// Fraction of examples (chosen by a hash of the id) that go to the validation split.
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Rows per shard file.
+    #[arg(long, default_value_t = 65536)]
+    shard_rows: usize,
+    /// Also store text_input/text_target columns.
+    #[arg(long)]
+    keep_text: bool,
+    /// Output folder (created atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let spec = |template: Option<String>, field: String| -> anyhow::Result<TextSpec> {
+        Ok(match template {
+            Some(t) => TextSpec::template(&t)?,
+            None => TextSpec::Field(field),
+        })
+    };
+    let cfg = PrepareConfig {
+        inputs: a.input,
+        validation_inputs: a.validation_input,
+        fields: FieldMap {
+            input: spec(a.input_template, a.input_field)?,
+            target: spec(a.target_template, a.target_field)?,
+            id_field: a.id_field,
+            task_field: a.task_field,
+            default_task: a.task,
+        },
+        tokenizer: a.tokenizer,
+        max_input_tokens: a.max_input_tokens,
+        max_target_tokens: a.max_target_tokens,
+        input_truncation: a.input_truncation,
+        target_truncation: a.target_truncation,
+        val_fraction: a.val_fraction,
+        shard_rows: a.shard_rows,
+        keep_text: a.keep_text,
+        out: a.out.clone(),
+        overwrite: a.overwrite,
+        command: super::command_line(),
+        progress: true,
+    };
+    let summary = prepare(&cfg).with_context(|| format!("preparing {}", a.out.display()))?;
+    let secs = summary.elapsed.as_secs_f64();
+    println!(
+        "wrote {} in {secs:.1}s ({:.0} tokens/s)",
+        a.out.display(),
+        summary.tokens as f64 / secs.max(1e-9)
+    );
+    for (name, split) in &summary.manifest.splits {
+        println!(
+            "  {name}: {} rows, {} shards, input tokens mean {:.1} max {}, target mean {:.1} max {}, truncated {}/{} dropped {}",
+            split.rows,
+            split.shards.len(),
+            split.input_tokens.mean,
+            split.input_tokens.max,
+            split.target_tokens.mean,
+            split.target_tokens.max,
+            split.truncated_inputs,
+            split.truncated_targets,
+            split.dropped
+        );
+    }
+    println!("  tokenizer sha256 {}", summary.manifest.tokenizer.sha256);
+    Ok(())
+}
