@@ -1,6 +1,9 @@
 //! `edkd`: the one command users type.
 
 mod bench;
+mod convert;
+mod device;
+mod generate;
 mod info;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +23,10 @@ enum Command {
     /// Benchmarks that print edkd next to a reference implementation.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Generate from a student or teacher folder.
+    Generate(generate::Args),
+    /// Import a checkpoint in the paper's reference layout as an edkd student folder.
+    Convert(convert::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +39,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info(args) => info::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Generate(args) => generate::run(args),
+        Command::Convert(args) => convert::run(args),
     }
 }

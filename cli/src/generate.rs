@@ -1,0 +1,110 @@
+//! `edkd generate`: run a student or teacher folder on one input.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use edkd_models::student::{FolderKind, StudentModel, folder_kind};
+use edkd_models::{Decoding, GenerationConfig, LoadOptions, Sampling, Teacher, Tokenizer};
+
+use crate::device::DeviceArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A student folder (edkd) or a Hugging Face decoder-only teacher folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Input text (encoded with the folder's tokenizer.json).
+    #[arg(
+        long,
+        conflicts_with = "input_ids",
+        required_unless_present = "input_ids"
+    )]
+    input: Option<String>,
+    /// Input token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    input_ids: Option<Vec<i64>>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sample instead of greedy decoding.
+    #[arg(long)]
+    sample: bool,
+    #[arg(long, default_value_t = 1.0, requires = "sample")]
+    temperature: f64,
+    #[arg(long, requires = "sample")]
+    top_k: Option<usize>,
+    #[arg(long, requires = "sample")]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let opts: LoadOptions = args.device.load_options()?;
+    let sampling = if args.sample {
+        if args.temperature <= 0.0 {
+            bail!("--temperature must be > 0, got {}", args.temperature);
+        }
+        Sampling::Sample {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+        }
+    } else {
+        Sampling::Greedy
+    };
+    let config_for = |eos: i64, pad: i64| GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampling: sampling.clone(),
+        eos_token_ids: vec![eos],
+        pad_token_id: pad,
+        seed: args.seed,
+    };
+    match folder_kind(&args.model)? {
+        FolderKind::Student => {
+            let s = StudentModel::load(&args.model, opts)?;
+            let c = &s.model.config;
+            let ids = input_ids(&args, s.tokenizer.as_ref(), false)?;
+            let out = edkd_models::generate_seq2seq(
+                &s.model,
+                &[ids],
+                &config_for(c.eos_token_id, c.pad_token_id),
+                Decoding::Cached,
+            )?;
+            print_output(&out[0], s.tokenizer.as_ref())
+        }
+        FolderKind::Teacher => {
+            let t = Teacher::load(&args.model, opts)?;
+            let c = &t.model.config;
+            let ids = input_ids(&args, t.tokenizer.as_ref(), true)?;
+            let mut cfg = config_for(-1, c.pad_token_id.unwrap_or(0));
+            cfg.eos_token_ids = c.eos_token_ids.clone();
+            let out = edkd_models::generate(&t.model, &[ids], &cfg)?;
+            print_output(&out[0], t.tokenizer.as_ref())
+        }
+    }
+}
+
+fn input_ids(args: &Args, tok: Option<&Tokenizer>, add_special: bool) -> anyhow::Result<Vec<i64>> {
+    if let Some(ids) = &args.input_ids {
+        return Ok(ids.clone());
+    }
+    let text = args.input.as_deref().unwrap_or_default();
+    let tok = tok.with_context(|| {
+        format!(
+            "{} has no tokenizer.json: pass --input-ids instead of --input",
+            args.model.display()
+        )
+    })?;
+    Ok(tok.encode(text, add_special)?)
+}
+
+fn print_output(ids: &[i64], tok: Option<&Tokenizer>) -> anyhow::Result<()> {
+    if let Some(tok) = tok {
+        println!("{}", tok.decode(ids, true)?);
+    }
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    println!("ids: {}", list.join(","));
+    Ok(())
+}
