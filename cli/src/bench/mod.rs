@@ -1,5 +1,7 @@
 //! `edkd bench ...`: benchmarks that print edkd and a reference implementation side by side.
 
+pub mod efficiency;
+pub mod generation;
 pub mod teacher;
 
 use std::path::{Path, PathBuf};
@@ -11,11 +13,18 @@ use anyhow::{Context, bail};
 pub enum BenchCommand {
     /// Teacher forward throughput (tokens/s) for edkd and transformers on the same weights.
     Teacher(teacher::Args),
+    /// Encoder-decoder student vs its decoder-only twin: first-token latency, decode
+    /// throughput and peak memory per input length (CSV and PNG).
+    Efficiency(efficiency::Args),
+    /// Student cached vs recomputed decoding; twin generation in edkd vs transformers.
+    Generation(generation::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Teacher(args) => teacher::run(args),
+        BenchCommand::Efficiency(args) => efficiency::run(args),
+        BenchCommand::Generation(args) => generation::run(args),
     }
 }
 

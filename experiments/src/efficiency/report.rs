@@ -1,0 +1,177 @@
+//! The efficiency experiment's outputs: one row per input length, CSV, a text table and
+//! the PNG plot (made by `scripts/plot_efficiency.py`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use super::Measurement;
+use crate::error::{Error, Result};
+use crate::python;
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Columns of the CSV, in order; ratios are student / twin.
+pub const CSV_COLUMNS: [&str; 18] = [
+    "input_length",
+    "new_tokens",
+    "student_params",
+    "twin_params",
+    "student_first_token_ms",
+    "twin_first_token_ms",
+    "first_token_ratio",
+    "student_decode_tok_s",
+    "twin_decode_tok_s",
+    "decode_ratio",
+    "student_peak_rss_mib",
+    "twin_peak_rss_mib",
+    "student_run_peak_mib",
+    "twin_run_peak_mib",
+    "run_peak_ratio",
+    "student_kv_cache_mib",
+    "twin_kv_cache_mib",
+    "kv_cache_ratio",
+];
+
+/// Both models at one input length.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub input_length: i64,
+    pub new_tokens: usize,
+    pub student: Measurement,
+    pub twin: Measurement,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+impl Row {
+    /// Student latency / twin latency: below 1 means the student answers sooner.
+    pub fn first_token_ratio(&self) -> f64 {
+        self.student.first_token_ms / self.twin.first_token_ms
+    }
+
+    /// Student throughput / twin throughput: above 1 means the student decodes faster.
+    pub fn decode_ratio(&self) -> f64 {
+        self.student.decode_tokens_per_s / self.twin.decode_tokens_per_s
+    }
+
+    pub fn run_peak_ratio(&self) -> Option<f64> {
+        Some(mib(self.student.run_peak_bytes?) / mib(self.twin.run_peak_bytes?))
+    }
+
+    pub fn kv_cache_ratio(&self) -> f64 {
+        self.student.kv_cache_bytes as f64 / self.twin.kv_cache_bytes as f64
+    }
+
+    fn csv_fields(&self) -> Vec<String> {
+        let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
+        let (s, t) = (&self.student, &self.twin);
+        vec![
+            self.input_length.to_string(),
+            self.new_tokens.to_string(),
+            s.params.to_string(),
+            t.params.to_string(),
+            format!("{:.3}", s.first_token_ms),
+            format!("{:.3}", t.first_token_ms),
+            format!("{:.4}", self.first_token_ratio()),
+            format!("{:.2}", s.decode_tokens_per_s),
+            format!("{:.2}", t.decode_tokens_per_s),
+            format!("{:.4}", self.decode_ratio()),
+            format!("{:.1}", mib(s.peak_rss_bytes)),
+            format!("{:.1}", mib(t.peak_rss_bytes)),
+            opt(s.run_peak_bytes.map(mib)),
+            opt(t.run_peak_bytes.map(mib)),
+            opt(self.run_peak_ratio()),
+            format!("{:.3}", mib(s.kv_cache_bytes)),
+            format!("{:.3}", mib(t.kv_cache_bytes)),
+            format!("{:.4}", self.kv_cache_ratio()),
+        ]
+    }
+}
+
+/// Writes the rows as CSV with a [`CSV_COLUMNS`] header.
+pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
+    let mut text = CSV_COLUMNS.join(",") + "\n";
+    for row in rows {
+        text += &(row.csv_fields().join(",") + "\n");
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    std::fs::write(path, text).map_err(Error::io(path))
+}
+
+/// A one-screen table of the rows (ratios student / twin).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>6} | {:>7} {:>7}",
+        "input",
+        "1st tok",
+        "ms",
+        "ratio",
+        "decode",
+        "tok/s",
+        "ratio",
+        "run peak",
+        "MiB",
+        "ratio",
+        "peak RSS",
+        "MiB"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>6} | {:>7} {:>7}",
+        "tokens",
+        "student",
+        "twin",
+        "s/t",
+        "student",
+        "twin",
+        "s/t",
+        "student",
+        "twin",
+        "s/t",
+        "student",
+        "twin"
+    );
+    let na = |v: Option<f64>, prec: usize| v.map_or("n/a".to_string(), |v| format!("{v:.prec$}"));
+    for r in rows {
+        let (s, t) = (&r.student, &r.twin);
+        let _ = writeln!(
+            out,
+            "{:>6} | {:>9.1} {:>9.1} {:>6.2} | {:>9.1} {:>9.1} {:>6.2} | {:>8} {:>8} {:>6} | {:>7.0} {:>7.0}",
+            r.input_length,
+            s.first_token_ms,
+            t.first_token_ms,
+            r.first_token_ratio(),
+            s.decode_tokens_per_s,
+            t.decode_tokens_per_s,
+            r.decode_ratio(),
+            na(s.run_peak_bytes.map(mib), 0),
+            na(t.run_peak_bytes.map(mib), 0),
+            na(r.run_peak_ratio(), 2),
+            mib(s.peak_rss_bytes),
+            mib(t.peak_rss_bytes),
+        );
+    }
+    out
+}
+
+/// Plots the CSV into `png` (latency vs input length, log x; decode throughput).
+pub fn plot(csv: &Path, png: &Path, title: &str) -> Result<()> {
+    python::run_script(
+        "plot_efficiency.py",
+        &[
+            "--csv".into(),
+            csv.display().to_string(),
+            "--out".into(),
+            png.display().to_string(),
+            "--title".into(),
+            title.into(),
+        ],
+    )?;
+    Ok(())
+}

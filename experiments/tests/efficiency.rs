@@ -1,0 +1,115 @@
+//! End-to-end: the efficiency experiment on the tiny preset writes a well-formed CSV and
+//! a PNG plot; the generation comparison agrees token for token.
+
+use edkd_experiments::efficiency::{self, Arch, Options, report::CSV_COLUMNS};
+use edkd_experiments::generation;
+
+const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
+/// Columns left empty when the kernel does not let a process reset its peak RSS.
+const OPTIONAL: [&str; 3] = [
+    "student_run_peak_mib",
+    "twin_run_peak_mib",
+    "run_peak_ratio",
+];
+
+fn tiny() -> Options {
+    Options {
+        preset: "tiny".into(),
+        input_lengths: vec![8, 32],
+        new_tokens: 4,
+        repeats: 1,
+        threads: 1,
+        seed: 0,
+    }
+}
+
+#[test]
+fn tiny_run_writes_csv_and_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    let rows = efficiency::run(&tiny(), efficiency::measure, |s| {
+        seen.push((s.arch, s.input_length))
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            (Arch::Student, 8),
+            (Arch::Twin, 8),
+            (Arch::Student, 32),
+            (Arch::Twin, 32)
+        ]
+    );
+    let csv = dir.path().join("e.csv");
+    efficiency::write_csv(&csv, &rows).unwrap();
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), CSV_COLUMNS.join(","));
+    let data: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(data.len(), 2);
+    for (row, len) in data.iter().zip(["8", "32"]) {
+        assert_eq!(row.len(), CSV_COLUMNS.len());
+        assert_eq!(row[0], len);
+        for (col, field) in CSV_COLUMNS.iter().zip(row) {
+            if field.is_empty() && OPTIONAL.contains(col) {
+                continue;
+            }
+            let v: f64 = field
+                .parse()
+                .unwrap_or_else(|_| panic!("{col} = {field:?}"));
+            assert!(v.is_finite() && v > 0.0, "{col} = {v}");
+        }
+    }
+    // The twin's cache holds input + output for every layer; the student's decoder fewer.
+    for r in &rows {
+        assert!(r.kv_cache_ratio() < 1.0, "kv ratio {}", r.kv_cache_ratio());
+        let rel = (r.student.params - r.twin.params).abs() as f64 / r.twin.params as f64;
+        assert!(
+            rel < 0.02,
+            "params {} vs {}",
+            r.student.params,
+            r.twin.params
+        );
+    }
+
+    let png = dir.path().join("e.png");
+    efficiency::plot(&csv, &png, "tiny").unwrap();
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(PNG_MAGIC), "not a PNG");
+    assert!(
+        bytes.len() > 10_000,
+        "suspiciously small PNG: {} bytes",
+        bytes.len()
+    );
+}
+
+#[test]
+fn one_new_token_is_rejected_with_the_field_name() {
+    let spec = efficiency::MeasureSpec {
+        arch: Arch::Student,
+        preset: "tiny".into(),
+        input_length: 8,
+        new_tokens: 1,
+        repeats: 1,
+        threads: 1,
+        seed: 0,
+    };
+    let err = efficiency::measure(&spec).unwrap_err().to_string();
+    assert!(err.contains("new_tokens"), "{err}");
+}
+
+#[test]
+fn cached_and_recomputed_student_generation_agree() {
+    let opts = generation::Options {
+        preset: "tiny".into(),
+        input_length: 16,
+        new_tokens: 12,
+        repeats: 1,
+        threads: 1,
+        seed: 3,
+    };
+    let r = generation::student_cached_vs_recompute(&opts).unwrap();
+    assert!(r.same_tokens);
+    assert!(r.cached_s > 0.0 && r.recompute_s > 0.0);
+}
