@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod data;
 mod device;
 mod generate;
 mod info;
@@ -27,6 +28,9 @@ enum Command {
     Generate(generate::Args),
     /// Import a checkpoint in the paper's reference layout as an edkd student folder.
     Convert(convert::Args),
+    /// Prepare, inspect and synthesize datasets.
+    #[command(subcommand)]
+    Data(data::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Info(args) => info::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Convert(args) => convert::run(args),
     }

@@ -25,6 +25,8 @@ use crate::tokenizer::Tokenizer;
 
 /// Records tokenized together in one parallel step.
 const TOKENIZE_CHUNK: usize = 8192;
+/// Parsed chunks buffered ahead of tokenization.
+const READ_AHEAD_CHUNKS: usize = 2;
 /// Resolution of the hash-based validation split.
 const SPLIT_HASH_BUCKETS: u64 = 1 << 32;
 
@@ -135,21 +137,47 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         tokenizer: &tokenizer,
         seen_ids: HashSet::new(),
         splits: &mut splits,
-        chunk: Vec::with_capacity(TOKENIZE_CHUNK),
         progress: &progress,
     };
-    for (files, forced) in [(&train_files, None), (&val_files, Some(1))] {
-        for file in files {
-            ingest::read_file(file, &cfg.fields, &mut |record| {
-                state.chunk.push((record, forced));
-                if state.chunk.len() == TOKENIZE_CHUNK {
-                    state.flush_chunk()?;
+    // A reader thread parses files into chunks while this thread tokenizes the previous
+    // chunk on the rayon pool and writes shards, so parsing overlaps tokenization.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(READ_AHEAD_CHUNKS);
+        let fields = &cfg.fields;
+        let (train_files, val_files) = (&train_files, &val_files);
+        scope.spawn(move || {
+            let mut chunk = Vec::with_capacity(TOKENIZE_CHUNK);
+            let result = (|| -> Result<()> {
+                for (files, forced) in [(train_files, None), (val_files, Some(1))] {
+                    for file in files {
+                        ingest::read_file(file, fields, &mut |record| {
+                            chunk.push((record, forced));
+                            if chunk.len() == TOKENIZE_CHUNK {
+                                let full = std::mem::replace(
+                                    &mut chunk,
+                                    Vec::with_capacity(TOKENIZE_CHUNK),
+                                );
+                                // A closed channel means the consumer failed; stop quietly.
+                                if tx.send(Ok(full)).is_err() {
+                                    return Err(Error::Config {
+                                        message: "stopped".into(),
+                                    });
+                                }
+                            }
+                            Ok(())
+                        })?;
+                    }
                 }
                 Ok(())
-            })?;
+            })();
+            let last = result.map(|()| std::mem::take(&mut chunk));
+            let _ = tx.send(last);
+        });
+        for chunk in rx {
+            state.tokenize_chunk(chunk?)?;
         }
-        state.flush_chunk()?;
-    }
+        Ok(())
+    })?;
     progress.finish_and_clear();
 
     let mut infos = BTreeMap::new();
@@ -220,13 +248,14 @@ fn progress_bar(show: bool) -> ProgressBar {
     bar
 }
 
+/// Records to tokenize together, each with a forced split index (validation files).
+type Chunk = Vec<(RawRecord, Option<usize>)>;
+
 struct State<'a> {
     cfg: &'a PrepareConfig,
     tokenizer: &'a Tokenizer,
     seen_ids: HashSet<String>,
     splits: &'a mut Vec<SplitWriter>,
-    /// Records waiting for tokenization, with a forced split index (validation files).
-    chunk: Vec<(RawRecord, Option<usize>)>,
     progress: &'a ProgressBar,
 }
 
@@ -238,8 +267,7 @@ struct Tokenized {
 }
 
 impl State<'_> {
-    fn flush_chunk(&mut self) -> Result<()> {
-        let chunk = std::mem::take(&mut self.chunk);
+    fn tokenize_chunk(&mut self, chunk: Chunk) -> Result<()> {
         let results: Vec<Result<Tokenized>> = chunk
             .par_iter()
             .map(|(r, _)| tokenize(r, self.tokenizer, self.cfg))
