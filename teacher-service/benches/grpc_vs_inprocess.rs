@@ -1,0 +1,229 @@
+//! Teacher service benchmark: scored target tokens/s through gRPC (loopback, pipelined
+//! stream) vs the same batches scored in-process, wire bytes per target token at k = 64, and
+//! unary p50/p99 latency.
+//!
+//! `cargo bench -p edkd-teacher --bench grpc_vs_inprocess [-- --layers 2 --hidden 256 ...]`
+//! Random weights (a Llama-shaped model with a 32k vocabulary) are written to a temp folder.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use edkd_models::teacher::{CausalLm, CausalLmConfig};
+use edkd_models::{LoadOptions, Teacher};
+use edkd_teacher::proto::{ScoreRequest, Sequence, ValueFormat};
+use edkd_teacher::scoring::{Scorer, SeqInput};
+use edkd_teacher::wire::decode_response;
+use edkd_teacher::{Client, ClientConfig, ServerConfig};
+use prost::Message;
+
+const TOP_K: usize = 64;
+
+struct Shape {
+    hidden: i64,
+    layers: i64,
+    vocab: i64,
+    batches: usize,
+    seqs_per_batch: usize,
+    prompt: usize,
+    target: usize,
+    in_flight: usize,
+    latency_calls: usize,
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn write_random_teacher(dir: &Path, shape: &Shape) -> anyhow::Result<()> {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/teachers/llama_linear/config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&fixture)?)?;
+    let heads = shape.hidden / 64;
+    json["hidden_size"] = shape.hidden.into();
+    json["intermediate_size"] = (shape.hidden * 3).into();
+    json["num_hidden_layers"] = shape.layers.into();
+    json["num_attention_heads"] = heads.into();
+    json["num_key_value_heads"] = (heads / 2).max(1).into();
+    json["head_dim"] = 64.into();
+    json["vocab_size"] = shape.vocab.into();
+    json["max_position_embeddings"] = 2048.into();
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let config = CausalLmConfig::from_folder(dir)?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _model = CausalLm::new(&vs.root(), &config);
+    edkd_models::student::save_folder(dir, &json, &vs, None)?;
+    Ok(())
+}
+
+fn tokens(seed: u64, len: usize, vocab: u32) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % u64::from(vocab)) as u32
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let shape = Shape {
+        hidden: arg("--hidden", 256) as i64,
+        layers: arg("--layers", 2) as i64,
+        vocab: arg("--vocab", 32000) as i64,
+        batches: arg("--batches", 24),
+        seqs_per_batch: arg("--seqs", 8),
+        prompt: arg("--prompt", 96),
+        target: arg("--target", 32),
+        in_flight: arg("--in-flight", 2),
+        latency_calls: arg("--latency-calls", 100),
+    };
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("teacher");
+    write_random_teacher(&dir, &shape).context("writing the random teacher")?;
+    let vocab = shape.vocab as u32;
+
+    let batches: Vec<Vec<Sequence>> = (0..shape.batches)
+        .map(|b| {
+            (0..shape.seqs_per_batch)
+                .map(|s| {
+                    let seed = (b * 1000 + s) as u64;
+                    // Mixed lengths: 50..100% of the nominal sizes.
+                    let p = shape.prompt / 2 + (seed as usize * 7) % (shape.prompt / 2 + 1);
+                    let t = shape.target / 2 + (seed as usize * 5) % (shape.target / 2 + 1);
+                    Sequence {
+                        id: format!("b{b}s{s}"),
+                        prompt_ids: tokens(seed, p.max(1), vocab),
+                        target_ids: tokens(seed + 7, t.max(1), vocab),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let targets: usize = batches.iter().flatten().map(|s| s.target_ids.len()).sum();
+    let request = |i: usize, seqs: &[Sequence]| ScoreRequest {
+        request_id: i as u64,
+        sequences: seqs.to_vec(),
+        top_k: TOP_K as u32,
+        temperature: 1.0,
+        value_format: ValueFormat::F16 as i32,
+        tokenizer_sha256: String::new(),
+    };
+
+    // In-process: the same batches through the same scoring code, no network.
+    let scorer = Scorer::new(Teacher::load(&dir, LoadOptions::default())?);
+    let inputs: Vec<Vec<SeqInput>> = batches
+        .iter()
+        .map(|b| {
+            b.iter()
+                .map(|s| SeqInput {
+                    prompt: s.prompt_ids.clone(),
+                    target: s.target_ids.clone(),
+                    k: TOP_K,
+                    temperature: 1.0,
+                })
+                .collect()
+        })
+        .collect();
+    let run_in_process = || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        for b in &inputs {
+            let refs: Vec<&SeqInput> = b.iter().collect();
+            let out = scorer.score(&refs)?;
+            anyhow::ensure!(out.len() == b.len());
+        }
+        Ok(targets as f64 / started.elapsed().as_secs_f64())
+    };
+    run_in_process()?; // warm-up
+    let in_process = run_in_process()?;
+    drop(scorer);
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (grpc, bytes_per_token, p50, p99) = runtime.block_on(async {
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            max_request_tokens: 1 << 20,
+            max_wait: Duration::from_millis(1),
+            ..ServerConfig::default()
+        };
+        let server =
+            edkd_teacher::start(Teacher::load(&dir, LoadOptions::default())?, config).await?;
+        let client = Client::connect(ClientConfig::new(server.addr.to_string()))?;
+        let requests: Vec<ScoreRequest> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| request(i, b))
+            .collect();
+        let run_grpc = || async {
+            let started = Instant::now();
+            let responses = client.score_all(requests.clone(), shape.in_flight).await?;
+            let mut wire = 0usize;
+            for r in &responses {
+                wire += r.encoded_len();
+                decode_response(r)?;
+            }
+            anyhow::Ok((targets as f64 / started.elapsed().as_secs_f64(), wire))
+        };
+        run_grpc().await?; // warm-up
+        let (grpc, wire) = run_grpc().await?;
+
+        let mut latencies = Vec::with_capacity(shape.latency_calls);
+        for i in 0..shape.latency_calls {
+            let b = &batches[i % batches.len()];
+            let started = Instant::now();
+            client.score(request(i, &b[..1])).await?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        server.shutdown().await?;
+        anyhow::Ok((
+            grpc,
+            wire as f64 / targets as f64,
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+        ))
+    })?;
+
+    println!(
+        "teacher: Llama-shaped random, hidden {}, {} layers, vocab {}; {} batches x {} sequences, prompt ~{} target ~{} ({} target tokens), k {TOP_K}, f16 values",
+        shape.hidden,
+        shape.layers,
+        shape.vocab,
+        shape.batches,
+        shape.seqs_per_batch,
+        shape.prompt,
+        shape.target,
+        targets
+    );
+    println!("in-process      {in_process:>10.0} target tokens/s");
+    println!(
+        "gRPC (stream)   {grpc:>10.0} target tokens/s  ({} in flight)",
+        shape.in_flight
+    );
+    println!(
+        "ratio           {:>10.3}  (goal >= 0.90)",
+        grpc / in_process
+    );
+    println!("wire bytes      {bytes_per_token:>10.1} per target token (goal <= 400)");
+    println!(
+        "unary latency   p50 {:.2} ms, p99 {:.2} ms (1 sequence per call)",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Offline annotation: scores a prepared dataset split through the service and writes the
+//! teacher-logit cache (edkd-data's format). Resumable: ids already in finished cache shards
+//! are skipped, so an interrupted run loses at most one unfinished shard.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edkd_data::manifest::Verify;
+use edkd_data::{CacheEntry, CacheMeta, CacheWriter, Dataset, OpenOptions};
+use edkd_proto::teacher::v1::{ScoreRequest, Sequence, ValueFormat};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::wire::decode_response;
+
+/// What to annotate and how.
+#[derive(Debug, Clone)]
+pub struct AnnotateConfig {
+    /// Prepared dataset folder (with `manifest.json`).
+    pub data: PathBuf,
+    pub split: String,
+    /// Cache folder (created, or resumed).
+    pub out: PathBuf,
+    pub top_k: usize,
+    pub temperature: f32,
+    /// Most sequences per request (the server's token limit also applies).
+    pub sequences_per_request: usize,
+    /// Requests kept in flight on the stream.
+    pub in_flight: usize,
+    /// Examples per cache shard.
+    pub shard_rows: usize,
+    /// Stop after scoring this many examples (a partial run; resume later).
+    pub limit: Option<usize>,
+    pub progress: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnnotateSummary {
+    pub examples: usize,
+    /// Found in the cache already and skipped.
+    pub skipped: usize,
+    pub scored: usize,
+    pub target_positions: usize,
+    /// Finished shards in the cache folder.
+    pub shards: usize,
+    pub elapsed: Duration,
+}
+
+/// Sequences per request: examples `indices` of the split.
+fn plan(
+    ds: &Dataset,
+    todo: &[u64],
+    per_request: usize,
+    token_limit: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &idx) in todo.iter().enumerate() {
+        let (n, t) = ds.lengths(idx);
+        let len = n + t + 1;
+        if i > start && (i - start >= per_request || tokens + len > token_limit) {
+            groups.push(start..i);
+            start = i;
+            tokens = 0;
+        }
+        tokens += len;
+    }
+    if start < todo.len() {
+        groups.push(start..todo.len());
+    }
+    groups
+}
+
+/// Scores every not-yet-cached example of the split and appends it to the cache.
+pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<AnnotateSummary> {
+    let started = Instant::now();
+    if config.top_k == 0 || config.sequences_per_request == 0 || config.in_flight == 0 {
+        return Err(Error::Config(
+            "top_k, sequences per request and in-flight requests must be positive".into(),
+        ));
+    }
+    let info = client.info().await?;
+    let limits = info.limits.unwrap_or_default();
+    let mut options = OpenOptions::new(&config.split);
+    options.verify = Verify::Full;
+    if !info.tokenizer_sha256.is_empty() {
+        options.expect_tokenizer_sha256 = Some(info.tokenizer_sha256.clone());
+    }
+    let ds = Arc::new(Dataset::open(&config.data, &options)?);
+    let tokenizer_sha256 = ds.manifest.tokenizer.sha256.clone();
+    let eos = ds.manifest.tokenizer.special_ids.eos;
+    let meta = CacheMeta::new(
+        &info.model_id,
+        &tokenizer_sha256,
+        config.top_k,
+        config.temperature,
+    );
+    let mut writer = CacheWriter::open(&config.out, meta, config.shard_rows)?;
+
+    let total = ds.len() as usize;
+    let mut todo: Vec<u64> = (0..ds.len())
+        .filter(|&i| !writer.is_done(ds.example(i).id))
+        .collect();
+    let skipped = total - todo.len();
+    if let Some(limit) = config.limit {
+        todo.truncate(limit);
+    }
+    let groups = plan(
+        &ds,
+        &todo,
+        config.sequences_per_request,
+        limits.max_request_tokens.max(1) as usize,
+    );
+    tracing::info!(
+        total,
+        skipped,
+        to_score = todo.len(),
+        requests = groups.len(),
+        "annotating"
+    );
+
+    let bar = if config.progress {
+        let bar = ProgressBar::new(todo.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} examples ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let todo = Arc::new(todo);
+    let (k, temperature) = (config.top_k as u32, config.temperature);
+    let requests = {
+        let (ds, todo, groups) = (ds.clone(), todo.clone(), groups.clone());
+        tokio_stream::iter(groups.into_iter().enumerate().map(move |(r, range)| {
+            let sequences = todo[range]
+                .iter()
+                .map(|&i| {
+                    let e = ds.example(i);
+                    let mut target = e.target_ids.to_vec();
+                    // Cache positions follow the student's labels: target + [eos].
+                    target.push(eos);
+                    Sequence {
+                        id: e.id.to_owned(),
+                        prompt_ids: e.input_ids.to_vec(),
+                        target_ids: target,
+                    }
+                })
+                .collect();
+            ScoreRequest {
+                request_id: r as u64,
+                sequences,
+                top_k: k,
+                temperature,
+                value_format: ValueFormat::F32 as i32,
+                tokenizer_sha256: tokenizer_sha256.clone(),
+            }
+        }))
+    };
+    let mut pipeline = client.score_stream(requests, config.in_flight).await?;
+    let (mut scored, mut positions) = (0, 0);
+    for (r, range) in groups.iter().enumerate() {
+        let response = pipeline.next().await.ok_or_else(|| {
+            Error::Wire(format!(
+                "stream ended after {r} of {} answers",
+                groups.len()
+            ))
+        })??;
+        if response.request_id != r as u64 || response.sequences.len() != range.len() {
+            return Err(Error::Wire(format!(
+                "answer {} ({} sequences) for request {r} ({} sequences)",
+                response.request_id,
+                response.sequences.len(),
+                range.len()
+            )));
+        }
+        for (s, &idx) in decode_response(&response)?.iter().zip(&todo[range.clone()]) {
+            let e = ds.example(idx);
+            if s.id != e.id || s.positions != e.target_ids.len() + 1 {
+                return Err(Error::Wire(format!(
+                    "answer `{}` ({} positions) for example `{}` ({} targets + eos)",
+                    s.id,
+                    s.positions,
+                    e.id,
+                    e.target_ids.len()
+                )));
+            }
+            writer.push(&CacheEntry {
+                id: &s.id,
+                topk_ids: &s.topk_ids,
+                topk_logprobs: &s.topk_logprobs,
+                tail_logmass: &s.tail_logmass,
+                gold_logprob: &s.gold_logprob,
+            })?;
+            positions += s.positions;
+        }
+        scored += range.len();
+        bar.inc(range.len() as u64);
+    }
+    bar.finish_and_clear();
+    let shards = writer.finish()?;
+    Ok(AnnotateSummary {
+        examples: total,
+        skipped,
+        scored,
+        target_positions: positions,
+        shards,
+        elapsed: started.elapsed(),
+    })
+}

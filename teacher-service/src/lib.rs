@@ -1,0 +1,22 @@
+//! edkd's teacher service: a gRPC server that scores sequences with a libtorch teacher and
+//! returns compact top-k log-probs (plus tail log-mass and the gold token's log-prob), the
+//! client library, and offline annotation into the teacher-logit cache.
+//!
+//! Request path: handler -> [`validate`] -> [`batcher`] (actor thread owning the model) ->
+//! [`scoring`] -> packed bytes ([`wire`]).
+
+pub mod annotate;
+pub mod batcher;
+pub mod client;
+pub mod error;
+pub mod metrics;
+pub mod scoring;
+pub mod server;
+pub mod validate;
+pub mod wire;
+
+pub use annotate::{AnnotateConfig, AnnotateSummary, annotate};
+pub use client::{Client, ClientConfig, Pipeline};
+pub use edkd_proto::teacher::v1 as proto;
+pub use error::{Error, Result};
+pub use server::{RunningServer, ServerConfig, TlsPem, shutdown_signal, start};

@@ -1,0 +1,464 @@
+//! The gRPC server: `Teacher` service handlers, health, reflection, bearer-token auth, TLS,
+//! message size limits, metrics endpoint and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edkd_models::Teacher;
+use edkd_proto::teacher::v1::teacher_server::{self, TeacherServer};
+use edkd_proto::teacher::v1::{
+    InfoRequest, InfoResponse, ScoreRequest, ScoreResponse, ScoredSequence,
+};
+use futures_util::Stream;
+use tch::{Device, Kind};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::{Interceptor, InterceptorLayer};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::scoring::{Scorer, SeqScores};
+use crate::validate::{Limits, validate};
+use crate::wire;
+
+/// Requests of one ScoreStream being scored at once; the client's window beyond this waits
+/// in HTTP/2 flow control.
+const STREAM_WINDOW: usize = 64;
+
+/// PEM-encoded certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Everything `serve` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// gRPC address; loopback by default.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` address; none disables it.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Name reported by `Info` (defaults to the model folder's name).
+    pub model_id: Option<String>,
+    pub max_top_k: usize,
+    /// Token budget per request and per forward pass.
+    pub max_request_tokens: usize,
+    pub max_sequences: usize,
+    pub queue_capacity: usize,
+    /// How long a batch waits for more requests.
+    pub max_wait: Duration,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub tls: Option<TlsPem>,
+    /// Required bearer token on every RPC.
+    pub auth_token: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
+            model_id: None,
+            max_top_k: 256,
+            max_request_tokens: 16384,
+            max_sequences: 1024,
+            queue_capacity: 256,
+            max_wait: Duration::from_millis(2),
+            max_request_bytes: 16 << 20,
+            max_response_bytes: 64 << 20,
+            tls: None,
+            auth_token: None,
+        }
+    }
+}
+
+/// Human names for `Info`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+pub fn kind_name(kind: Kind) -> String {
+    match kind {
+        Kind::Float => "f32".into(),
+        Kind::BFloat16 => "bf16".into(),
+        Kind::Half => "f16".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+struct Inner {
+    batcher: Batcher,
+    limits: Limits,
+    info: InfoResponse,
+    metrics: Arc<Metrics>,
+}
+
+impl Inner {
+    async fn score(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+        let (request_id, top_k) = (req.request_id, req.top_k);
+        let valid = validate(req, &self.limits, &self.info.tokenizer_sha256)?;
+        let format = valid.format;
+        let scores = self.batcher.score(valid.seqs).await?;
+        let sequences = scores
+            .iter()
+            .zip(valid.ids)
+            .map(|(s, id)| encode(id, s, format))
+            .collect();
+        Ok(ScoreResponse {
+            request_id,
+            top_k,
+            value_format: format as i32,
+            sequences,
+        })
+    }
+
+    /// Scores `req` and records its latency and outcome.
+    async fn score_recorded(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+        let started = Instant::now();
+        let result = self.score(req).await;
+        self.metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.requests.inc();
+        if let Err(e) = &result {
+            let code = format!("{:?}", e.code());
+            self.metrics
+                .errors
+                .with_label_values(&[code.as_str()])
+                .inc();
+        }
+        result
+    }
+}
+
+fn encode(
+    id: String,
+    s: &SeqScores,
+    format: edkd_proto::teacher::v1::ValueFormat,
+) -> ScoredSequence {
+    ScoredSequence {
+        id,
+        num_positions: s.tail_logmass.len() as u32,
+        topk_ids: wire::encode_ids(&s.topk_ids),
+        topk_logprobs: wire::encode_values(&s.topk_logprobs, format),
+        tail_logmass: wire::encode_values(&s.tail_logmass, format),
+        gold_logprob: wire::encode_values(&s.gold_logprob, format),
+    }
+}
+
+/// The `edkd.teacher.v1.Teacher` service.
+#[derive(Clone)]
+pub struct TeacherService {
+    inner: Arc<Inner>,
+}
+
+/// Aborts the scoring task when a stream goes away, so its queue slot is freed.
+struct AbortOnDrop(JoinHandle<Result<ScoreResponse>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ScoreResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl teacher_server::Teacher for TeacherService {
+    #[tracing::instrument(skip_all)]
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(self.inner.info.clone()))
+    }
+
+    #[tracing::instrument(skip_all, fields(request_id = request.get_ref().request_id, sequences = request.get_ref().sequences.len()))]
+    async fn score(
+        &self,
+        request: Request<ScoreRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let result = self.inner.score_recorded(request.into_inner()).await;
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    type ScoreStreamStream = ResponseStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn score_stream(
+        &self,
+        request: Request<Streaming<ScoreRequest>>,
+    ) -> Result<Response<Self::ScoreStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (pending_tx, mut pending_rx) = mpsc::channel::<AbortOnDrop>(STREAM_WINDOW);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
+        let inner = self.inner.clone();
+        // Reader: submits every request at once (so they batch), in arrival order.
+        tokio::spawn(async move {
+            while let Some(message) = inbound.next().await {
+                let Ok(req) = message else { break };
+                let inner = inner.clone();
+                let task = tokio::spawn(async move { inner.score_recorded(req).await });
+                if pending_tx.send(AbortOnDrop(task)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        // Writer: answers in order; the first error ends the stream.
+        tokio::spawn(async move {
+            while let Some(mut pending) = pending_rx.recv().await {
+                let result = match (&mut pending.0).await {
+                    Ok(r) => r,
+                    Err(e) => Err(Error::Model(format!("scoring task failed: {e}"))),
+                };
+                let failed = result.is_err();
+                if out_tx.send(result.map_err(Status::from)).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+/// Checks `authorization: Bearer <token>` on every RPC when a token is configured.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: Option<Arc<[u8]>>,
+}
+
+impl BearerAuth {
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| format!("Bearer {t}").into_bytes().into()),
+        }
+    }
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        match request.metadata().get("authorization") {
+            Some(v) if same_bytes(v.as_bytes(), expected) => Ok(request),
+            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>` metadata",
+            )),
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    pub info: InfoResponse,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, finishes in-flight requests, then returns.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.join().await
+    }
+
+    /// Runs until `signal` resolves (e.g. SIGTERM), then shuts down gracefully.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<()> {
+        tokio::select! {
+            () = signal => {}
+            joined = &mut self.task => {
+                return joined.map_err(|e| Error::Config(format!("server task: {e}")))?;
+            }
+        }
+        self.shutdown().await
+    }
+
+    async fn join(self) -> Result<()> {
+        self.task
+            .await
+            .map_err(|e| Error::Config(format!("server task: {e}")))?
+    }
+}
+
+/// Binds, starts the batcher and the gRPC (and metrics) servers, and returns once listening.
+pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServer> {
+    let model_cfg = &teacher.model.config;
+    let vocab_size = model_cfg.vocab_size as usize;
+    let limits = Limits {
+        vocab_size,
+        max_positions: model_cfg.max_positions as usize,
+        max_top_k: config.max_top_k.min(vocab_size),
+        max_request_tokens: config.max_request_tokens,
+        max_sequences: config.max_sequences,
+        max_response_bytes: config.max_response_bytes,
+    };
+    if limits.max_top_k == 0 || limits.max_request_tokens == 0 || config.queue_capacity == 0 {
+        return Err(Error::Config(
+            "max_top_k, max_request_tokens and queue_capacity must be positive".into(),
+        ));
+    }
+    let model_id = config.model_id.clone().unwrap_or_else(|| {
+        teacher
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let info = InfoResponse {
+        model_id,
+        architecture: model_cfg.family.architecture().to_owned(),
+        vocab_size: vocab_size as u32,
+        tokenizer_sha256: teacher
+            .tokenizer
+            .as_ref()
+            .map(|t| t.sha256().to_owned())
+            .unwrap_or_default(),
+        max_positions: limits.max_positions as u32,
+        dtype: kind_name(teacher.model.kind()),
+        device: device_name(teacher.model.device()),
+        limits: Some(edkd_proto::teacher::v1::Limits {
+            max_top_k: limits.max_top_k as u32,
+            max_request_tokens: limits.max_request_tokens as u32,
+            max_sequences: limits.max_sequences as u32,
+            max_positions: limits.max_positions as u32,
+            queue_capacity: config.queue_capacity as u32,
+            max_request_bytes: config.max_request_bytes as u64,
+            max_response_bytes: config.max_response_bytes as u64,
+        }),
+    };
+
+    let metrics = Arc::new(Metrics::new()?);
+    let (batcher, _worker) = Batcher::start(
+        Scorer::new(teacher),
+        BatcherConfig {
+            queue_capacity: config.queue_capacity,
+            batch_tokens: config.max_request_tokens,
+            max_wait: config.max_wait,
+        },
+        metrics.clone(),
+    )?;
+    let service = TeacherService {
+        inner: Arc::new(Inner {
+            batcher,
+            limits,
+            info: info.clone(),
+            metrics: metrics.clone(),
+        }),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(Error::io(format!("binding {}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(Error::io("reading the bound address"))?;
+    let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+    let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
+    let mut metrics_addr = None;
+    if let Some(listen) = config.metrics_listen {
+        let ml = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(Error::io(format!("binding metrics {listen}")))?;
+        metrics_addr = ml.local_addr().ok();
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = metrics_stop_rx.await;
+            };
+            if let Err(e) = crate::metrics::serve(ml, m, stop).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<TeacherServer<TeacherService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(edkd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let teacher_service = TeacherServer::new(service)
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
+
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
+    }
+    let router = builder
+        .layer(InterceptorLayer::new(BearerAuth::new(
+            config.auth_token.as_deref(),
+        )))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(teacher_service);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(async move {
+        let signal = async move {
+            let _ = shutdown_rx.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            health
+                .set_not_serving::<TeacherServer<TeacherService>>()
+                .await;
+        };
+        let served = router.serve_with_incoming_shutdown(incoming, signal).await;
+        let _ = metrics_stop_tx.send(());
+        served.map_err(Error::from)
+    });
+    tracing::info!(%addr, tls = config.tls.is_some(), auth = config.auth_token.is_some(), "teacher service listening");
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        metrics,
+        info,
+        shutdown: Some(shutdown_tx),
+        task,
+    })
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,155 @@
+//! Request validation: every bad input becomes `INVALID_ARGUMENT` naming the field and the
+//! limit, before anything reaches the batcher.
+
+use edkd_proto::teacher::v1::{ScoreRequest, ValueFormat};
+
+use crate::error::{Error, Result};
+use crate::scoring::SeqInput;
+use crate::wire;
+
+/// Server-side request limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    pub max_top_k: usize,
+    /// Most prompt + target tokens per request (also the batcher's token budget).
+    pub max_request_tokens: usize,
+    pub max_sequences: usize,
+    pub max_response_bytes: usize,
+}
+
+/// A validated request.
+#[derive(Debug)]
+pub struct Validated {
+    pub seqs: Vec<SeqInput>,
+    pub ids: Vec<String>,
+    pub format: ValueFormat,
+}
+
+/// Checks `req` against `limits` and the teacher's tokenizer (`tokenizer_sha256`, empty if
+/// the teacher has none).
+pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> Result<Validated> {
+    if !req.tokenizer_sha256.is_empty()
+        && !req.tokenizer_sha256.eq_ignore_ascii_case(tokenizer_sha256)
+    {
+        return Err(Error::invalid(
+            "tokenizer_sha256",
+            format!(
+                "client tokenizer {} differs from the teacher's {}",
+                req.tokenizer_sha256,
+                if tokenizer_sha256.is_empty() {
+                    "(none)"
+                } else {
+                    tokenizer_sha256
+                }
+            ),
+        ));
+    }
+    let format = ValueFormat::try_from(req.value_format).map_err(|_| {
+        Error::invalid(
+            "value_format",
+            format!("unknown value {} (1 f32, 2 f16, 3 bf16)", req.value_format),
+        )
+    })?;
+    let format = wire::resolve(format);
+    let k = req.top_k as usize;
+    if k == 0 || k > limits.max_top_k {
+        return Err(Error::invalid(
+            "top_k",
+            format!("{k} is outside 1..={}", limits.max_top_k),
+        ));
+    }
+    let temperature = req.temperature;
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::invalid(
+            "temperature",
+            format!("{temperature} must be finite and > 0"),
+        ));
+    }
+    if req.sequences.is_empty() {
+        return Err(Error::invalid("sequences", "is empty; send at least one"));
+    }
+    if req.sequences.len() > limits.max_sequences {
+        return Err(Error::invalid(
+            "sequences",
+            format!(
+                "{} sequences, over the limit of {} per request",
+                req.sequences.len(),
+                limits.max_sequences
+            ),
+        ));
+    }
+    let mut total_tokens = 0usize;
+    let mut total_targets = 0usize;
+    let mut seqs = Vec::with_capacity(req.sequences.len());
+    let mut ids = Vec::with_capacity(req.sequences.len());
+    for (i, s) in req.sequences.into_iter().enumerate() {
+        let field = |name: &str| format!("sequences[{i}].{name}");
+        if s.prompt_ids.is_empty() {
+            return Err(Error::invalid(
+                field("prompt_ids"),
+                "is empty; needs at least 1 token (e.g. BOS) to predict the first target",
+            ));
+        }
+        if s.target_ids.is_empty() {
+            return Err(Error::invalid(
+                field("target_ids"),
+                "is empty; nothing to score",
+            ));
+        }
+        for (name, tokens) in [("prompt_ids", &s.prompt_ids), ("target_ids", &s.target_ids)] {
+            if let Some((j, &id)) = tokens
+                .iter()
+                .enumerate()
+                .find(|&(_, &id)| id as usize >= limits.vocab_size)
+            {
+                return Err(Error::invalid(
+                    format!("{}[{j}]", field(name)),
+                    format!("token id {id} >= vocab size {}", limits.vocab_size),
+                ));
+            }
+        }
+        let len = s.prompt_ids.len() + s.target_ids.len();
+        if len > limits.max_positions {
+            return Err(Error::invalid(
+                field("prompt_ids + target_ids"),
+                format!(
+                    "{len} tokens ({} + {}), over the teacher's max positions {}",
+                    s.prompt_ids.len(),
+                    s.target_ids.len(),
+                    limits.max_positions
+                ),
+            ));
+        }
+        total_tokens += len;
+        total_targets += s.target_ids.len();
+        ids.push(s.id);
+        seqs.push(SeqInput {
+            prompt: s.prompt_ids,
+            target: s.target_ids,
+            k,
+            temperature,
+        });
+    }
+    if total_tokens > limits.max_request_tokens {
+        return Err(Error::invalid(
+            "sequences",
+            format!(
+                "{total_tokens} prompt + target tokens, over the token budget of {} per request",
+                limits.max_request_tokens
+            ),
+        ));
+    }
+    let bytes = wire::payload_bytes(total_targets, k, format);
+    if bytes > limits.max_response_bytes {
+        return Err(Error::invalid(
+            "top_k",
+            format!(
+                "response would take {bytes} bytes ({total_targets} targets x k {k}), over the limit of {}",
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    Ok(Validated { seqs, ids, format })
+}

@@ -1,0 +1,139 @@
+//! `annotate`: scores a prepared dataset into the teacher-logit cache, resumably.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use edkd_data::ingest::{FieldMap, TextSpec};
+use edkd_data::manifest::Verify;
+use edkd_data::prepare::{PrepareConfig, Truncation};
+use edkd_data::synth::{self, Split};
+use edkd_data::{CacheReader, Dataset, OpenOptions};
+use edkd_teacher::{AnnotateConfig, ServerConfig, annotate};
+
+const EXAMPLES: usize = 30;
+
+fn prepare(dir: &Path) -> std::path::PathBuf {
+    let jsonl = dir.join("train.jsonl");
+    synth::write_jsonl(
+        &jsonl,
+        &synth::generate("mix", Split::Train, 5, EXAMPLES).unwrap(),
+    )
+    .unwrap();
+    let out = dir.join("data");
+    let config = PrepareConfig {
+        inputs: vec![jsonl.display().to_string()],
+        validation_inputs: vec![],
+        fields: FieldMap {
+            input: TextSpec::Field("input".into()),
+            target: TextSpec::Field("target".into()),
+            id_field: "id".into(),
+            task_field: "task".into(),
+            default_task: "default".into(),
+        },
+        tokenizer: fixture("llama_linear").join("tokenizer.json"),
+        // The fixture teacher has 64 positions: input + target + eos must fit.
+        max_input_tokens: Some(40),
+        max_target_tokens: Some(20),
+        input_truncation: Truncation::KeepEnd,
+        target_truncation: Truncation::KeepStart,
+        val_fraction: None,
+        shard_rows: 16,
+        keep_text: false,
+        out: out.clone(),
+        overwrite: false,
+        command: vec!["(test)".into()],
+        progress: false,
+    };
+    edkd_data::prepare::prepare(&config).unwrap();
+    out
+}
+
+fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path());
+    let cache = tmp.path().join("cache");
+    let server = server("llama_linear", ServerConfig::default()).await;
+    let client = client(&server);
+    let mut config = AnnotateConfig {
+        data: data.clone(),
+        split: "train".into(),
+        out: cache.clone(),
+        top_k: 6,
+        temperature: 2.0,
+        sequences_per_request: 4,
+        in_flight: 3,
+        shard_rows: 5,
+        limit: Some(12),
+        progress: false,
+    };
+    // An interrupted run: 12 examples, two full shards and a short last one.
+    let first = annotate(&client, &config).await.unwrap();
+    assert_eq!(
+        (first.examples, first.skipped, first.scored),
+        (EXAMPLES, 0, 12)
+    );
+    assert_eq!(first.shards, 3);
+    let before = shard_bytes(&cache);
+    assert_eq!(before.len(), 3);
+
+    config.limit = None;
+    let second = annotate(&client, &config).await.unwrap();
+    assert_eq!((second.skipped, second.scored), (12, EXAMPLES - 12));
+    // Finished shards were not rewritten.
+    let after = shard_bytes(&cache);
+    assert_eq!(&after[..3], &before[..]);
+    // A third run has nothing left to do.
+    let third = annotate(&client, &config).await.unwrap();
+    assert_eq!((third.skipped, third.scored), (EXAMPLES, 0));
+
+    let reader = CacheReader::open(&cache).unwrap();
+    assert_eq!(reader.len(), EXAMPLES);
+    assert_eq!(reader.meta().k, 6);
+    assert_eq!(reader.meta().teacher_model, "llama_linear");
+    let mut options = OpenOptions::new("train");
+    options.verify = Verify::RowCounts;
+    let ds = Dataset::open(&data, &options).unwrap();
+    let eos = ds.manifest.tokenizer.special_ids.eos;
+    reader
+        .check_tokenizer(&ds.manifest.tokenizer.sha256)
+        .unwrap();
+    let teacher = load("llama_linear");
+    for i in (0..ds.len()).step_by(7) {
+        let e = ds.example(i);
+        let entry = reader.get(e.id).unwrap();
+        let mut target = e.target_ids.to_vec();
+        target.push(eos);
+        assert_eq!(entry.positions(), target.len());
+        let scores = edkd_teacher::wire::Scores {
+            id: e.id.into(),
+            positions: entry.positions(),
+            k: 6,
+            topk_ids: entry.topk_ids.to_vec(),
+            topk_logprobs: entry.topk_logprobs.to_vec(),
+            tail_logmass: entry.tail_logmass.to_vec(),
+            gold_logprob: entry.gold_logprob.to_vec(),
+        };
+        let r = reference(&teacher, e.input_ids, &target, 2.0);
+        assert_matches(&scores, &r, &target, 6, 1e-4);
+    }
+    server.shutdown().await.unwrap();
+}
