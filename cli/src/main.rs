@@ -6,6 +6,7 @@ mod data;
 mod device;
 mod generate;
 mod info;
+mod teacher;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +32,9 @@ enum Command {
     /// Prepare, inspect and synthesize datasets.
     #[command(subcommand)]
     Data(data::Command),
+    /// Serve a teacher over gRPC, query it, and annotate datasets with its top-k logits.
+    #[command(subcommand)]
+    Teacher(teacher::Command),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Info(args) => info::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Teacher(cmd) => teacher::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Convert(args) => convert::run(args),
     }

@@ -1,0 +1,70 @@
+//! `edkd teacher annotate`.
+
+use std::path::PathBuf;
+
+use edkd_teacher::AnnotateConfig;
+
+use super::ConnectArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Prepared dataset folder (holding manifest.json).
+    #[arg(long)]
+    data: PathBuf,
+    /// Split to annotate.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Cache folder; an existing one is resumed (finished shards are not rescored).
+    #[arg(long)]
+    out: PathBuf,
+    /// Top-k log-probs kept per target position.
+    #[arg(long, default_value_t = 64)]
+    top_k: usize,
+    /// Softmax temperature of the cached log-probs.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sequences per request.
+    #[arg(long, default_value_t = 16)]
+    sequences_per_request: usize,
+    /// Requests kept in flight.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    /// Examples per cache shard.
+    #[arg(long, default_value_t = 4096)]
+    shard_rows: usize,
+    /// Stop after scoring this many examples (resume later).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = args.connect.client()?;
+    let config = AnnotateConfig {
+        data: args.data,
+        split: args.split,
+        out: args.out.clone(),
+        top_k: args.top_k,
+        temperature: args.temperature,
+        sequences_per_request: args.sequences_per_request,
+        in_flight: args.in_flight,
+        shard_rows: args.shard_rows,
+        limit: args.limit,
+        progress: true,
+    };
+    let s = edkd_teacher::annotate(&client, &config).await?;
+    println!("cache      {}", args.out.display());
+    println!(
+        "examples   {} ({} already cached, {} scored now)",
+        s.examples, s.skipped, s.scored
+    );
+    println!("positions  {}", s.target_positions);
+    println!("shards     {}", s.shards);
+    println!(
+        "time       {:.1} s ({:.0} positions/s)",
+        s.elapsed.as_secs_f64(),
+        s.target_positions as f64 / s.elapsed.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
