@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-cargo test --workspace --all-targets "$@"
+# Benchmarks (benches/) are run by hand in release mode, not as tests.
+cargo test --workspace --lib --bins --tests "$@"
