@@ -10,7 +10,7 @@ use clap::Subcommand;
 #[derive(Subcommand)]
 pub enum Command {
     /// Tokenize JSONL/Parquet/CSV files into Arrow shards plus manifest.json.
-    Prepare(prepare::Args),
+    Prepare(Box<prepare::Args>),
     /// Print a dataset folder's manifest, length histograms and a few decoded examples.
     Inspect(inspect::Args),
     /// Generate a synthetic long-input/short-output task as JSONL.
@@ -21,7 +21,7 @@ pub enum Command {
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Prepare(args) => prepare::run(args),
+        Command::Prepare(args) => prepare::run(*args),
         Command::Inspect(args) => inspect::run(args),
         Command::Synth(args) => synth::run(args),
         Command::TrainTokenizer(args) => train_tokenizer::run(args),
