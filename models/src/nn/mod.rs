@@ -18,3 +18,16 @@ pub fn dropout(x: &tch::Tensor, p: f64, train: bool) -> tch::Tensor {
         x.shallow_clone()
     }
 }
+
+/// Vocabulary logits from an untied head, or from the input embedding when tied.
+pub fn lm_logits(
+    hidden: &tch::Tensor,
+    lm_head: Option<&tch::nn::Linear>,
+    embed: &tch::nn::Embedding,
+) -> tch::Tensor {
+    use tch::nn::Module;
+    match lm_head {
+        Some(head) => head.forward(hidden),
+        None => hidden.matmul(&embed.ws.tr()),
+    }
+}

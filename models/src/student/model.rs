@@ -314,10 +314,7 @@ impl Student {
 
     /// Vocabulary logits for decoder hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.ws.tr()),
-        }
+        crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens)
     }
 
     /// Teacher-forced logits `[b, t, vocab]`.

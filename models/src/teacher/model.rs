@@ -167,10 +167,7 @@ impl CausalLm {
 
     /// Vocabulary logits for hidden states `[..., d]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
-            None => hidden.matmul(&self.embed_tokens.ws.tr()),
-        }
+        crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens)
     }
 
     /// Logits `[b, t, vocab]`.
