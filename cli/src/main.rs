@@ -7,6 +7,7 @@ mod device;
 mod generate;
 mod info;
 mod teacher;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,10 @@ enum Command {
     /// Serve a teacher over gRPC, query it, and annotate datasets with its top-k logits.
     #[command(subcommand)]
     Teacher(teacher::Command),
+    /// Distil a student (or train any model) from a TOML job config.
+    Train(train::TrainArgs),
+    /// Evaluate a model folder on a prepared dataset: losses, EM, F1, ROUGE per task.
+    Eval(train::EvalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +56,7 @@ fn main() -> anyhow::Result<()> {
         Command::Teacher(cmd) => teacher::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => train::eval(args),
     }
 }

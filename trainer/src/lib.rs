@@ -1,7 +1,30 @@
-//! edkd-trainer: knowledge-distillation losses, optimisation, and (as it grows) the
-//! training loop that distils an encoder-decoder student from a decoder-only teacher.
+//! edkd-trainer: distils an encoder-decoder student from a decoder-only teacher.
+//!
+//! - [`config`]: the job's TOML config and its validation;
+//! - [`loss`]: CE and the KD divergences (full vocabulary or top-k + tail);
+//! - [`optim`]: AdamW, gradient clipping, learning-rate schedules;
+//! - [`source`]: teacher sources (gRPC service, cache shards, in-process teacher);
+//! - [`model`]: the trained network (student, or a decoder-only model) and batch tensors;
+//! - [`train`]: the loop, with prefetching, accumulation, on-policy sampling, logging;
+//! - [`checkpoint`]: atomic, checksummed checkpoints and exact resume;
+//! - [`eval`] and [`metrics`]: validation losses, EM / F1 / ROUGE;
+//! - [`dist`]: collectives (single process here; MPI / NCCL plug in behind the trait);
+//! - [`observe`]: TensorBoard event files and loss plots.
 
+pub mod checkpoint;
+pub mod config;
+pub mod dist;
+pub mod error;
+pub mod eval;
 pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod observe;
 pub mod optim;
+pub mod source;
+pub mod train;
 
+pub use config::TrainConfig;
+pub use error::{Error, Result};
 pub use loss::{Divergence, KdLoss, TeacherTargets};
+pub use train::{RunOptions, RunSummary, train};

@@ -1,0 +1,232 @@
+//! Evaluation on a held-out split: validation CE (and KD when a teacher is at hand),
+//! perplexity, and cached greedy generation scored with exact match, SQuAD-style token F1
+//! and ROUGE-1/2/L/Lsum, overall and per task.
+
+use std::collections::BTreeMap;
+
+use edkd_data::{Dataset, Reader, ReaderConfig};
+use edkd_models::Tokenizer;
+use edkd_models::generate::GenerationConfig;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::config::EvalSection;
+use crate::error::Result;
+use crate::loss::KdLoss;
+use crate::metrics::MetricSums;
+use crate::model::{BatchTensors, Net};
+use crate::source::TeacherSource;
+
+/// Task scores (means over examples).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scores {
+    pub count: usize,
+    pub em: f64,
+    pub f1: f64,
+    pub rouge1: f64,
+    pub rouge2: f64,
+    #[serde(rename = "rougeL")]
+    pub rouge_l: f64,
+    #[serde(rename = "rougeLsum")]
+    pub rouge_lsum: f64,
+}
+
+/// One evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub step: u64,
+    pub examples: usize,
+    /// Mean cross-entropy per target token (incl. eos).
+    pub val_loss: f64,
+    pub perplexity: f64,
+    /// Mean KD divergence per target token, when a teacher was available.
+    pub val_kd: Option<f64>,
+    pub overall: Option<Scores>,
+    pub by_task: BTreeMap<String, Scores>,
+    /// A few predictions, for eyeballing: (id, prediction, reference).
+    pub samples: Vec<(String, String, String)>,
+}
+
+impl EvalReport {
+    /// The value of `metric` (val_loss or a task score) and whether higher is better.
+    pub fn metric(&self, metric: &str) -> Option<(f64, bool)> {
+        if metric == "val_loss" {
+            return Some((self.val_loss, false));
+        }
+        let s = self.overall.as_ref()?;
+        let v = match metric {
+            "em" => s.em,
+            "f1" => s.f1,
+            "rouge1" => s.rouge1,
+            "rouge2" => s.rouge2,
+            "rougeL" => s.rouge_l,
+            "rougeLsum" => s.rouge_lsum,
+            _ => return None,
+        };
+        Some((v, true))
+    }
+}
+
+/// Evaluates `net` on `ds` (the first `cfg.max_examples` examples in manifest order).
+pub fn evaluate(
+    net: &Net,
+    ds: &Dataset,
+    teacher: Option<&mut (dyn TeacherSource + '_)>,
+    loss: &KdLoss,
+    cfg: &EvalSection,
+    tokenizer: Option<&Tokenizer>,
+    device: Device,
+    step: u64,
+) -> Result<EvalReport> {
+    let n = if cfg.max_examples == 0 {
+        ds.len() as usize
+    } else {
+        cfg.max_examples.min(ds.len() as usize)
+    };
+    let mut report = EvalReport {
+        step,
+        examples: n,
+        ..Default::default()
+    };
+    if n == 0 {
+        return Ok(report);
+    }
+    let _guard = tch::no_grad_guard();
+
+    // Losses: batches in manifest order, limited to the first n examples.
+    let reader_cfg = ReaderConfig {
+        rank: 0,
+        world: 1,
+        seed: 0,
+        max_tokens: 1 << 16,
+        max_rows: cfg.batch_rows,
+        bucket_window: 4096,
+        bucket_by_length: false,
+        shuffle: false,
+        teacher: true,
+    };
+    let eval_ds = Dataset::open(&ds.dir, &{
+        let mut o = edkd_data::OpenOptions::new(&ds.split);
+        o.verify = edkd_data::Verify::RowCounts;
+        o
+    })?;
+    let mut reader = Reader::new(eval_ds, reader_cfg, None)?;
+    let mut teacher = teacher;
+    let (mut ce_sum, mut kd_sum, mut tokens) = (0.0, 0.0, 0i64);
+    let mut seen = 0usize;
+    while seen < n {
+        let Some(mut batch) = reader.next_batch() else {
+            break;
+        };
+        if batch.rows == 0 {
+            continue;
+        }
+        if seen + batch.rows > n {
+            batch = truncate_rows(&batch, n - seen);
+        }
+        seen += batch.rows;
+        let t = BatchTensors::new(&batch, device);
+        let logits = net.logits(&t, false);
+        let targets = match teacher.as_deref_mut() {
+            Some(src) => Some(src.score(&batch)?),
+            None => None,
+        };
+        let teacher_vocab = teacher.as_deref().map(|s| s.info().vocab_size).unwrap_or(0);
+        let tt = targets
+            .as_ref()
+            .map(|o| o.targets(&t.decoder_mask, device).0);
+        let plain = KdLoss {
+            label_smoothing: 0.0,
+            alpha: 1.0,
+            ..*loss
+        };
+        let parts = plain.total(
+            &logits,
+            &t.labels,
+            &t.decoder_mask,
+            tt.as_ref().map(|x| (x, teacher_vocab)),
+        );
+        ce_sum += parts.ce * parts.tokens as f64;
+        kd_sum += parts.kd * parts.tokens as f64;
+        tokens += parts.tokens;
+    }
+    if tokens > 0 {
+        report.val_loss = ce_sum / tokens as f64;
+        report.perplexity = report.val_loss.exp();
+        if teacher.is_some() {
+            report.val_kd = Some(kd_sum / tokens as f64);
+        }
+    }
+
+    if !cfg.generate {
+        return Ok(report);
+    }
+    let Some(tokenizer) = tokenizer else {
+        return Ok(report);
+    };
+    let mut sums = MetricSums::default();
+    let gen_cfg = GenerationConfig {
+        eos_token_ids: vec![net.eos()],
+        pad_token_id: net.pad(),
+        ..GenerationConfig::greedy(cfg.max_new_tokens)
+    };
+    let mut start = 0;
+    while start < n {
+        let end = (start + cfg.batch_rows).min(n);
+        let examples: Vec<_> = (start..end).map(|i| ds.example(i as u64)).collect();
+        let inputs: Vec<Vec<i64>> = examples
+            .iter()
+            .map(|e| e.input_ids.iter().map(|&x| x as i64).collect())
+            .collect();
+        let outputs = net.generate(&inputs, &gen_cfg)?;
+        for (e, out) in examples.iter().zip(outputs) {
+            let pred_ids: Vec<i64> = out.into_iter().take_while(|&t| t != net.eos()).collect();
+            let gold_ids: Vec<i64> = e.target_ids.iter().map(|&x| x as i64).collect();
+            let pred = tokenizer.decode(&pred_ids, true)?;
+            let gold = tokenizer.decode(&gold_ids, true)?;
+            sums.add(e.task, &pred, &gold);
+            if report.samples.len() < 5 {
+                report.samples.push((e.id.to_owned(), pred, gold));
+            }
+        }
+        start = end;
+    }
+    let to_scores = |m: &crate::metrics::MetricMeans| Scores {
+        count: m.count,
+        em: m.exact_match,
+        f1: m.f1,
+        rouge1: m.rouge1,
+        rouge2: m.rouge2,
+        rouge_l: m.rouge_l,
+        rouge_lsum: m.rouge_lsum,
+    };
+    report.overall = Some(to_scores(&sums.overall()));
+    report.by_task = sums
+        .by_task()
+        .iter()
+        .map(|(k, v)| (k.clone(), to_scores(v)))
+        .collect();
+    Ok(report)
+}
+
+/// The first `rows` rows of a batch (same padded widths).
+fn truncate_rows(b: &edkd_data::Batch, rows: usize) -> edkd_data::Batch {
+    let cut = |v: &[i64], w: usize| v[..rows * w].to_vec();
+    let cutb = |v: &[bool], w: usize| v[..rows * w].to_vec();
+    edkd_data::Batch {
+        rows,
+        indices: b.indices[..rows].to_vec(),
+        ids: b.ids[..rows].to_vec(),
+        enc_len: b.enc_len,
+        encoder_ids: cut(&b.encoder_ids, b.enc_len),
+        encoder_mask: cutb(&b.encoder_mask, b.enc_len),
+        dec_len: b.dec_len,
+        decoder_input_ids: cut(&b.decoder_input_ids, b.dec_len),
+        labels: cut(&b.labels, b.dec_len),
+        decoder_mask: cutb(&b.decoder_mask, b.dec_len),
+        teacher_len: b.teacher_len,
+        teacher_ids: cut(&b.teacher_ids, b.teacher_len),
+        teacher_mask: cutb(&b.teacher_mask, b.teacher_len),
+        target_start: b.target_start[..rows].to_vec(),
+    }
+}

@@ -1,0 +1,256 @@
+//! The model being trained: the encoder-decoder student, or a decoder-only (Llama-shaped)
+//! model trained on the same batches with the same alignment (baselines, and the demo's
+//! teacher). Both give logits `[b, dec_len, V]` aligned with the batch's labels.
+
+use std::path::Path;
+
+use edkd_data::Batch;
+use edkd_models::generate::{Decoding, GenerationConfig, generate, generate_seq2seq};
+use edkd_models::student::{StudentConfig, StudentModel, save_folder, twin_config};
+use edkd_models::teacher::{CausalLm, LoadOptions, Teacher};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+use crate::config::{Architecture, ModelSection};
+use crate::error::{Error, Result};
+
+/// A batch's arrays as tensors on the training device.
+pub struct BatchTensors {
+    pub encoder_ids: Tensor,
+    pub encoder_mask: Tensor,
+    pub decoder_input_ids: Tensor,
+    /// `[b, dec_len]`, -100 at padding.
+    pub labels: Tensor,
+    pub decoder_mask: Tensor,
+    /// `[b, teacher_len]`: `input ++ target`.
+    pub teacher_ids: Tensor,
+    pub teacher_mask: Tensor,
+    /// `[b, dec_len]`: the index into `teacher_ids` whose logits predict `labels[:, t]`.
+    pub teacher_positions: Tensor,
+}
+
+impl BatchTensors {
+    pub fn new(b: &Batch, device: Device) -> Self {
+        let rows = b.rows as i64;
+        let t2 = |v: &[i64], cols: usize| {
+            Tensor::from_slice(v)
+                .reshape([rows, cols as i64])
+                .to_device(device)
+        };
+        let m2 = |v: &[bool], cols: usize| {
+            Tensor::from_slice(v)
+                .reshape([rows, cols as i64])
+                .to_device(device)
+        };
+        let mut positions = Vec::with_capacity(b.rows * b.dec_len);
+        for r in 0..b.rows {
+            let start = b.target_start.get(r).copied().unwrap_or(1);
+            for t in 0..b.dec_len {
+                let p = (start - 1 + t as i64).clamp(0, (b.teacher_len as i64 - 1).max(0));
+                positions.push(p);
+            }
+        }
+        Self {
+            encoder_ids: t2(&b.encoder_ids, b.enc_len),
+            encoder_mask: m2(&b.encoder_mask, b.enc_len),
+            decoder_input_ids: t2(&b.decoder_input_ids, b.dec_len),
+            labels: t2(&b.labels, b.dec_len),
+            decoder_mask: m2(&b.decoder_mask, b.dec_len),
+            teacher_ids: t2(&b.teacher_ids, b.teacher_len),
+            teacher_mask: m2(&b.teacher_mask, b.teacher_len),
+            teacher_positions: t2(&positions, b.dec_len),
+        }
+    }
+}
+
+/// Logits of a decoder-only model on `input ++ target`, gathered at the positions that
+/// predict each label: `[b, dec_len, V]`.
+pub fn causal_target_logits(model: &CausalLm, t: &BatchTensors, train: bool) -> Tensor {
+    use edkd_models::nn::AttnMask;
+    use edkd_models::nn::attention::causal_padding_mask;
+    use edkd_models::teacher::positions_from_valid;
+    let positions = positions_from_valid(&t.teacher_mask);
+    let len = t.teacher_ids.size()[1];
+    let mask = AttnMask::Explicit(causal_padding_mask(&t.teacher_mask, 0, len));
+    let hidden = model.hidden(&t.teacher_ids, &positions, &mask, None, train);
+    let d = hidden.size()[2];
+    let (b, dl) = t.teacher_positions.size2().expect("[b, dec_len]");
+    let idx = t.teacher_positions.unsqueeze(-1).expand([b, dl, d], false);
+    model.logits(&hidden.gather(1, &idx, false))
+}
+
+pub enum Net {
+    EncoderDecoder(StudentModel),
+    DecoderOnly { vs: VarStore, model: CausalLm },
+}
+
+/// Special ids and vocabulary the model must agree with (from the data manifest).
+#[derive(Debug, Clone, Copy)]
+pub struct Vocab {
+    /// Tokenizer vocabulary (the teacher's).
+    pub size: i64,
+    pub pad: i64,
+    pub bos: i64,
+    pub eos: i64,
+}
+
+impl Net {
+    /// A fresh model from a preset (vocabulary and special ids from `vocab`), or the
+    /// folder `section.init`.
+    pub fn build(section: &ModelSection, vocab: Vocab, device: Device, seed: u64) -> Result<Self> {
+        let net = match (&section.init, section.architecture) {
+            (Some(dir), Architecture::EncoderDecoder) => {
+                let m = StudentModel::load(
+                    dir,
+                    LoadOptions {
+                        device,
+                        kind: Kind::Float,
+                    },
+                )?;
+                Net::EncoderDecoder(m)
+            }
+            (Some(dir), Architecture::DecoderOnly) => {
+                let mut t = Teacher::load(
+                    dir,
+                    LoadOptions {
+                        device,
+                        kind: Kind::Float,
+                    },
+                )?;
+                t.vs.unfreeze();
+                Net::DecoderOnly {
+                    vs: t.vs,
+                    model: t.model,
+                }
+            }
+            (None, arch) => {
+                let mut cfg = StudentConfig::preset(&section.preset)?;
+                let mut value = serde_json::to_value(&cfg).expect("config serialises");
+                for (k, v) in &section.overrides {
+                    let v = serde_json::to_value(v)
+                        .map_err(|e| Error::Config(format!("model.overrides.{k}: {e}")))?;
+                    match value.get_mut(k) {
+                        Some(slot) => *slot = v,
+                        None => {
+                            return Err(Error::Config(format!(
+                                "model.overrides.{k}: the student config has no field `{k}`"
+                            )));
+                        }
+                    }
+                }
+                cfg = serde_json::from_value(value)
+                    .map_err(|e| Error::Config(format!("model.overrides: {e}")))?;
+                cfg.pad_token_id = vocab.pad;
+                cfg.bos_token_id = vocab.bos;
+                cfg.eos_token_id = vocab.eos;
+                match arch {
+                    Architecture::EncoderDecoder => {
+                        cfg.vocab_size = StudentConfig::padded_vocab(vocab.size);
+                        Net::EncoderDecoder(StudentModel::init(&cfg, device, seed as i64)?)
+                    }
+                    Architecture::DecoderOnly => {
+                        cfg.vocab_size = vocab.size;
+                        cfg.validate()?;
+                        let lm = twin_config(&cfg);
+                        tch::manual_seed(seed as i64);
+                        let vs = VarStore::new(device);
+                        let model = CausalLm::new(&vs.root(), &lm);
+                        Net::DecoderOnly { vs, model }
+                    }
+                }
+            }
+        };
+        let (v, eos) = (net.vocab(), net.eos());
+        if v < vocab.size {
+            return Err(Error::Config(format!(
+                "the model's vocabulary ({v}) is smaller than the tokenizer's ({})",
+                vocab.size
+            )));
+        }
+        if eos != vocab.eos {
+            return Err(Error::Config(format!(
+                "the model's eos id ({eos}) differs from the data's ({})",
+                vocab.eos
+            )));
+        }
+        Ok(net)
+    }
+
+    pub fn vs(&self) -> &VarStore {
+        match self {
+            Net::EncoderDecoder(m) => &m.vs,
+            Net::DecoderOnly { vs, .. } => vs,
+        }
+    }
+
+    pub fn vs_mut(&mut self) -> &mut VarStore {
+        match self {
+            Net::EncoderDecoder(m) => &mut m.vs,
+            Net::DecoderOnly { vs, .. } => vs,
+        }
+    }
+
+    pub fn vocab(&self) -> i64 {
+        match self {
+            Net::EncoderDecoder(m) => m.model.config.vocab_size,
+            Net::DecoderOnly { model, .. } => model.config.vocab_size,
+        }
+    }
+
+    pub fn eos(&self) -> i64 {
+        match self {
+            Net::EncoderDecoder(m) => m.model.config.eos_token_id,
+            Net::DecoderOnly { model, .. } => {
+                model.config.eos_token_ids.first().copied().unwrap_or(-1)
+            }
+        }
+    }
+
+    pub fn pad(&self) -> i64 {
+        match self {
+            Net::EncoderDecoder(m) => m.model.config.pad_token_id,
+            Net::DecoderOnly { model, .. } => model.config.pad_token_id.unwrap_or(0),
+        }
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        CausalLm::num_parameters(self.vs())
+    }
+
+    /// Logits `[b, dec_len, V]` aligned with `t.labels`.
+    pub fn logits(&self, t: &BatchTensors, train: bool) -> Tensor {
+        match self {
+            Net::EncoderDecoder(m) => {
+                m.model
+                    .forward(&t.encoder_ids, &t.encoder_mask, &t.decoder_input_ids, train)
+            }
+            Net::DecoderOnly { model, .. } => causal_target_logits(model, t, train),
+        }
+    }
+
+    /// Generates an answer for each input (greedy or sampled per `cfg`), cached decoding.
+    pub fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+        Ok(match self {
+            Net::EncoderDecoder(m) => generate_seq2seq(&m.model, inputs, cfg, Decoding::Cached)?,
+            Net::DecoderOnly { model, .. } => generate(model, inputs, cfg)?,
+        })
+    }
+
+    /// Writes a loadable model folder (student folder, or a Hugging Face Llama folder).
+    pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
+        match self {
+            Net::EncoderDecoder(m) => m.save(dir, tokenizer)?,
+            Net::DecoderOnly { vs, model } => {
+                save_folder(dir, &model.config.to_hf_json(), vs, tokenizer)?
+            }
+        }
+        Ok(())
+    }
+
+    /// The config as JSON (for reports).
+    pub fn config_json(&self) -> serde_json::Value {
+        match self {
+            Net::EncoderDecoder(m) => serde_json::to_value(&m.model.config).expect("serialises"),
+            Net::DecoderOnly { model, .. } => model.config.to_hf_json(),
+        }
+    }
+}

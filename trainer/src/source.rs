@@ -1,0 +1,336 @@
+//! Where the teacher's predictions come from, behind one trait: the teacher service over
+//! gRPC (top-k + tail), teacher-logit cache shards (top-k + tail, offline), or a teacher
+//! loaded into this process (full vocabulary). Every source answers for the positions of
+//! a batch's labels (`target + [eos]`), aligned as in `edkd_data::batch`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use edkd_data::{Batch, CacheReader, TeacherBatch};
+use edkd_models::teacher::{LoadOptions, Teacher};
+use edkd_teacher::proto::{ScoreRequest, Sequence, ValueFormat};
+use edkd_teacher::wire::decode_response;
+use edkd_teacher::{Client, ClientConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::loss::TeacherTargets;
+use crate::model::{BatchTensors, causal_target_logits};
+
+/// A teacher's answer for one batch.
+pub enum TeacherOut {
+    /// Raw teacher logits `[rows, dec_len, V_t]` (in-process teacher).
+    Full(Tensor),
+    /// Top-k log-probs at the run's temperature, plus the tail (service, cache).
+    TopK(TeacherBatch),
+}
+
+/// What the trainer checks a source against before the first step.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub description: String,
+    /// sha256 of the teacher's tokenizer.json (None if the source cannot tell).
+    pub tokenizer_sha256: Option<String>,
+    pub vocab_size: i64,
+    /// The temperature of top-k log-probs (None for full logits).
+    pub temperature: Option<f32>,
+}
+
+pub trait TeacherSource: Send {
+    fn info(&self) -> &SourceInfo;
+    /// Teacher predictions for every label position of `batch`.
+    fn score(&mut self, batch: &Batch) -> Result<TeacherOut>;
+}
+
+/// Per-position summary statistics of a teacher answer, for the metrics log.
+pub struct TargetsStats {
+    /// Mean teacher probability mass inside the top-k (1 for full logits).
+    pub topk_mass: f64,
+    /// Teacher top-1 ids `[n]` at the masked positions.
+    pub top1: Tensor,
+}
+
+impl TeacherOut {
+    /// The masked positions (row-major, where `mask` `[b, dec_len]` is true) as loss
+    /// targets on `device`.
+    pub fn targets(&self, mask: &Tensor, device: Device) -> (TeacherTargets, TargetsStats) {
+        let idx = mask.reshape([-1]).nonzero().squeeze_dim(-1);
+        match self {
+            TeacherOut::Full(logits) => {
+                let v = logits.size()[2];
+                let rows = logits
+                    .to_device(device)
+                    .reshape([-1, v])
+                    .index_select(0, &idx.to_device(device));
+                let top1 = rows.argmax(-1, false);
+                (
+                    TeacherTargets::Full { logits: rows },
+                    TargetsStats {
+                        topk_mass: 1.0,
+                        top1,
+                    },
+                )
+            }
+            TeacherOut::TopK(t) => {
+                let n = (t.rows * t.dec_len) as i64;
+                let k = t.k as i64;
+                let idx = idx.to_device(Device::Cpu);
+                let ids = Tensor::from_slice(&t.topk_ids)
+                    .reshape([n, k])
+                    .index_select(0, &idx);
+                let logprobs = Tensor::from_slice(&t.topk_logprobs)
+                    .reshape([n, k])
+                    .index_select(0, &idx);
+                let tail = Tensor::from_slice(&t.tail_logmass)
+                    .reshape([n])
+                    .index_select(0, &idx);
+                let mass = if idx.size()[0] == 0 {
+                    1.0
+                } else {
+                    logprobs
+                        .logsumexp([-1], false)
+                        .exp()
+                        .mean(Kind::Double)
+                        .double_value(&[])
+                };
+                let best = logprobs.argmax(-1, true);
+                let top1 = ids.gather(-1, &best, false).squeeze_dim(-1);
+                (
+                    TeacherTargets::TopK {
+                        ids: ids.to_device(device),
+                        logprobs: logprobs.to_device(device),
+                        tail_logmass: tail.to_device(device),
+                    },
+                    TargetsStats {
+                        topk_mass: mass,
+                        top1: top1.to_device(device),
+                    },
+                )
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In-process teacher.
+
+/// A teacher folder loaded into this process; scores without grad.
+pub struct InProcess {
+    teacher: Teacher,
+    info: SourceInfo,
+}
+
+impl InProcess {
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let teacher = Teacher::load(
+            dir,
+            LoadOptions {
+                device,
+                kind: Kind::Float,
+            },
+        )?;
+        let info = SourceInfo {
+            description: format!("in-process teacher {}", dir.display()),
+            tokenizer_sha256: teacher.tokenizer.as_ref().map(|t| t.sha256().to_owned()),
+            vocab_size: teacher.model.config.vocab_size,
+            temperature: None,
+        };
+        Ok(Self { teacher, info })
+    }
+}
+
+impl TeacherSource for InProcess {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn score(&mut self, batch: &Batch) -> Result<TeacherOut> {
+        let t = BatchTensors::new(batch, self.teacher.model.device());
+        let logits = tch::no_grad(|| causal_target_logits(&self.teacher.model, &t, false));
+        Ok(TeacherOut::Full(logits.to_kind(Kind::Float)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cache shards.
+
+/// Teacher-logit cache shards written by `edkd teacher annotate`.
+pub struct Cache {
+    reader: CacheReader,
+    info: SourceInfo,
+}
+
+impl Cache {
+    pub fn open(dir: &Path, vocab_size: i64) -> Result<Self> {
+        let reader = CacheReader::open(dir)?;
+        let meta = reader.meta();
+        let info = SourceInfo {
+            description: format!(
+                "teacher cache {} ({} examples, k {}, model {})",
+                dir.display(),
+                reader.len(),
+                meta.k,
+                meta.teacher_model
+            ),
+            tokenizer_sha256: Some(meta.tokenizer_sha256.clone()),
+            vocab_size,
+            temperature: Some(meta.temperature),
+        };
+        Ok(Self { reader, info })
+    }
+}
+
+impl TeacherSource for Cache {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn score(&mut self, batch: &Batch) -> Result<TeacherOut> {
+        Ok(TeacherOut::TopK(self.reader.collate(batch)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The teacher service.
+
+/// Settings of a [`Remote`] source.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub addr: String,
+    pub top_k: usize,
+    pub temperature: f32,
+    pub auth_token: Option<String>,
+    pub timeout: Duration,
+}
+
+/// An `edkd teacher serve` process. Large batches are split to the server's limits and
+/// the parts sent concurrently.
+pub struct Remote {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    config: RemoteConfig,
+    max_request_tokens: usize,
+    max_sequences: usize,
+    info: SourceInfo,
+}
+
+impl Remote {
+    pub fn connect(config: RemoteConfig) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Source(format!("tokio runtime: {e}")))?;
+        let mut cc = ClientConfig::new(config.addr.clone());
+        cc.auth_token = config.auth_token.clone();
+        cc.timeout = config.timeout;
+        let client = runtime.block_on(async { Client::connect(cc) })?;
+        let info = runtime.block_on(client.info())?;
+        let limits = info.limits.unwrap_or_default();
+        if config.top_k as u32 > limits.max_top_k && limits.max_top_k > 0 {
+            return Err(Error::Config(format!(
+                "teacher.top_k = {} is over the server's limit {}",
+                config.top_k, limits.max_top_k
+            )));
+        }
+        let source = SourceInfo {
+            description: format!(
+                "teacher service {} ({}, {}, vocab {})",
+                config.addr, info.model_id, info.device, info.vocab_size
+            ),
+            tokenizer_sha256: (!info.tokenizer_sha256.is_empty())
+                .then(|| info.tokenizer_sha256.clone()),
+            vocab_size: info.vocab_size as i64,
+            temperature: Some(config.temperature),
+        };
+        Ok(Self {
+            runtime,
+            client,
+            max_request_tokens: (limits.max_request_tokens as usize).max(1),
+            max_sequences: (limits.max_sequences as usize).max(1),
+            config,
+            info: source,
+        })
+    }
+}
+
+impl TeacherSource for Remote {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn score(&mut self, batch: &Batch) -> Result<TeacherOut> {
+        let sha = self.info.tokenizer_sha256.clone().unwrap_or_default();
+        let mut requests: Vec<ScoreRequest> = Vec::new();
+        let mut rows_of: Vec<Vec<usize>> = Vec::new();
+        let mut tokens = 0;
+        for r in 0..batch.rows {
+            let prompt: Vec<u32> = (0..batch.enc_len)
+                .filter(|&j| batch.encoder_mask[r * batch.enc_len + j])
+                .map(|j| batch.encoder_ids[r * batch.enc_len + j] as u32)
+                .collect();
+            let target: Vec<u32> = (0..batch.dec_len)
+                .filter(|&j| batch.decoder_mask[r * batch.dec_len + j])
+                .map(|j| batch.labels[r * batch.dec_len + j] as u32)
+                .collect();
+            let len = prompt.len() + target.len();
+            let full = requests.last().is_none_or(|q| {
+                q.sequences.len() >= self.max_sequences || tokens + len > self.max_request_tokens
+            });
+            if full {
+                requests.push(ScoreRequest {
+                    request_id: requests.len() as u64,
+                    sequences: Vec::new(),
+                    top_k: self.config.top_k as u32,
+                    temperature: self.config.temperature,
+                    value_format: ValueFormat::F32 as i32,
+                    tokenizer_sha256: sha.clone(),
+                });
+                rows_of.push(Vec::new());
+                tokens = 0;
+            }
+            tokens += len;
+            let q = requests.last_mut().expect("pushed above");
+            q.sequences.push(Sequence {
+                id: batch.ids.get(r).cloned().unwrap_or_default(),
+                prompt_ids: prompt,
+                target_ids: target,
+            });
+            rows_of.last_mut().expect("pushed above").push(r);
+        }
+        let client = self.client.clone();
+        let answers = self.runtime.block_on(futures_util::future::try_join_all(
+            requests.into_iter().map(|q| {
+                let client = client.clone();
+                async move { client.score(q).await }
+            }),
+        ))?;
+        let k = self.config.top_k;
+        let (rows, dec_len) = (batch.rows, batch.dec_len);
+        let mut out = TeacherBatch {
+            rows,
+            dec_len,
+            k,
+            topk_ids: vec![0; rows * dec_len * k],
+            topk_logprobs: vec![f32::NEG_INFINITY; rows * dec_len * k],
+            tail_logmass: vec![f32::NEG_INFINITY; rows * dec_len],
+            gold_logprob: vec![0.0; rows * dec_len],
+        };
+        for (answer, rows) in answers.iter().zip(&rows_of) {
+            for (s, &r) in decode_response(answer)?.iter().zip(rows) {
+                // Labels are left-aligned: real positions are 0..positions.
+                let p = s.positions.min(dec_len);
+                for j in 0..p {
+                    let o = (r * dec_len + j) * k;
+                    for c in 0..k {
+                        out.topk_ids[o + c] = s.topk_ids[j * k + c] as i64;
+                        out.topk_logprobs[o + c] = s.topk_logprobs[j * k + c];
+                    }
+                    out.tail_logmass[r * dec_len + j] = s.tail_logmass[j];
+                    out.gold_logprob[r * dec_len + j] = s.gold_logprob[j];
+                }
+            }
+        }
+        Ok(TeacherOut::TopK(out))
+    }
+}

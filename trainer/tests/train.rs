@@ -1,0 +1,443 @@
+//! The training loop end to end on a tiny prepared dataset and the fixture teachers:
+//! learning, exact resume, corrupt checkpoints, the three teacher sources agreeing, and the
+//! tokenizer check.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edkd_data::ingest::{FieldMap, TextSpec};
+use edkd_data::prepare::{PrepareConfig, Truncation};
+use edkd_data::synth::{self, Split};
+use edkd_data::{Dataset, OpenOptions, Reader, ReaderConfig};
+use edkd_trainer::checkpoint;
+use edkd_trainer::config::{EvalSection, TrainConfig};
+use edkd_trainer::dist::Single;
+use edkd_trainer::eval::evaluate;
+use edkd_trainer::model::{BatchTensors, Net, Vocab};
+use edkd_trainer::source::{self, TeacherSource};
+use edkd_trainer::{RunOptions, train};
+use tch::Device;
+
+/// libtorch's RNG (dropout) is process-global: tests that train run one at a time, as
+/// training runs do in a real process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn teacher_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/teachers/llama_linear")
+}
+
+/// A synthetic mixed-task dataset tokenized with the fixture teacher's tokenizer; inputs
+/// keep their last 40 tokens (the fixture teacher has 64 positions).
+fn prepare(dir: &Path, train: usize, validation: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let tr = dir.join("train.jsonl");
+    let va = dir.join("validation.jsonl");
+    synth::write_jsonl(
+        &tr,
+        &synth::generate("mix", Split::Train, 3, train).unwrap(),
+    )
+    .unwrap();
+    synth::write_jsonl(
+        &va,
+        &synth::generate("mix", Split::Validation, 3, validation).unwrap(),
+    )
+    .unwrap();
+    let out = dir.join("data");
+    let config = PrepareConfig {
+        inputs: vec![tr.display().to_string()],
+        validation_inputs: vec![va.display().to_string()],
+        fields: FieldMap {
+            input: TextSpec::Field("input".into()),
+            target: TextSpec::Field("target".into()),
+            id_field: "id".into(),
+            task_field: "task".into(),
+            default_task: "default".into(),
+        },
+        tokenizer: teacher_dir().join("tokenizer.json"),
+        max_input_tokens: Some(40),
+        max_target_tokens: Some(16),
+        input_truncation: Truncation::KeepEnd,
+        target_truncation: Truncation::KeepStart,
+        val_fraction: None,
+        shard_rows: 64,
+        keep_text: false,
+        out: out.clone(),
+        overwrite: false,
+        command: vec!["(test)".into()],
+        progress: false,
+    };
+    edkd_data::prepare::prepare(&config).unwrap();
+    out
+}
+
+fn config(data: &Path, extra: &[&str]) -> TrainConfig {
+    let mut o: Vec<String> = vec![
+        format!("data.manifest=\"{}\"", data.display()),
+        format!(
+            "data.tokenizer=\"{}\"",
+            teacher_dir().join("tokenizer.json").display()
+        ),
+        "threads=1".into(),
+        "model.preset=tiny".into(),
+        "optim.lr=3e-3".into(),
+        "optim.warmup_steps=5".into(),
+        "batch.max_tokens=1200".into(),
+        "batch.max_rows=16".into(),
+        "batch.bucket_window=64".into(),
+        "eval.max_examples=24".into(),
+        "eval.max_new_tokens=8".into(),
+        "log.progress=false".into(),
+        "log.plot=false".into(),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::from_overrides(&o).unwrap()
+}
+
+fn vocab_of(data: &Path) -> Vocab {
+    let ds = Dataset::open(data, &OpenOptions::new("train")).unwrap();
+    let s = ds.manifest.tokenizer.special_ids;
+    Vocab {
+        size: ds.manifest.tokenizer.vocab_size as i64,
+        pad: s.pad as i64,
+        bos: s.bos as i64,
+        eos: s.eos as i64,
+    }
+}
+
+#[test]
+fn a_tiny_run_learns() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 96, 24);
+    let cfg = config(
+        &data,
+        &[
+            "optim.steps=60",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "eval.generate=false",
+        ],
+    );
+    // Validation CE of the same initialisation before training.
+    let net = Net::build(&cfg.model, vocab_of(&data), Device::Cpu, cfg.seed).unwrap();
+    let mut open = OpenOptions::new("validation");
+    open.verify = edkd_data::Verify::RowCounts;
+    let val = Dataset::open(&data, &open).unwrap();
+    let eval_cfg = EvalSection {
+        generate: false,
+        ..cfg.eval.clone()
+    };
+    let before = evaluate(
+        &net,
+        &val,
+        None,
+        &cfg.loss.kd(),
+        &eval_cfg,
+        None,
+        Device::Cpu,
+        0,
+    )
+    .unwrap()
+    .val_loss;
+    drop(net);
+
+    let out = tmp.path().join("run");
+    let opts = RunOptions {
+        out: out.clone(),
+        ..Default::default()
+    };
+    let summary = train(&cfg, &opts, &mut Single).unwrap();
+    let after = summary.final_eval.expect("evaluated at the end").val_loss;
+    eprintln!("validation CE {before:.3} -> {after:.3}");
+    assert!(
+        after < before * 0.6,
+        "validation CE should fall by at least 40%: {before:.3} -> {after:.3}"
+    );
+    // Outputs a user relies on.
+    for f in [
+        "metrics.jsonl",
+        "eval.jsonl",
+        "config.resolved.toml",
+        "run.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 60);
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    for k in ["loss", "ce", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(
+            last[k].as_f64().is_some(),
+            "metrics.jsonl lacks {k}: {last}"
+        );
+    }
+    assert!(out.join("final/model.safetensors").is_file());
+    assert!(out.join("final/tokenizer.json").is_file());
+    let (_, state) = checkpoint::latest_valid(&out.join("checkpoints"), |_| {}).unwrap();
+    assert_eq!(state.step, 60);
+}
+
+/// KD from the in-process teacher with dropout, gradient accumulation and a cosine
+/// schedule: a run stopped after step 10 and resumed from its step-8 checkpoint ends with
+/// exactly the weights of an uninterrupted run.
+#[test]
+fn resume_is_exact_and_corrupt_checkpoints_are_skipped() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 64, 8);
+    let cfg = config(
+        &data,
+        &[
+            "optim.steps=16",
+            "optim.accumulation=2",
+            "checkpoint.every=4",
+            "checkpoint.keep_last=3",
+            "eval.every=8",
+            "eval.generate=false",
+            "model.overrides.dropout=0.1",
+            "teacher.kind=model",
+            &format!("teacher.model=\"{}\"", teacher_dir().display()),
+            "loss.alpha=0.7",
+            "loss.temperature=2.0",
+        ],
+    );
+    let straight = tmp.path().join("straight");
+    train(
+        &cfg,
+        &RunOptions {
+            out: straight.clone(),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap();
+
+    let resumed = tmp.path().join("resumed");
+    let first = train(
+        &cfg,
+        &RunOptions {
+            out: resumed.clone(),
+            halt_after: Some(10),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap();
+    assert!(first.interrupted);
+    assert_eq!(first.steps, 10);
+    // Without --resume the run refuses to overwrite the checkpoints.
+    let err = train(
+        &cfg,
+        &RunOptions {
+            out: resumed.clone(),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+    let second = train(
+        &cfg,
+        &RunOptions {
+            out: resumed.clone(),
+            resume: true,
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap();
+    assert_eq!(second.steps, 16);
+    let a = std::fs::read(straight.join("final/model.safetensors")).unwrap();
+    let b = std::fs::read(resumed.join("final/model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed weights differ from the uninterrupted run's"
+    );
+
+    // Keep-last-3: steps 8, 12, 16 remain.
+    let root = resumed.join("checkpoints");
+    let steps: Vec<u64> = checkpoint::list(&root).iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps, vec![8, 12, 16]);
+
+    // Corrupt the newest checkpoint's weights: reported, and the previous one is used.
+    let newest = checkpoint::step_dir(&root, 16);
+    let weights = newest.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&weights, bytes).unwrap();
+    let err = checkpoint::verify(&newest).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("corrupt"),
+        "{err}"
+    );
+    let mut warnings = Vec::new();
+    let (dir, state) = checkpoint::latest_valid(&root, |e| warnings.push(e.to_string())).unwrap();
+    assert_eq!(state.step, 12);
+    assert_eq!(dir, checkpoint::step_dir(&root, 12));
+    assert_eq!(warnings.len(), 1);
+    // A truncated optimizer file is caught too.
+    let opt = dir.join("optimizer.safetensors");
+    let len = std::fs::metadata(&opt).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&opt)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert!(
+        checkpoint::verify(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("optimizer.safetensors")
+    );
+}
+
+/// The same batch gives the same loss whether the teacher is in-process (full logits),
+/// behind the gRPC service, or in the cache (both top-k = |V|, f32 on the wire).
+#[test]
+fn remote_cache_and_in_process_teachers_give_the_same_loss() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 24, 4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let teacher = edkd_models::Teacher::load(&teacher_dir(), Default::default()).unwrap();
+    let vocab = teacher.model.config.vocab_size as usize;
+    let server = rt
+        .block_on(edkd_teacher::start(
+            teacher,
+            edkd_teacher::ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            },
+        ))
+        .unwrap();
+    let addr = server.addr.to_string();
+    let temperature = 2.0f32;
+    let cache_dir = tmp.path().join("cache");
+    rt.block_on(async {
+        let client =
+            edkd_teacher::Client::connect(edkd_teacher::ClientConfig::new(addr.clone())).unwrap();
+        let cfg = edkd_teacher::AnnotateConfig {
+            data: data.clone(),
+            split: "train".into(),
+            out: cache_dir.clone(),
+            top_k: vocab,
+            temperature,
+            sequences_per_request: 8,
+            in_flight: 2,
+            shard_rows: 16,
+            limit: None,
+            progress: false,
+        };
+        edkd_teacher::annotate(&client, &cfg).await.unwrap();
+    });
+
+    let ds = Dataset::open(&data, &OpenOptions::new("train")).unwrap();
+    let mut reader = Reader::new(
+        ds,
+        ReaderConfig {
+            max_tokens: 600,
+            max_rows: 8,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let batch = reader.next_batch().unwrap();
+    assert!(batch.rows > 1);
+
+    let cfg = config(&data, &["loss.alpha=1.0", "loss.temperature=2.0"]);
+    let net = Net::build(&cfg.model, vocab_of(&data), Device::Cpu, 7).unwrap();
+    let t = BatchTensors::new(&batch, Device::Cpu);
+    let logits = tch::no_grad(|| net.logits(&t, false));
+    let loss = cfg.loss.kd();
+    let mut sources: Vec<(&str, Box<dyn TeacherSource>)> = vec![
+        (
+            "in-process",
+            Box::new(source::InProcess::load(&teacher_dir(), Device::Cpu).unwrap()),
+        ),
+        (
+            "cache",
+            Box::new(source::Cache::open(&cache_dir, vocab as i64).unwrap()),
+        ),
+        (
+            "remote",
+            Box::new(
+                source::Remote::connect(source::RemoteConfig {
+                    addr: addr.clone(),
+                    top_k: vocab,
+                    temperature,
+                    auth_token: None,
+                    timeout: Duration::from_secs(30),
+                })
+                .unwrap(),
+            ),
+        ),
+    ];
+    let mut values = Vec::new();
+    for (name, src) in sources.iter_mut() {
+        let out = src.score(&batch).unwrap();
+        let (targets, _) = out.targets(&t.decoder_mask, Device::Cpu);
+        let parts = loss.total(
+            &logits,
+            &t.labels,
+            &t.decoder_mask,
+            Some((&targets, src.info().vocab_size)),
+        );
+        eprintln!("{name}: kd {:.6}", parts.kd);
+        values.push((name.to_string(), parts.kd));
+    }
+    for (name, v) in &values[1..] {
+        assert!(
+            (v - values[0].1).abs() <= 1e-4,
+            "{name} KD {v} differs from in-process {}",
+            values[0].1
+        );
+    }
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn a_teacher_with_another_tokenizer_is_refused() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 8, 2);
+    // The same teacher, but its tokenizer.json differs by one byte.
+    let other = tmp.path().join("teacher");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(teacher_dir().join(f), other.join(f)).unwrap();
+    }
+    let mut tok = std::fs::read(other.join("tokenizer.json")).unwrap();
+    tok.push(b'\n');
+    std::fs::write(other.join("tokenizer.json"), tok).unwrap();
+    let cfg = config(
+        &data,
+        &[
+            "teacher.kind=model",
+            &format!("teacher.model=\"{}\"", other.display()),
+            "optim.steps=1",
+        ],
+    );
+    let err = train(
+        &cfg,
+        &RunOptions {
+            out: tmp.path().join("run"),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tokenizer"), "{err}");
+    assert!(!tmp.path().join("run/checkpoints").exists());
+}
