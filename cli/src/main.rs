@@ -3,6 +3,7 @@
 mod bench;
 mod convert;
 mod data;
+mod demo;
 mod device;
 mod generate;
 mod info;
@@ -36,6 +37,9 @@ enum Command {
     /// Serve a teacher over gRPC, query it, and annotate datasets with its top-k logits.
     #[command(subcommand)]
     Teacher(teacher::Command),
+    /// The whole story on an embedded default: synthesize tasks, train a teacher, serve it,
+    /// distil a student, train a CE-only student, evaluate all three.
+    Demo(demo::Args),
     /// Distil a student (or train any model) from a TOML job config.
     Train(train::TrainArgs),
     /// Evaluate a model folder on a prepared dataset: losses, EM, F1, ROUGE per task.
@@ -56,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Teacher(cmd) => teacher::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
     }

@@ -699,34 +699,36 @@ pub fn train(
         ));
 
         let last = state.step == cfg.optim.steps;
-        let eval_due = last || (cfg.eval.every > 0 && state.step % cfg.eval.every == 0);
-        let ckpt_due = last || (cfg.checkpoint.every > 0 && state.step % cfg.checkpoint.every == 0);
-        if eval_due && lead {
-            if let Some(r) = evaluate_now(&net, state.step)? {
-                report_eval(&r, &bar);
-                if let Some((v, higher)) = r.metric(&cfg.checkpoint.best_metric) {
-                    let better = match state.best {
-                        None => true,
-                        Some((b, _)) => (higher && v > b) || (!higher && v < b),
-                    };
-                    if better && ckpt_due {
-                        state.best = Some((v, state.step));
-                    }
+        let eval_due = last || (cfg.eval.every > 0 && state.step.is_multiple_of(cfg.eval.every));
+        let ckpt_due =
+            last || (cfg.checkpoint.every > 0 && state.step.is_multiple_of(cfg.checkpoint.every));
+        if eval_due
+            && lead
+            && let Some(r) = evaluate_now(&net, state.step)?
+        {
+            report_eval(&r, &bar);
+            if let Some((v, higher)) = r.metric(&cfg.checkpoint.best_metric) {
+                let better = match state.best {
+                    None => true,
+                    Some((b, _)) => (higher && v > b) || (!higher && v < b),
+                };
+                if better && ckpt_due {
+                    state.best = Some((v, state.step));
                 }
-                eval_history.push((r.step as f64, r.val_loss));
-                if let Some(ev) = events.as_mut() {
-                    let s = r.step as i64;
-                    let _ = ev.add_scalar("eval/val_loss", s, r.val_loss);
-                    if let Some(o) = &r.overall {
-                        let _ = ev.add_scalar("eval/em", s, o.em);
-                        let _ = ev.add_scalar("eval/f1", s, o.f1);
-                        let _ = ev.add_scalar("eval/rougeL", s, o.rouge_l);
-                    }
+            }
+            eval_history.push((r.step as f64, r.val_loss));
+            if let Some(ev) = events.as_mut() {
+                let s = r.step as i64;
+                let _ = ev.add_scalar("eval/val_loss", s, r.val_loss);
+                if let Some(o) = &r.overall {
+                    let _ = ev.add_scalar("eval/em", s, o.em);
+                    let _ = ev.add_scalar("eval/f1", s, o.f1);
+                    let _ = ev.add_scalar("eval/rougeL", s, o.rouge_l);
                 }
-                state.last_eval = Some(serde_json::to_value(&r).expect("json"));
-                if let Some(w) = evals.as_mut() {
-                    w.write(&r);
-                }
+            }
+            state.last_eval = Some(serde_json::to_value(&r).expect("json"));
+            if let Some(w) = evals.as_mut() {
+                w.write(&r);
             }
         }
         if ckpt_due {

@@ -1,0 +1,503 @@
+//! `edkd demo`: the whole story on an embedded default, on CPU, in minutes.
+//!
+//! 1. synthesize asymmetric tasks (long input, short answer: kv lookup, reading QA,
+//!    aggregation); train a BPE tokenizer on them;
+//! 2. train a small decoder-only teacher with cross-entropy on all labelled examples;
+//! 3. serve it over gRPC on loopback (a real `edkd teacher` server);
+//! 4. the teacher answers the inputs whose labels the students do not get (pseudo-labels,
+//!    i.e. sequence-level KD over unlabelled inputs);
+//! 5. distil a student: the labelled subset plus the pseudo-labelled inputs, with token-level
+//!    KD from the served teacher's top-k log-probs;
+//! 6. train the same student with cross-entropy only on the labelled subset (same steps,
+//!    same hyperparameters);
+//! 7. evaluate the teacher and both students on held-out examples and print one table.
+//!
+//! The comparison is the paper's setting in miniature: the students see fewer labels than
+//! the teacher did; distillation is how the teacher's knowledge of the rest reaches them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use edkd_data::ingest::{FieldMap, TextSpec};
+use edkd_data::prepare::{PrepareConfig, Truncation, prepare};
+use edkd_data::synth::{self, Split, SynthExample};
+use edkd_trainer::config::TrainConfig;
+use edkd_trainer::dist::Single;
+use edkd_trainer::eval::{EvalReport, Scores};
+use edkd_trainer::{RunOptions, train};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Where everything is written (data, models, runs, report).
+    #[arg(long, default_value = "edkd-demo")]
+    out: PathBuf,
+    /// Labelled examples the teacher is trained on.
+    #[arg(long, default_value_t = 3000)]
+    teacher_examples: usize,
+    /// Of those, labelled examples the students get (the rest are unlabelled inputs).
+    #[arg(long, default_value_t = 750)]
+    student_examples: usize,
+    /// Held-out examples for the final table.
+    #[arg(long, default_value_t = 150)]
+    eval_examples: usize,
+    #[arg(long, default_value_t = 400)]
+    teacher_steps: u64,
+    #[arg(long, default_value_t = 400)]
+    student_steps: u64,
+    /// Input tokens kept (the end of the input, where the question is).
+    #[arg(long, default_value_t = 160)]
+    max_input_tokens: usize,
+    #[arg(long, default_value_t = 1024)]
+    vocab_size: usize,
+    /// libtorch threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Start over even if the output folder has results.
+    #[arg(long)]
+    fresh: bool,
+}
+
+fn stage(n: usize, what: &str, started: &Instant) {
+    eprintln!(
+        "\n[{:>5.0} s] ({n}/7) {what}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn fields() -> FieldMap {
+    FieldMap {
+        input: TextSpec::Field("input".into()),
+        target: TextSpec::Field("target".into()),
+        id_field: "id".into(),
+        task_field: "task".into(),
+        default_task: "default".into(),
+    }
+}
+
+fn prepare_data(
+    train: &Path,
+    validation: &Path,
+    tokenizer: &Path,
+    out: &Path,
+    max_input: usize,
+) -> anyhow::Result<()> {
+    let cfg = PrepareConfig {
+        inputs: vec![train.display().to_string()],
+        validation_inputs: vec![validation.display().to_string()],
+        fields: fields(),
+        tokenizer: tokenizer.to_owned(),
+        max_input_tokens: Some(max_input),
+        max_target_tokens: Some(24),
+        input_truncation: Truncation::KeepEnd,
+        target_truncation: Truncation::KeepStart,
+        val_fraction: None,
+        shard_rows: 1024,
+        keep_text: true,
+        out: out.to_owned(),
+        overwrite: true,
+        command: vec!["edkd demo".into()],
+        progress: false,
+    };
+    prepare(&cfg).with_context(|| format!("preparing {}", out.display()))?;
+    Ok(())
+}
+
+/// The common training settings (both students share all of them).
+fn base_overrides(args: &Args, data: &Path, tokenizer: &Path, steps: u64) -> Vec<String> {
+    vec![
+        format!("data.manifest=\"{}\"", data.display()),
+        format!("data.tokenizer=\"{}\"", tokenizer.display()),
+        format!("seed={}", args.seed),
+        format!("threads={}", args.threads),
+        format!("optim.steps={steps}"),
+        "optim.lr=2e-3".into(),
+        format!("optim.warmup_steps={}", steps / 20),
+        "optim.schedule=cosine".into(),
+        "optim.weight_decay=0.05".into(),
+        "batch.max_tokens=2048".into(),
+        "batch.max_rows=16".into(),
+        "batch.bucket_window=512".into(),
+        format!("eval.every={}", steps / 4),
+        "eval.max_examples=64".into(),
+        "eval.max_new_tokens=16".into(),
+        format!("checkpoint.every={}", steps / 2),
+        "checkpoint.keep_last=1".into(),
+    ]
+}
+
+/// The students: an encoder-decoder with most layers in the encoder (the long input).
+const STUDENT: &[&str] = &[
+    "model.preset=small",
+    "model.overrides.d_model=96",
+    "model.overrides.encoder_layers=3",
+    "model.overrides.decoder_layers=2",
+    "model.overrides.attn_dim=96",
+    "model.overrides.num_heads=4",
+    "model.overrides.num_kv_heads=2",
+    "model.overrides.ffn_dim=384",
+    "model.overrides.max_positions=512",
+];
+
+/// The teacher: a decoder-only (Llama-shaped) model about twice the students' size.
+const TEACHER: &[&str] = &[
+    "model.architecture=decoder-only",
+    "model.preset=small",
+    "model.overrides.d_model=128",
+    "model.overrides.encoder_layers=3",
+    "model.overrides.decoder_layers=2",
+    "model.overrides.attn_dim=128",
+    "model.overrides.num_heads=4",
+    "model.overrides.num_kv_heads=2",
+    "model.overrides.ffn_dim=768",
+    "model.overrides.max_positions=512",
+];
+
+fn run_training(
+    name: &str,
+    overrides: Vec<String>,
+    out: &Path,
+    fresh: bool,
+) -> anyhow::Result<EvalReport> {
+    let cfg = TrainConfig::from_overrides(&overrides)?;
+    cfg.validate()?;
+    if fresh && out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    let summary = train(
+        &cfg,
+        &RunOptions {
+            out: out.to_owned(),
+            resume: true,
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .with_context(|| format!("training the {name}"))?;
+    eprintln!(
+        "  {name}: {} steps in {:.0} s, {:.0} target tokens/s",
+        summary.steps, summary.elapsed_s, summary.tokens_per_s
+    );
+    summary
+        .final_eval
+        .context("the run ended without an evaluation")
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if args.student_examples >= args.teacher_examples {
+        bail!("--student-examples must be below --teacher-examples (the rest are unlabelled)");
+    }
+    let out = args.out.clone();
+    if args.fresh && out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads as i32);
+    }
+
+    stage(1, "synthesizing tasks and training a tokenizer", &started);
+    let all = synth::generate("mix", Split::Train, args.seed, args.teacher_examples)?;
+    let val = synth::generate("mix", Split::Validation, args.seed, args.eval_examples)?;
+    let (labelled, unlabelled) = all.split_at(args.student_examples);
+    let raw = out.join("raw");
+    std::fs::create_dir_all(&raw)?;
+    synth::write_jsonl(&raw.join("teacher.jsonl"), &all)?;
+    synth::write_jsonl(&raw.join("labelled.jsonl"), labelled)?;
+    synth::write_jsonl(&raw.join("validation.jsonl"), &val)?;
+    let tokenizer = out.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        let texts = edkd_data::tokenizer::training_texts(
+            &[raw.join("teacher.jsonl")],
+            "input",
+            "target",
+        )?;
+        edkd_data::tokenizer::train_bpe_to_file(texts, args.vocab_size, 2, &tokenizer)?;
+    }
+    let data = out.join("data");
+    prepare_data(
+        &raw.join("teacher.jsonl"),
+        &raw.join("validation.jsonl"),
+        &tokenizer,
+        &data.join("teacher"),
+        args.max_input_tokens,
+    )?;
+    prepare_data(
+        &raw.join("labelled.jsonl"),
+        &raw.join("validation.jsonl"),
+        &tokenizer,
+        &data.join("labelled"),
+        args.max_input_tokens,
+    )?;
+    eprintln!(
+        "  {} labelled examples for the teacher, {} of them for the students, {} unlabelled \
+         inputs, {} held out; tokenizer {} tokens",
+        all.len(),
+        labelled.len(),
+        unlabelled.len(),
+        val.len(),
+        args.vocab_size
+    );
+
+    stage(2, "training the decoder-only teacher (cross-entropy)", &started);
+    let runs = out.join("runs");
+    let mut o = base_overrides(
+        &args,
+        &data.join("teacher"),
+        &tokenizer,
+        args.teacher_steps,
+    );
+    o.extend(TEACHER.iter().map(|s| s.to_string()));
+    let teacher_eval = run_training("teacher", o, &runs.join("teacher"), false)?;
+    let teacher_dir = runs.join("teacher/final");
+
+    stage(3, "serving the teacher over gRPC on loopback", &started);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let teacher = edkd_models::Teacher::load(&teacher_dir, Default::default())?;
+    let server = rt.block_on(edkd_teacher::start(
+        teacher,
+        edkd_teacher::ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            model_id: Some("edkd-demo-teacher".into()),
+            ..Default::default()
+        },
+    ))?;
+    let addr = server.addr.to_string();
+    eprintln!("  teacher service on {addr}");
+
+    stage(4, "pseudo-labelling the unlabelled inputs with the teacher", &started);
+    let pseudo = pseudo_label(&teacher_dir, unlabelled, args.max_input_tokens)?;
+    let mut kd_examples: Vec<SynthExample> = labelled.to_vec();
+    kd_examples.extend(pseudo);
+    synth::write_jsonl(&raw.join("kd.jsonl"), &kd_examples)?;
+    prepare_data(
+        &raw.join("kd.jsonl"),
+        &raw.join("validation.jsonl"),
+        &tokenizer,
+        &data.join("kd"),
+        args.max_input_tokens,
+    )?;
+
+    stage(5, "distilling the encoder-decoder student from the served teacher", &started);
+    let mut o = base_overrides(&args, &data.join("kd"), &tokenizer, args.student_steps);
+    o.extend(STUDENT.iter().map(|s| s.to_string()));
+    o.extend([
+        "teacher.kind=remote".to_string(),
+        format!("teacher.addr=\"{addr}\""),
+        "teacher.top_k=32".into(),
+        "loss.alpha=0.5".into(),
+        "loss.temperature=1.0".into(),
+    ]);
+    let kd_eval = run_training("KD student", o, &runs.join("student-kd"), false)?;
+
+    stage(6, "training the same student with cross-entropy only", &started);
+    let mut o = base_overrides(
+        &args,
+        &data.join("labelled"),
+        &tokenizer,
+        args.student_steps,
+    );
+    o.extend(STUDENT.iter().map(|s| s.to_string()));
+    let ce_eval = run_training("CE-only student", o, &runs.join("student-ce"), false)?;
+    rt.block_on(server.shutdown())?;
+
+    stage(7, "evaluating on held-out examples", &started);
+    let mut rows = Vec::new();
+    for (name, dir) in [
+        ("teacher (decoder-only)", runs.join("teacher/final")),
+        ("student, CE only", runs.join("student-ce/final")),
+        ("student, KD", runs.join("student-kd/final")),
+    ] {
+        let report = evaluate_folder(&dir, &data.join("teacher"), args.eval_examples)?;
+        rows.push((name.to_string(), report));
+    }
+    let _ = (teacher_eval, kd_eval, ce_eval);
+    let table = render_table(&rows);
+    println!("\n{table}");
+    let report = out.join("report.md");
+    std::fs::write(
+        &report,
+        format!(
+            "# edkd demo\n\nHeld-out examples: {}. Teacher trained on {} labelled examples; \
+             students on {} labelled (+ {} teacher-labelled inputs for KD).\n\n{table}\n",
+            args.eval_examples,
+            args.teacher_examples,
+            args.student_examples,
+            args.teacher_examples - args.student_examples
+        ),
+    )?;
+    let json: Vec<_> = rows
+        .iter()
+        .map(|(n, r)| serde_json::json!({"model": n, "report": r}))
+        .collect();
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    plot_runs(&runs, &out.join("loss.png"))?;
+    println!(
+        "report: {}, {}; loss curves: {}; TensorBoard: {}/*/tensorboard ({:.0} s in all)",
+        report.display(),
+        out.join("report.json").display(),
+        out.join("loss.png").display(),
+        runs.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The teacher's greedy answers for `inputs`, as examples with those answers as targets.
+fn pseudo_label(
+    teacher_dir: &Path,
+    inputs: &[SynthExample],
+    max_input: usize,
+) -> anyhow::Result<Vec<SynthExample>> {
+    let teacher = edkd_models::Teacher::load(teacher_dir, Default::default())?;
+    let tok = teacher
+        .tokenizer
+        .as_ref()
+        .context("the teacher folder has no tokenizer.json")?;
+    let eos = teacher.model.config.eos_token_ids.clone();
+    let cfg = edkd_models::GenerationConfig {
+        eos_token_ids: eos.clone(),
+        pad_token_id: teacher.model.config.pad_token_id.unwrap_or(0),
+        ..edkd_models::GenerationConfig::greedy(24)
+    };
+    let mut out = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(64) {
+        let prompts: Vec<Vec<i64>> = chunk
+            .iter()
+            .map(|e| {
+                let ids = tok.encode(&e.input, false)?;
+                let start = ids.len().saturating_sub(max_input);
+                Ok(ids[start..].to_vec())
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let answers = edkd_models::generate::generate(&teacher.model, &prompts, &cfg)?;
+        for (e, a) in chunk.iter().zip(answers) {
+            let ids: Vec<i64> = a.into_iter().take_while(|t| !eos.contains(t)).collect();
+            let text = tok.decode(&ids, true)?;
+            out.push(SynthExample {
+                id: format!("pseudo-{}", e.id),
+                task: e.task.clone(),
+                input: e.input.clone(),
+                target: text.trim().to_owned(),
+                answer: e.answer.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn evaluate_folder(model: &Path, data: &Path, n: usize) -> anyhow::Result<EvalReport> {
+    use edkd_trainer::config::{Architecture, EvalSection, ModelSection};
+    let tokenizer = edkd_models::Tokenizer::from_file(&model.join("tokenizer.json"))?;
+    let mut open = edkd_data::OpenOptions::new("validation");
+    open.verify = edkd_data::Verify::RowCounts;
+    let ds = edkd_data::Dataset::open(data, &open)?;
+    let s = ds.manifest.tokenizer.special_ids;
+    let kind = edkd_models::student::folder_kind(model)?;
+    let section = ModelSection {
+        architecture: match kind {
+            edkd_models::student::FolderKind::Student => Architecture::EncoderDecoder,
+            edkd_models::student::FolderKind::Teacher => Architecture::DecoderOnly,
+        },
+        init: Some(model.to_owned()),
+        ..Default::default()
+    };
+    let vocab = edkd_trainer::model::Vocab {
+        size: ds.manifest.tokenizer.vocab_size as i64,
+        pad: s.pad as i64,
+        bos: s.bos as i64,
+        eos: s.eos as i64,
+    };
+    let net = edkd_trainer::model::Net::build(&section, vocab, tch::Device::Cpu, 0)?;
+    let cfg = EvalSection {
+        every: 0,
+        max_examples: n,
+        generate: true,
+        max_new_tokens: 24,
+        batch_rows: 32,
+    };
+    let loss = TrainConfig::default().loss.kd();
+    Ok(edkd_trainer::eval::evaluate(
+        &net,
+        &ds,
+        None,
+        &loss,
+        &cfg,
+        Some(&tokenizer),
+        tch::Device::Cpu,
+        0,
+    )?)
+}
+
+/// One table: task x model, EM / F1 / ROUGE-L.
+fn render_table(rows: &[(String, EvalReport)]) -> String {
+    let mut tasks: Vec<String> = rows
+        .iter()
+        .flat_map(|(_, r)| r.by_task.keys().cloned())
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    tasks.push("all".into());
+    let mut s = format!(
+        "| {:<8} | {:<22} | {:>6} | {:>6} | {:>7} |\n|{}|{}|{}|{}|{}|\n",
+        "task",
+        "model",
+        "EM",
+        "F1",
+        "ROUGE-L",
+        "-".repeat(10),
+        "-".repeat(24),
+        "-".repeat(8),
+        "-".repeat(8),
+        "-".repeat(9)
+    );
+    for task in &tasks {
+        for (name, r) in rows {
+            let sc: Option<&Scores> = if task == "all" {
+                r.overall.as_ref()
+            } else {
+                r.by_task.get(task)
+            };
+            if let Some(sc) = sc {
+                s += &format!(
+                    "| {:<8} | {:<22} | {:>6.3} | {:>6.3} | {:>7.3} |\n",
+                    task, name, sc.em, sc.f1, sc.rouge_l
+                );
+            }
+        }
+    }
+    s
+}
+
+/// Training-loss curves of the three runs in one PNG.
+fn plot_runs(runs: &Path, png: &Path) -> anyhow::Result<()> {
+    let mut series = Vec::new();
+    for (name, dir) in [
+        ("teacher", "teacher"),
+        ("student CE", "student-ce"),
+        ("student KD (CE part)", "student-kd"),
+    ] {
+        let text = std::fs::read_to_string(runs.join(dir).join("metrics.jsonl"))
+            .unwrap_or_default();
+        let pts: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v["step"].as_f64()?, v["ce"].as_f64()?)))
+            .collect();
+        if !pts.is_empty() {
+            series.push((name, pts));
+        }
+    }
+    edkd_trainer::observe::plot_losses(png, &series, "edkd demo", "step", "train CE")
+        .with_context(|| format!("writing {}", png.display()))?;
+    Ok(())
+}
