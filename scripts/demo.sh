@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 cargo build --release -p edkd
-exec ./target/release/edkd bench efficiency "$@"
+exec ./target/release/edkd demo "$@"
