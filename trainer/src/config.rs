@@ -503,7 +503,7 @@ impl TrainConfig {
         if self.optim.steps == 0 {
             return Err(field("optim.steps", "must be >= 1"));
         }
-        if !(self.optim.lr > 0.0) {
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return Err(field("optim.lr", "must be > 0"));
         }
         if self.optim.accumulation == 0 {

@@ -67,6 +67,7 @@ impl EvalReport {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Evaluates `net` on `ds` (the first `cfg.max_examples` examples in manifest order).
 pub fn evaluate(
     net: &Net,

@@ -78,6 +78,7 @@ pub fn causal_target_logits(model: &CausalLm, t: &BatchTensors, train: bool) -> 
     model.logits(&hidden.gather(1, &idx, false))
 }
 
+#[allow(clippy::large_enum_variant)]
 pub enum Net {
     EncoderDecoder(StudentModel),
     DecoderOnly { vs: VarStore, model: CausalLm },

@@ -462,7 +462,7 @@ pub fn train(
         None
     };
     let mut events = if lead && cfg.log.tensorboard {
-        Some(EventWriter::create(&out.join("tensorboard")).map_err(Error::io(out))?)
+        Some(EventWriter::create(out.join("tensorboard")).map_err(Error::io(out))?)
     } else {
         None
     };

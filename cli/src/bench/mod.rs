@@ -3,6 +3,7 @@
 pub mod efficiency;
 pub mod generation;
 pub mod teacher;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +19,9 @@ pub enum BenchCommand {
     Efficiency(efficiency::Args),
     /// Student cached vs recomputed decoding; twin generation in edkd vs transformers.
     Generation(generation::Args),
+    /// Distillation step time with the remote teacher vs the cache, edkd's training step
+    /// vs PyTorch's (tokens/s), and model FLOP utilisation against the matmul peak.
+    Train(train::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -25,6 +29,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Teacher(args) => teacher::run(args),
         BenchCommand::Efficiency(args) => efficiency::run(args),
         BenchCommand::Generation(args) => generation::run(args),
+        BenchCommand::Train(args) => train::run(args),
     }
 }
 
