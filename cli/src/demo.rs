@@ -210,11 +210,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     synth::write_jsonl(&raw.join("validation.jsonl"), &val)?;
     let tokenizer = out.join("tokenizer.json");
     if !tokenizer.is_file() {
-        let texts = edkd_data::tokenizer::training_texts(
-            &[raw.join("teacher.jsonl")],
-            "input",
-            "target",
-        )?;
+        let texts =
+            edkd_data::tokenizer::training_texts(&[raw.join("teacher.jsonl")], "input", "target")?;
         edkd_data::tokenizer::train_bpe_to_file(texts, args.vocab_size, 2, &tokenizer)?;
     }
     let data = out.join("data");
@@ -242,14 +239,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.vocab_size
     );
 
-    stage(2, "training the decoder-only teacher (cross-entropy)", &started);
-    let runs = out.join("runs");
-    let mut o = base_overrides(
-        &args,
-        &data.join("teacher"),
-        &tokenizer,
-        args.teacher_steps,
+    stage(
+        2,
+        "training the decoder-only teacher (cross-entropy)",
+        &started,
     );
+    let runs = out.join("runs");
+    let mut o = base_overrides(&args, &data.join("teacher"), &tokenizer, args.teacher_steps);
     o.extend(TEACHER.iter().map(|s| s.to_string()));
     let teacher_eval = run_training("teacher", o, &runs.join("teacher"), false)?;
     let teacher_dir = runs.join("teacher/final");
@@ -271,7 +267,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = server.addr.to_string();
     eprintln!("  teacher service on {addr}");
 
-    stage(4, "pseudo-labelling the unlabelled inputs with the teacher", &started);
+    stage(
+        4,
+        "pseudo-labelling the unlabelled inputs with the teacher",
+        &started,
+    );
     let pseudo = pseudo_label(&teacher_dir, unlabelled, args.max_input_tokens)?;
     let mut kd_examples: Vec<SynthExample> = labelled.to_vec();
     kd_examples.extend(pseudo);
@@ -284,7 +284,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.max_input_tokens,
     )?;
 
-    stage(5, "distilling the encoder-decoder student from the served teacher", &started);
+    stage(
+        5,
+        "distilling the encoder-decoder student from the served teacher",
+        &started,
+    );
     let mut o = base_overrides(&args, &data.join("kd"), &tokenizer, args.student_steps);
     o.extend(STUDENT.iter().map(|s| s.to_string()));
     o.extend([
@@ -296,7 +300,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ]);
     let kd_eval = run_training("KD student", o, &runs.join("student-kd"), false)?;
 
-    stage(6, "training the same student with cross-entropy only", &started);
+    stage(
+        6,
+        "training the same student with cross-entropy only",
+        &started,
+    );
     let mut o = base_overrides(
         &args,
         &data.join("labelled"),
@@ -486,8 +494,8 @@ fn plot_runs(runs: &Path, png: &Path) -> anyhow::Result<()> {
         ("student CE", "student-ce"),
         ("student KD (CE part)", "student-kd"),
     ] {
-        let text = std::fs::read_to_string(runs.join(dir).join("metrics.jsonl"))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(runs.join(dir).join("metrics.jsonl")).unwrap_or_default();
         let pts: Vec<(f64, f64)> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
