@@ -74,6 +74,60 @@ fn plan(
     groups
 }
 
+/// Ids of examples with an empty input named in an [`Error::EmptyInput`].
+const EMPTY_IDS_SHOWN: usize = 5;
+
+/// Refuses, before anything is scored, examples the teacher cannot score: an empty input
+/// leaves the first target token with no context to predict it from.
+fn check_inputs(ds: &Dataset, todo: &[u64], split: &str) -> Result<()> {
+    let empty: Vec<u64> = todo
+        .iter()
+        .copied()
+        .filter(|&i| ds.lengths(i).0 == 0)
+        .collect();
+    if empty.is_empty() {
+        return Ok(());
+    }
+    Err(Error::EmptyInput {
+        split: split.to_owned(),
+        count: empty.len(),
+        ids: empty
+            .iter()
+            .take(EMPTY_IDS_SHOWN)
+            .map(|&i| ds.example(i).id.to_owned())
+            .collect(),
+    })
+}
+
+/// Names the examples of the request that failed: the one a per-sequence status points at
+/// (`sequences[i]...`), otherwise the request's first and last.
+fn name_examples(error: Error, ds: &Dataset, request: &[u64]) -> Error {
+    let pointed = match &error {
+        Error::Rpc(status) => status
+            .message()
+            .strip_prefix("sequences[")
+            .and_then(|m| m.split_once(']'))
+            .and_then(|(i, _)| i.parse::<usize>().ok())
+            .and_then(|i| request.get(i)),
+        _ => None,
+    };
+    let examples = match (pointed, request) {
+        (Some(&i), _) => format!("example `{}`", ds.example(i).id),
+        (None, [only]) => format!("example `{}`", ds.example(*only).id),
+        (None, [first, .., last]) => format!(
+            "examples `{}` .. `{}` ({} in the request)",
+            ds.example(*first).id,
+            ds.example(*last).id,
+            request.len()
+        ),
+        (None, []) => return error,
+    };
+    Error::Examples {
+        examples,
+        source: Box::new(error),
+    }
+}
+
 /// Scores every not-yet-cached example of the split and appends it to the cache.
 pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<AnnotateSummary> {
     let started = Instant::now();
@@ -108,6 +162,7 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     if let Some(limit) = config.limit {
         todo.truncate(limit);
     }
+    check_inputs(&ds, &todo, &config.split)?;
     let groups = plan(
         &ds,
         &todo,
@@ -167,12 +222,16 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     let mut pipeline = client.score_stream(requests, config.in_flight).await?;
     let (mut scored, mut positions) = (0, 0);
     for (r, range) in groups.iter().enumerate() {
-        let response = pipeline.next().await.ok_or_else(|| {
-            Error::Wire(format!(
-                "stream ended after {r} of {} answers",
-                groups.len()
-            ))
-        })??;
+        let response = pipeline
+            .next()
+            .await
+            .ok_or_else(|| {
+                Error::Wire(format!(
+                    "stream ended after {r} of {} answers",
+                    groups.len()
+                ))
+            })?
+            .map_err(|e| name_examples(e, &ds, &todo[range.clone()]))?;
         if response.request_id != r as u64 || response.sequences.len() != range.len() {
             return Err(Error::Wire(format!(
                 "answer {} ({} sequences) for request {r} ({} sequences)",

@@ -1,30 +1,37 @@
 //! The dynamic batcher: an actor thread that owns the model. Handlers send it [`Job`]s over a
-//! bounded channel and await a oneshot reply; it groups queued jobs up to a token budget or
-//! a short wait, and runs them as padded forward passes of similar lengths.
+//! channel and await a oneshot reply; it groups queued jobs up to a token budget or a short
+//! wait, and runs them as padded forward passes of similar lengths.
+//!
+//! Admission is a semaphore of `queue_capacity` places. A request holds its place until the
+//! batcher takes it or its caller goes away, so a cancelled request frees its place at once,
+//! even while the batcher is busy with a long forward pass.
 
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::scoring::{Scorer, SeqInput, SeqScores};
 
-/// One request's sequences, waiting for the model.
-pub struct Job {
-    pub seqs: Vec<SeqInput>,
-    /// Tokens fed to the model for this job.
-    pub tokens: usize,
-    pub reply: oneshot::Sender<Result<Vec<SeqScores>>>,
+/// Scores the sequences of one forward pass: the [`Scorer`] in the server, a stand-in in tests.
+pub trait ScoreBatch: Send + 'static {
+    fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>>;
+}
+
+impl ScoreBatch for Scorer {
+    fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
+        Scorer::score(self, seqs)
+    }
 }
 
 /// How the batcher groups work.
 #[derive(Debug, Clone, Copy)]
 pub struct BatcherConfig {
-    /// Jobs waiting beyond this get [`Error::QueueFull`].
+    /// Requests waiting beyond this get [`Error::QueueFull`].
     pub queue_capacity: usize,
     /// Most tokens (padded rows x length) in one forward pass.
     pub batch_tokens: usize,
@@ -32,11 +39,77 @@ pub struct BatcherConfig {
     pub max_wait: Duration,
 }
 
+/// An admitted request's place in the queue; freeing it lowers the queue-depth gauge.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.metrics.queue_depth.dec();
+    }
+}
+
+/// A queued request's sequences and place.
+struct Waiting {
+    seqs: Vec<SeqInput>,
+    _place: Place,
+}
+
+/// Shared by the caller and the queue: whichever comes first, the batcher taking the job or
+/// the caller going away, takes the contents (and so frees the place exactly once).
+type Slot = Arc<Mutex<Option<Waiting>>>;
+
+fn take(slot: &Slot) -> Option<Waiting> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// Frees a request's place (and drops its sequences) if its caller goes away while it waits.
+struct FreeOnDrop(Slot);
+
+impl Drop for FreeOnDrop {
+    fn drop(&mut self) {
+        drop(take(&self.0));
+    }
+}
+
+/// One request in the queue; empty once its caller has gone away.
+struct Job {
+    slot: Slot,
+    /// Tokens fed to the model for this job.
+    tokens: usize,
+    reply: oneshot::Sender<Result<Vec<SeqScores>>>,
+}
+
+/// A job the batcher has taken: its place is free again and its sequences are the batcher's.
+struct Taken {
+    seqs: Vec<SeqInput>,
+    tokens: usize,
+    reply: oneshot::Sender<Result<Vec<SeqScores>>>,
+}
+
+impl Job {
+    /// Takes the job off the queue; `None` (counted as cancelled) if its caller went away.
+    fn take(self, metrics: &Metrics) -> Option<Taken> {
+        let Some(waiting) = take(&self.slot) else {
+            metrics.cancelled.inc();
+            return None;
+        };
+        Some(Taken {
+            seqs: waiting.seqs,
+            tokens: self.tokens,
+            reply: self.reply,
+        })
+    }
+}
+
 /// The handlers' side of the actor. Dropping every clone stops the thread once the queue is
 /// drained.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
+    places: Arc<Semaphore>,
     capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -44,11 +117,13 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the actor thread; it owns `scorer` until every [`Batcher`] clone is dropped.
     pub fn start(
-        scorer: Scorer,
+        scorer: impl ScoreBatch,
         config: BatcherConfig,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, JoinHandle<()>)> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(config.queue_capacity);
+        // Unbounded: admission is the semaphore; a cancelled job left in the channel is a
+        // few words (its sequences are dropped with its place).
+        let (tx, rx) = std::sync::mpsc::channel();
         let worker_metrics = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("edkd-teacher-batcher".into())
@@ -56,49 +131,58 @@ impl Batcher {
             .map_err(Error::io("starting the batcher thread"))?;
         let batcher = Self {
             tx,
+            places: Arc::new(Semaphore::new(config.queue_capacity)),
             capacity: config.queue_capacity,
             metrics,
         };
         Ok((batcher, handle))
     }
 
-    /// Queues `seqs` and waits for their scores. Dropping the future (a cancelled RPC) lets
-    /// the batcher skip the job.
+    /// Queues `seqs` and waits for their scores. Dropping the future (a cancelled RPC) frees
+    /// the request's place at once and lets the batcher skip it.
     pub async fn score(&self, seqs: Vec<SeqInput>) -> Result<Vec<SeqScores>> {
-        let (reply, rx) = oneshot::channel();
-        let tokens = seqs.iter().map(SeqInput::input_len).sum();
-        self.metrics.queue_depth.inc();
-        match self.tx.try_send(Job {
-            seqs,
-            tokens,
-            reply,
-        }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.metrics.queue_depth.dec();
+        let permit = match self.places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
                 return Err(Error::QueueFull {
                     capacity: self.capacity,
                 });
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.metrics.queue_depth.dec();
-                return Err(Error::ShuttingDown);
-            }
-        }
+            Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+        };
+        self.metrics.queue_depth.inc();
+        let tokens = seqs.iter().map(SeqInput::input_len).sum();
+        let place = Place {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        };
+        let slot: Slot = Arc::new(Mutex::new(Some(Waiting {
+            seqs,
+            _place: place,
+        })));
+        let _free = FreeOnDrop(slot.clone());
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job {
+                slot,
+                tokens,
+                reply,
+            })
+            .map_err(|_| Error::ShuttingDown)?;
         rx.await.map_err(|_| Error::ShuttingDown)?
     }
 }
 
-fn run(scorer: Scorer, rx: Receiver<Job>, config: BatcherConfig, metrics: &Metrics) {
-    let mut carry: Option<Job> = None;
+fn run(scorer: impl ScoreBatch, rx: Receiver<Job>, config: BatcherConfig, metrics: &Metrics) {
+    let mut carry: Option<Taken> = None;
     loop {
         let first = match carry.take() {
             Some(job) => job,
             None => match rx.recv() {
-                Ok(job) => {
-                    metrics.queue_depth.dec();
-                    job
-                }
+                Ok(job) => match job.take(metrics) {
+                    Some(job) => job,
+                    None => continue,
+                },
                 Err(_) => break,
             },
         };
@@ -109,7 +193,9 @@ fn run(scorer: Scorer, rx: Receiver<Job>, config: BatcherConfig, metrics: &Metri
             let wait = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(job) => {
-                    metrics.queue_depth.dec();
+                    let Some(job) = job.take(metrics) else {
+                        continue;
+                    };
                     if tokens + job.tokens > config.batch_tokens {
                         carry = Some(job);
                         break;
@@ -124,10 +210,10 @@ fn run(scorer: Scorer, rx: Receiver<Job>, config: BatcherConfig, metrics: &Metri
     }
 }
 
-/// Scores `jobs` (skipping cancelled ones) in forward passes of similar lengths within the
-/// token budget, and replies to each.
-fn run_jobs(scorer: &Scorer, jobs: Vec<Job>, budget: usize, metrics: &Metrics) {
-    let jobs: Vec<Job> = jobs
+/// Scores `jobs` (skipping those whose caller has gone away) in forward passes of similar
+/// lengths within the token budget, and replies to each.
+fn run_jobs(scorer: &impl ScoreBatch, jobs: Vec<Taken>, budget: usize, metrics: &Metrics) {
+    let jobs: Vec<Taken> = jobs
         .into_iter()
         .filter(|j| {
             let live = !j.reply.is_closed();
@@ -193,5 +279,121 @@ fn run_jobs(scorer: &Scorer, jobs: Vec<Job>, budget: usize, metrics: &Metrics) {
         };
         // The handler may have gone away meanwhile; nothing to do then.
         let _ = job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// Blocks in every forward pass until released (or until its gate is dropped).
+    struct Gated {
+        entered: mpsc::Sender<()>,
+        gate: mpsc::Receiver<()>,
+        scored: Arc<AtomicUsize>,
+    }
+
+    impl ScoreBatch for Gated {
+        fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
+            let _ = self.entered.send(());
+            let _ = self.gate.recv();
+            self.scored.fetch_add(seqs.len(), Ordering::SeqCst);
+            Ok(seqs
+                .iter()
+                .map(|s| SeqScores {
+                    k: s.k,
+                    ..SeqScores::default()
+                })
+                .collect())
+        }
+    }
+
+    fn seqs() -> Vec<SeqInput> {
+        vec![SeqInput {
+            prompt: vec![1, 2],
+            target: vec![3],
+            k: 1,
+            temperature: 1.0,
+        }]
+    }
+
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let started = Instant::now();
+        while !cond() {
+            assert!(started.elapsed() < WAIT, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_request_frees_its_place_while_the_batcher_is_busy() {
+        const CAPACITY: usize = 2;
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, gate) = mpsc::channel();
+        let scored = Arc::new(AtomicUsize::new(0));
+        let scorer = Gated {
+            entered: entered_tx,
+            gate,
+            scored: scored.clone(),
+        };
+        let config = BatcherConfig {
+            queue_capacity: CAPACITY,
+            batch_tokens: 1024,
+            max_wait: Duration::ZERO,
+        };
+        let (batcher, worker) = Batcher::start(scorer, config, metrics.clone()).unwrap();
+        let submit = |batcher: &Batcher| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.score(seqs()).await })
+        };
+
+        // The batcher takes the first request and stays in its forward pass.
+        let busy = submit(&batcher);
+        tokio::task::spawn_blocking(move || entered.recv_timeout(WAIT))
+            .await
+            .unwrap()
+            .expect("the batcher starts a forward pass");
+        // Fill the queue behind it: the next request is refused.
+        let waiting: Vec<_> = (0..CAPACITY).map(|_| submit(&batcher)).collect();
+        until("the queue is full", || {
+            metrics.queue_depth.get() == CAPACITY as i64
+        })
+        .await;
+        assert!(matches!(
+            batcher.score(seqs()).await,
+            Err(Error::QueueFull { capacity: CAPACITY })
+        ));
+
+        // Cancelling the waiting requests frees their places although the batcher is busy.
+        for task in &waiting {
+            task.abort();
+        }
+        for task in waiting {
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(metrics.queue_depth.get(), 0);
+        let fresh: Vec<_> = (0..CAPACITY).map(|_| submit(&batcher)).collect();
+        until("the fresh requests are queued", || {
+            metrics.queue_depth.get() == CAPACITY as i64 || fresh.iter().any(|t| t.is_finished())
+        })
+        .await;
+
+        drop(release);
+        assert_eq!(busy.await.unwrap().unwrap().len(), 1);
+        for task in fresh {
+            assert_eq!(task.await.unwrap().expect("admitted and scored").len(), 1);
+        }
+        assert_eq!(metrics.queue_depth.get(), 0);
+        // The batcher skipped the cancelled requests instead of scoring them.
+        assert_eq!(metrics.cancelled.get(), CAPACITY as u64);
+        assert_eq!(scored.load(Ordering::SeqCst), 1 + CAPACITY);
+        drop(batcher);
+        worker.join().unwrap();
     }
 }

@@ -251,6 +251,15 @@ impl Pipeline {
     }
 }
 
+/// Stops sending when the answers are no longer wanted: the sender's pending permit wait
+/// fails, it drops its end and the request stream closes (else a server would wait for it
+/// forever, e.g. in graceful shutdown).
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.permits.close();
+    }
+}
+
 /// A response must answer its request: same id, one scored sequence per sequence.
 fn check_response(request: &ScoreRequest, response: &ScoreResponse) -> Result<()> {
     if response.request_id != request.request_id {

@@ -8,6 +8,26 @@ pub enum Error {
     /// Bad request input: names the field and the limit it broke.
     #[error("{field}: {message}")]
     InvalidArgument { field: String, message: String },
+    /// Examples of a dataset split that cannot be scored: the teacher predicts target token
+    /// t from the tokens before it, so an example needs at least one input token.
+    #[error(
+        "split `{split}`: {count} example(s) with an empty input, first {}: the teacher predicts \
+         target token t from the tokens before it, so prompt_ids must hold at least one token; \
+         nothing was scored: give these examples an input (or drop them) and prepare again",
+        quoted(.ids)
+    )]
+    EmptyInput {
+        split: String,
+        count: usize,
+        /// The first few ids.
+        ids: Vec<String>,
+    },
+    /// A failure while scoring some examples, named by id.
+    #[error("{examples}: {source}")]
+    Examples {
+        examples: String,
+        source: Box<Error>,
+    },
     /// The batcher's queue is full; the client should back off and retry.
     #[error("server queue is full ({capacity} requests waiting); retry later")]
     QueueFull { capacity: usize },
@@ -45,6 +65,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn quoted(ids: &[String]) -> String {
+    ids.iter()
+        .map(|id| format!("`{id}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Error {
     pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
@@ -61,7 +88,8 @@ impl Error {
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::EmptyInput { .. } => Code::InvalidArgument,
+            Self::Examples { source, .. } => source.code(),
             Self::QueueFull { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             Self::Rpc(status) => status.code(),

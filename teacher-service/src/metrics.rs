@@ -15,8 +15,10 @@ const PREFIX: &str = "edkd_teacher";
 /// The server's metrics, in their own registry (several servers can share a process).
 pub struct Metrics {
     pub registry: Registry,
-    /// Jobs waiting for the batcher.
+    /// Requests waiting for the batcher (a cancelled one stops counting at once).
     pub queue_depth: IntGauge,
+    /// Scoring requests received and not yet answered or cancelled.
+    pub in_flight: IntGauge,
     /// Padded tokens per forward pass.
     pub batch_tokens: Histogram,
     /// Target tokens scored; its rate is scored tokens/s.
@@ -40,6 +42,8 @@ impl Metrics {
         let token_buckets = prometheus::exponential_buckets(16.0, 2.0, 14).map_err(prom)?;
         let m = Self {
             queue_depth: IntGauge::new("queue_depth", "Requests waiting for the batcher")
+                .map_err(prom)?,
+            in_flight: IntGauge::new("requests_in_flight", "Scoring requests being handled")
                 .map_err(prom)?,
             batch_tokens: Histogram::with_opts(
                 HistogramOpts::new("batch_tokens", "Padded tokens per forward pass")
@@ -71,6 +75,9 @@ impl Metrics {
         };
         m.registry
             .register(Box::new(m.queue_depth.clone()))
+            .map_err(prom)?;
+        m.registry
+            .register(Box::new(m.in_flight.clone()))
             .map_err(prom)?;
         m.registry
             .register(Box::new(m.batch_tokens.clone()))

@@ -13,9 +13,16 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 
-/// Target rows whose full-vocabulary log-probs are materialised at once (bounds memory at
-/// large vocabularies: 512 x 128k x 4 B = 256 MiB).
-const LOGIT_ROWS_PER_CHUNK: usize = 512;
+/// Bytes of one `[rows, vocab]` f32 block of log-probs on CPU. Kept well under glibc's
+/// largest mmap threshold (32 MiB): bigger blocks are mmapped and page-faulted afresh on
+/// every pass (at a 32k vocabulary, 16-sequence passes took 1.6x the CPU per token; see the
+/// `grpc_vs_inprocess` bench). Also bounds memory at large vocabularies.
+const CPU_LOGIT_CHUNK_BYTES: usize = 8 << 20;
+/// Fewest target rows per CPU block: each block reads the whole LM head once more.
+const CPU_MIN_LOGIT_ROWS: usize = 32;
+/// Target rows per block on an accelerator, whose caching allocator does not fault and where
+/// each block costs a host sync (512 x 128k x 4 B = 256 MiB).
+const DEVICE_LOGIT_ROWS_PER_CHUNK: usize = 512;
 
 /// One validated sequence to score.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +67,17 @@ impl Scorer {
 
     pub fn device(&self) -> Device {
         self.teacher.model.device()
+    }
+
+    /// Target rows whose full-vocabulary log-probs are materialised at once.
+    fn logit_rows_per_chunk(&self) -> usize {
+        let vocab = self.teacher.model.config.vocab_size.max(1) as usize;
+        match self.device() {
+            Device::Cpu => {
+                (CPU_LOGIT_CHUNK_BYTES / (vocab * size_of::<f32>())).max(CPU_MIN_LOGIT_ROWS)
+            }
+            _ => DEVICE_LOGIT_ROWS_PER_CHUNK,
+        }
     }
 
     /// Scores `seqs` in one right-padded forward pass. Inputs must be validated (ids below
@@ -176,8 +194,9 @@ impl Scorer {
         let mut topk_lp = Vec::with_capacity(n * k_max as usize);
         let mut tail = Vec::with_capacity(n);
         let mut gold_lp = Vec::with_capacity(n);
-        for start in (0..n).step_by(LOGIT_ROWS_PER_CHUNK) {
-            let end = (start + LOGIT_ROWS_PER_CHUNK).min(n);
+        let chunk_rows = self.logit_rows_per_chunk();
+        for start in (0..n).step_by(chunk_rows) {
+            let end = (start + chunk_rows).min(n);
             let chunk = TargetChunk {
                 rows: &rows[start..end],
                 gold: &gold[start..end],
@@ -236,12 +255,16 @@ impl Scorer {
         let ks = to_dev(Tensor::f_from_slice(chunk.ks)?.f_reshape([n, 1])?)?;
 
         let selected = hidden.f_index_select(0, &rows)?; // [n, d]
-        let logits = self
-            .teacher
-            .model
-            .logits(&selected)
-            .f_to_kind(Kind::Float)?; // [n, V]
-        let logp = logits.f_div(&temps)?.f_log_softmax(-1, Kind::Float)?; // [n, V]
+        // In place where possible: every [n, V] temporary is a large allocation.
+        let mut logp = {
+            let mut logits = self
+                .teacher
+                .model
+                .logits(&selected)
+                .f_to_kind(Kind::Float)?; // [n, V]
+            let _ = logits.f_div_(&temps)?;
+            logits.f_log_softmax(-1, Kind::Float)? // [n, V]
+        };
         let (top_lp, top_ids) = logp.f_topk(chunk.k_max, -1, true, true)?; // [n, k_max]
         let gold_lp = logp.f_gather(1, &gold, false)?.f_reshape([n])?;
         // Tail = logsumexp over the tokens outside each row's own top k: exact even when the
@@ -254,9 +277,8 @@ impl Scorer {
             .f_narrow(1, 0, 1)?
             .f_expand([n, chunk.k_max], false)?;
         let masked_ids = top_ids.f_where_self(&in_row_k, &first)?;
-        let tail = logp
-            .f_scatter_value(1, &masked_ids, f64::NEG_INFINITY)?
-            .f_logsumexp([1], false)?; // [n]
+        let _ = logp.f_scatter_value_(1, &masked_ids, f64::NEG_INFINITY)?;
+        let tail = logp.f_logsumexp([1], false)?; // [n]
 
         let flat = |t: &Tensor| -> Result<Tensor, tch::TchError> {
             t.f_to_device(Device::Cpu)?.f_contiguous()?.f_reshape([-1])

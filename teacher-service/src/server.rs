@@ -128,6 +128,7 @@ impl Inner {
 
     /// Scores `req` and records its latency and outcome.
     async fn score_recorded(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+        let _in_flight = InFlight::new(&self.metrics);
         let started = Instant::now();
         let result = self.score(req).await;
         self.metrics
@@ -157,6 +158,22 @@ fn encode(
         topk_logprobs: wire::encode_values(&s.topk_logprobs, format),
         tail_logmass: wire::encode_values(&s.tail_logmass, format),
         gold_logprob: wire::encode_values(&s.gold_logprob, format),
+    }
+}
+
+/// Counts a request in `requests_in_flight` until it is answered or dropped (cancelled).
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
@@ -215,10 +232,15 @@ impl teacher_server::Teacher for TeacherService {
                 }
             }
         });
-        // Writer: answers in order; the first error ends the stream.
+        // Writer: answers in order; the first error ends the stream. A client that goes
+        // away drops every pending request (freeing their queue places) at once.
         tokio::spawn(async move {
             while let Some(mut pending) = pending_rx.recv().await {
-                let result = match (&mut pending.0).await {
+                let joined = tokio::select! {
+                    joined = &mut pending.0 => joined,
+                    () = out_tx.closed() => break,
+                };
+                let result = match joined {
                     Ok(r) => r,
                     Err(e) => Err(Error::Model(format!("scoring task failed: {e}"))),
                 };

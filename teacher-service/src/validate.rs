@@ -7,6 +7,10 @@ use crate::error::{Error, Result};
 use crate::scoring::SeqInput;
 use crate::wire;
 
+/// Why an empty prompt is refused (shared with `annotate`, which checks before sending).
+pub const EMPTY_PROMPT: &str = "is empty; must hold at least one token: the teacher predicts \
+    target token t from the tokens before it (e.g. BOS when there is no other context)";
+
 /// Server-side request limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -87,10 +91,7 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
     for (i, s) in req.sequences.into_iter().enumerate() {
         let field = |name: &str| format!("sequences[{i}].{name}");
         if s.prompt_ids.is_empty() {
-            return Err(Error::invalid(
-                field("prompt_ids"),
-                "is empty; needs at least 1 token (e.g. BOS) to predict the first target",
-            ));
+            return Err(Error::invalid(field("prompt_ids"), EMPTY_PROMPT));
         }
         if s.target_ids.is_empty() {
             return Err(Error::invalid(

@@ -11,10 +11,13 @@ use edkd_data::prepare::{PrepareConfig, Truncation};
 use edkd_data::synth::{self, Split};
 use edkd_data::{CacheReader, Dataset, OpenOptions};
 use edkd_teacher::{AnnotateConfig, ServerConfig, annotate};
+use tonic::Code;
 
 const EXAMPLES: usize = 30;
 
-fn prepare(dir: &Path) -> std::path::PathBuf {
+/// Prepares the synthetic split with inputs cut to `max_input` tokens (keeping the end).
+fn prepare(dir: &Path, max_input: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let jsonl = dir.join("train.jsonl");
     synth::write_jsonl(
         &jsonl,
@@ -33,8 +36,7 @@ fn prepare(dir: &Path) -> std::path::PathBuf {
             default_task: "default".into(),
         },
         tokenizer: fixture("llama_linear").join("tokenizer.json"),
-        // The fixture teacher has 64 positions: input + target + eos must fit.
-        max_input_tokens: Some(40),
+        max_input_tokens: Some(max_input),
         max_target_tokens: Some(20),
         input_truncation: Truncation::KeepEnd,
         target_truncation: Truncation::KeepStart,
@@ -69,7 +71,8 @@ fn shard_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prepare(tmp.path());
+    // The fixture teacher has 64 positions: input + target + eos must fit.
+    let data = prepare(tmp.path(), 40);
     let cache = tmp.path().join("cache");
     let server = server("llama_linear", ServerConfig::default()).await;
     let client = client(&server);
@@ -135,5 +138,80 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
         let r = reference(&teacher, e.input_ids, &target, 2.0);
         assert_matches(&scores, &r, &target, 6, 1e-4);
     }
+    server.shutdown().await.unwrap();
+}
+
+fn config(data: &Path, out: &Path) -> AnnotateConfig {
+    AnnotateConfig {
+        data: data.to_owned(),
+        split: "train".into(),
+        out: out.to_owned(),
+        top_k: 4,
+        temperature: 1.0,
+        sequences_per_request: 4,
+        in_flight: 3,
+        shard_rows: 5,
+        limit: None,
+        progress: false,
+    }
+}
+
+fn open_train(data: &Path) -> Dataset {
+    let mut options = OpenOptions::new("train");
+    options.verify = Verify::RowCounts;
+    Dataset::open(data, &options).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_the_teacher_cannot_score_are_named_by_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = server("llama_linear", ServerConfig::default()).await;
+    let client = client(&server);
+
+    // Inputs cut to nothing: refused before anything is sent, naming the examples.
+    let data = prepare(&tmp.path().join("empty"), 0);
+    let ds = open_train(&data);
+    let cache = tmp.path().join("cache-empty");
+    let err = annotate(&client, &config(&data, &cache)).await.unwrap_err();
+    let message = err.to_string();
+    let first = ds.example(0).id;
+    for expected in [
+        format!("split `train`: {EXAMPLES} example(s) with an empty input, first `{first}`, "),
+        "prompt_ids must hold at least one token".to_string(),
+        "nothing was scored".to_string(),
+    ] {
+        assert!(
+            message.contains(&expected),
+            "`{message}` lacks `{expected}`"
+        );
+    }
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(server.metrics.requests.get(), 0);
+    assert!(!cache.exists() || shard_bytes(&cache).is_empty());
+
+    // An example over the teacher's 64 positions: the server's per-sequence error is reported
+    // with the example's id.
+    let data = prepare(&tmp.path().join("long"), 60);
+    let ds = open_train(&data);
+    let too_long = (0..ds.len())
+        .find(|&i| {
+            let (n, t) = ds.lengths(i);
+            n + t + 1 > 64
+        })
+        .expect("an example over 64 positions");
+    let err = annotate(&client, &config(&data, &tmp.path().join("cache-long")))
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    let expected = format!("example `{}`: rpc failed: ", ds.example(too_long).id);
+    assert!(
+        message.starts_with(&expected),
+        "`{message}` lacks `{expected}`"
+    );
+    assert!(
+        message.contains("over the teacher's max positions 64"),
+        "{message}"
+    );
+    assert_eq!(err.code(), Code::InvalidArgument);
     server.shutdown().await.unwrap();
 }

@@ -4,11 +4,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use edkd_teacher::proto::{ScoreRequest, ValueFormat};
 use edkd_teacher::wire::decode_response;
-use edkd_teacher::{Error, ServerConfig};
+use edkd_teacher::{Client, ClientConfig, Error, ServerConfig};
 use tonic::Code;
 
 const VOCAB: u32 = 160;
@@ -199,7 +200,8 @@ async fn every_bad_input_gets_invalid_argument_and_the_server_stays_up() {
         (
             "empty prompt",
             Box::new(|r| r.sequences[0].prompt_ids.clear()),
-            "sequences[0].prompt_ids: is empty",
+            "sequences[0].prompt_ids: is empty; must hold at least one token: the teacher \
+             predicts target token t from the tokens before it",
         ),
         (
             "over max positions",
@@ -330,5 +332,134 @@ async fn full_queue_is_resource_exhausted_then_recovers() {
     // Retrying clients get through once the queue drains.
     let retrying = common::client(&server);
     retrying.score(req).await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Requests cancelled client-side (task aborted, or deadline passed) while they wait behind a
+/// long forward pass free their queue places at once: the full capacity is admitted again
+/// before that pass ends, and the queue-depth gauge returns to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_free_their_queue_places() {
+    const CAPACITY: usize = 4;
+    const HEAVY_SEQUENCES: u64 = 512;
+    let config = ServerConfig {
+        queue_capacity: CAPACITY,
+        max_request_tokens: 1 << 17,
+        max_sequences: HEAVY_SEQUENCES as usize,
+        max_wait: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let server = server("llama_linear", config).await;
+    let metrics = server.metrics.clone();
+    let connect = |timeout: Duration| {
+        let mut config = ClientConfig::new(server.addr.to_string());
+        config.retries = 0;
+        config.timeout = timeout;
+        Client::connect(config).unwrap()
+    };
+    let patient = connect(Duration::from_secs(60));
+    let light = request(vec![sequence("l", vec![1, 2, 3], vec![4, 5])], 2, 1.0);
+    patient.score(light.clone()).await.unwrap();
+
+    // One long forward pass keeps the batcher busy while requests queue behind it.
+    let heavy = request(
+        (0..HEAVY_SEQUENCES)
+            .map(|i| {
+                sequence(
+                    &i.to_string(),
+                    tokens(i, 32, VOCAB),
+                    tokens(i + 1, 31, VOCAB),
+                )
+            })
+            .collect(),
+        1,
+        1.0,
+    );
+    let began = Instant::now();
+    let blocker = tokio::spawn({
+        let client = patient.clone();
+        async move { client.score(heavy).await }
+    });
+    until("the heavy pass starts", || {
+        metrics.batch_tokens.get_sample_count() == 2
+    })
+    .await;
+
+    // Fill the queue behind it, then cancel: half by aborting the call, half by deadline.
+    let short_deadline = Duration::from_millis(100);
+    let doomed: Vec<_> = (0..CAPACITY)
+        .map(|i| {
+            let client = if i % 2 == 0 {
+                patient.clone()
+            } else {
+                connect(short_deadline)
+            };
+            let req = light.clone();
+            tokio::spawn(async move { client.score(req).await })
+        })
+        .collect();
+    until("the queue is full", || {
+        metrics.queue_depth.get() == CAPACITY as i64
+    })
+    .await;
+    let mut deadline_codes = Vec::new();
+    for (i, task) in doomed.into_iter().enumerate() {
+        if i % 2 == 0 {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        } else {
+            let (code, _) = code_and_message(task.await.unwrap().unwrap_err());
+            deadline_codes.push(code);
+        }
+    }
+    assert!(
+        deadline_codes
+            .iter()
+            .all(|c| matches!(c, Code::DeadlineExceeded | Code::Cancelled)),
+        "{deadline_codes:?}"
+    );
+    until("the cancelled requests leave the queue", || {
+        metrics.queue_depth.get() == 0
+    })
+    .await;
+
+    // The whole capacity is admitted again while the heavy pass is still running.
+    let fresh: Vec<_> = (0..CAPACITY)
+        .map(|_| {
+            let (client, req) = (patient.clone(), light.clone());
+            tokio::spawn(async move { client.score(req).await })
+        })
+        .collect();
+    until("the fresh requests are queued", || {
+        metrics.queue_depth.get() == CAPACITY as i64 || fresh.iter().any(|t| t.is_finished())
+    })
+    .await;
+    let still_busy = !blocker.is_finished();
+    for task in fresh {
+        let response = task
+            .await
+            .unwrap()
+            .expect("admitted after the cancellations");
+        assert_eq!(response.sequences[0].num_positions, 2);
+    }
+    let heavy = blocker.await.unwrap().unwrap();
+    eprintln!("heavy pass: {:?}", began.elapsed());
+    assert_eq!(heavy.sequences.len(), HEAVY_SEQUENCES as usize);
+    assert!(still_busy, "the heavy pass ended too soon to test anything");
+    assert_eq!(metrics.queue_depth.get(), 0);
+    assert_eq!(metrics.in_flight.get(), 0);
+    // The batcher skipped the cancelled requests instead of scoring them.
+    assert_eq!(metrics.cancelled.get(), CAPACITY as u64);
     server.shutdown().await.unwrap();
 }

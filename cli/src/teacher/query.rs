@@ -35,10 +35,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("loading {}", args.tokenizer.display()))?;
     let to_u32 = |ids: Vec<i64>| ids.into_iter().map(|i| i as u32).collect::<Vec<u32>>();
     let (prompt, target) = match &args.prompt {
-        Some(p) => (
-            to_u32(tokenizer.encode(p, true)?),
-            to_u32(tokenizer.encode(&args.text, false)?),
-        ),
+        Some(p) => {
+            let prompt = to_u32(tokenizer.encode(p, true)?);
+            let target = to_u32(tokenizer.encode(&args.text, false)?);
+            ensure!(
+                !prompt.is_empty(),
+                "--prompt {p:?} encodes to no tokens: the teacher predicts each token of --text \
+                 from the tokens before it (leave --prompt out to use --text's first token)"
+            );
+            ensure!(
+                !target.is_empty(),
+                "--text {:?} encodes to no tokens",
+                args.text
+            );
+            (prompt, target)
+        }
         None => {
             let mut ids = to_u32(tokenizer.encode(&args.text, true)?);
             ensure!(
