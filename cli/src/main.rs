@@ -7,6 +7,7 @@ mod demo;
 mod device;
 mod generate;
 mod info;
+mod launch;
 mod teacher;
 mod train;
 
@@ -44,6 +45,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model folder on a prepared dataset: losses, EM, F1, ROUGE per task.
     Eval(train::EvalArgs),
+    /// Run a job spec (teachers + MPI trainer ranks) here, on Slurm or on Kubernetes.
+    Launch(launch::LaunchArgs),
+    /// Progress of a run from its output folder: step, loss, eval, ETA, checkpoint, restarts.
+    Status(launch::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,5 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Launch(args) => launch::run(args),
+        Command::Status(args) => launch::status(args),
     }
 }

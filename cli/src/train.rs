@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use edkd_trainer::config::{Architecture, EvalSection, TrainConfig};
-use edkd_trainer::dist::Single;
+use edkd_trainer::dist::{Collective, Single};
 use edkd_trainer::eval::{EvalReport, evaluate};
+use edkd_trainer::mpi::{Mpi, local_rank};
+use edkd_trainer::nccl::{Nccl, NcclUnavailable};
 use edkd_trainer::train::parse_device;
 use edkd_trainer::{RunOptions, train};
 
@@ -25,7 +27,8 @@ pub struct TrainArgs {
     /// Override any config field: `--set optim.lr=3e-4 --set loss.alpha=0.7`.
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     set: Vec<String>,
-    /// Shorthand for `--set teacher.kind=remote --set teacher.addr=ADDR`.
+    /// Shorthand for `--set teacher.kind=remote --set teacher.addr=ADDR`. A comma-separated
+    /// list names one address per teacher replica: rank `r` uses replica `r % count`.
     #[arg(long)]
     teacher_addr: Option<String>,
     /// Shorthand for `--set data.manifest=DIR`.
@@ -92,7 +95,7 @@ pub fn stop_flag() -> Arc<AtomicBool> {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let overrides = args.overrides();
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(path) => TrainConfig::load(path, &overrides)?,
         None => TrainConfig::from_overrides(&overrides)?,
     };
@@ -103,8 +106,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         stop: Some(stop_flag()),
         halt_after: args.halt_after,
     };
-    let mut coll = Single;
-    let summary = train(&cfg, &opts, &mut coll)?;
+    let mut coll = connect(&mut cfg)?;
+    pick_replica(&mut cfg, coll.rank());
+    let summary = train(&cfg, &opts, coll.as_mut())?;
     if summary.interrupted {
         eprintln!(
             "stopped at step {}; continue with --resume (same --out)",
@@ -130,6 +134,73 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// Picks how this process talks to the other ranks: alone; MPI when an MPI launcher
+/// started it (CPU tensors); NCCL over MPI when it trains on CUDA with more than one rank.
+/// With several ranks and `device = "cuda"`, rank `i` of a node takes GPU `i % count`.
+fn connect(cfg: &mut TrainConfig) -> anyhow::Result<Box<dyn Collective>> {
+    let mpi = Mpi::init();
+    let (rank, world) = mpi.as_ref().map_or((0, 1), |m| (m.rank(), m.world()));
+    if let tch::Device::Cuda(n) = parse_device(&cfg.device)? {
+        let count = tch::Cuda::device_count();
+        if count == 0 {
+            bail!("device = {:?}: this machine has no CUDA device", cfg.device);
+        }
+        if cfg.device == "cuda" && world > 1 {
+            let local = local_rank().unwrap_or(rank);
+            cfg.device = format!("cuda:{}", local % count as usize);
+        } else if n as i64 >= count {
+            bail!(
+                "device = {:?}: this machine has {count} CUDA device(s)",
+                cfg.device
+            );
+        }
+    }
+    let Some(mpi) = mpi else {
+        tracing::info!(device = %cfg.device, "collective: single process");
+        return Ok(Box::new(Single));
+    };
+    let coll: Box<dyn Collective> = match parse_device(&cfg.device)? {
+        device @ tch::Device::Cuda(_) if world > 1 => match Nccl::init(mpi, device) {
+            Ok(nccl) => Box::new(nccl),
+            Err(e) => {
+                let NcclUnavailable { mpi, reason } = *e;
+                tracing::warn!(
+                    "NCCL unavailable ({reason}): CUDA gradients are all-reduced over MPI \
+                     through host memory, which is slow"
+                );
+                Box::new(mpi)
+            }
+        },
+        _ => Box::new(mpi),
+    };
+    tracing::info!(rank, world, device = %cfg.device, "collective: {}", coll.describe());
+    Ok(coll)
+}
+
+/// Keeps the teacher replica of this rank when `teacher.addr` lists several (as `edkd
+/// launch` passes them): rank `r` talks to replica `r % count`, so replicas share the load
+/// (and with a replica per rank, no rank's requests are batched with another's).
+fn pick_replica(cfg: &mut TrainConfig, rank: usize) {
+    let addrs: Vec<&str> = cfg
+        .teacher
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.len() > 1 {
+        let replica = rank % addrs.len();
+        tracing::info!(
+            rank,
+            replica,
+            replicas = addrs.len(),
+            teacher = addrs[replica],
+            "teacher replica"
+        );
+        cfg.teacher.addr = addrs[replica].to_owned();
+    }
 }
 
 #[derive(clap::Args)]

@@ -8,7 +8,8 @@
 //! - [`train`]: the loop, with prefetching, accumulation, on-policy sampling, logging;
 //! - [`checkpoint`]: atomic, checksummed checkpoints and exact resume;
 //! - [`eval`] and [`metrics`]: validation losses, EM / F1 / ROUGE;
-//! - [`dist`]: collectives (single process here; MPI / NCCL plug in behind the trait);
+//! - [`dist`]: the collectives trait, single process; [`mpi`] and [`nccl`]: over MPI (CPU)
+//!   and NCCL (CUDA);
 //! - [`observe`]: TensorBoard event files and loss plots.
 
 pub mod checkpoint;
@@ -19,6 +20,8 @@ pub mod eval;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod mpi;
+pub mod nccl;
 pub mod observe;
 pub mod optim;
 pub mod source;

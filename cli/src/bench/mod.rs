@@ -1,5 +1,6 @@
 //! `edkd bench ...`: benchmarks that print edkd and a reference implementation side by side.
 
+pub mod allreduce;
 pub mod efficiency;
 pub mod generation;
 pub mod teacher;
@@ -19,6 +20,9 @@ pub enum BenchCommand {
     Efficiency(efficiency::Args),
     /// Student cached vs recomputed decoding; twin generation in edkd vs transformers.
     Generation(generation::Args),
+    /// Data-parallel step split into compute and gradient all-reduce, bytes per step, and
+    /// the bucketed all-reduce's bandwidth vs a raw MPI_Allreduce (run under mpirun).
+    Allreduce(allreduce::Args),
     /// Distillation step time with the remote teacher vs the cache, edkd's training step
     /// vs PyTorch's (tokens/s), and model FLOP utilisation against the matmul peak.
     Train(train::Args),
@@ -29,6 +33,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Teacher(args) => teacher::run(args),
         BenchCommand::Efficiency(args) => efficiency::run(args),
         BenchCommand::Generation(args) => generation::run(args),
+        BenchCommand::Allreduce(args) => allreduce::run(args),
         BenchCommand::Train(args) => train::run(args),
     }
 }
