@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::prepare::{PrepareConfig, Truncation, prepare};
 use edkd_data::synth::{self, Split, SynthExample};
 use edkd_trainer::config::TrainConfig;
@@ -67,16 +66,6 @@ fn stage(n: usize, what: &str, started: &Instant) {
     );
 }
 
-fn fields() -> FieldMap {
-    FieldMap {
-        input: TextSpec::Field("input".into()),
-        target: TextSpec::Field("target".into()),
-        id_field: "id".into(),
-        task_field: "task".into(),
-        default_task: "default".into(),
-    }
-}
-
 fn prepare_data(
     train: &Path,
     validation: &Path,
@@ -85,21 +74,15 @@ fn prepare_data(
     max_input: usize,
 ) -> anyhow::Result<()> {
     let cfg = PrepareConfig {
-        inputs: vec![train.display().to_string()],
         validation_inputs: vec![validation.display().to_string()],
-        fields: fields(),
-        tokenizer: tokenizer.to_owned(),
         max_input_tokens: Some(max_input),
         max_target_tokens: Some(24),
         input_truncation: Truncation::KeepEnd,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 1024,
         keep_text: true,
-        out: out.to_owned(),
         overwrite: true,
         command: vec!["edkd demo".into()],
-        progress: false,
+        ..PrepareConfig::new(&[train], tokenizer, out)
     };
     prepare(&cfg).with_context(|| format!("preparing {}", out.display()))?;
     Ok(())
@@ -129,7 +112,8 @@ fn base_overrides(args: &Args, data: &Path, tokenizer: &Path, steps: u64) -> Vec
 }
 
 /// The students: an encoder-decoder with most layers in the encoder (the long input).
-const STUDENT: &[&str] = &[
+/// `edkd bench train` measures the same shape.
+pub(crate) const STUDENT: &[&str] = &[
     "model.preset=small",
     "model.overrides.d_model=96",
     "model.overrides.encoder_layers=3",
@@ -404,45 +388,19 @@ fn pseudo_label(
 }
 
 fn evaluate_folder(model: &Path, data: &Path, n: usize) -> anyhow::Result<EvalReport> {
-    use edkd_trainer::config::{Architecture, EvalSection, ModelSection};
-    let tokenizer = edkd_models::Tokenizer::from_file(&model.join("tokenizer.json"))?;
-    let mut open = edkd_data::OpenOptions::new("validation");
-    open.verify = edkd_data::Verify::RowCounts;
-    let ds = edkd_data::Dataset::open(data, &open)?;
-    let s = ds.manifest.tokenizer.special_ids;
-    let kind = edkd_models::student::folder_kind(model)?;
-    let section = ModelSection {
-        architecture: match kind {
-            edkd_models::student::FolderKind::Student => Architecture::EncoderDecoder,
-            edkd_models::student::FolderKind::Teacher => Architecture::DecoderOnly,
-        },
-        init: Some(model.to_owned()),
-        ..Default::default()
-    };
-    let vocab = edkd_trainer::model::Vocab {
-        size: ds.manifest.tokenizer.vocab_size as i64,
-        pad: s.pad as i64,
-        bos: s.bos as i64,
-        eos: s.eos as i64,
-    };
-    let net = edkd_trainer::model::Net::build(&section, vocab, tch::Device::Cpu, 0)?;
-    let cfg = EvalSection {
+    let cfg = edkd_trainer::config::EvalSection {
         every: 0,
         max_examples: n,
         generate: true,
         max_new_tokens: 24,
         batch_rows: 32,
     };
-    let loss = TrainConfig::default().loss.kd();
-    Ok(edkd_trainer::eval::evaluate(
-        &net,
-        &ds,
-        None,
-        &loss,
+    Ok(edkd_trainer::eval::evaluate_folder(
+        model,
+        data,
+        "validation",
         &cfg,
-        Some(&tokenizer),
         tch::Device::Cpu,
-        0,
     )?)
 }
 

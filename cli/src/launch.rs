@@ -154,18 +154,8 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
 
 /// A command as one shell line (words with shell syntax single-quoted).
 fn command_line(program: &std::path::Path, args: &[String]) -> String {
-    std::iter::once(program.to_string_lossy().into_owned())
+    let words: Vec<String> = std::iter::once(program.to_string_lossy().into_owned())
         .chain(args.iter().cloned())
-        .map(|w| {
-            let plain = !w.is_empty()
-                && w.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
-            if plain {
-                w
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect();
+    edkd_cluster::shell::join(&words)
 }

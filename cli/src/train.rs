@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
-use edkd_trainer::config::{Architecture, EvalSection, TrainConfig};
+use edkd_trainer::config::{EvalSection, TrainConfig};
 use edkd_trainer::dist::{Collective, Single};
-use edkd_trainer::eval::{EvalReport, evaluate};
+use edkd_trainer::eval::{EvalReport, evaluate_folder};
 use edkd_trainer::mpi::{Mpi, local_rank};
 use edkd_trainer::nccl::{Nccl, NcclUnavailable};
 use edkd_trainer::train::parse_device;
@@ -229,36 +229,6 @@ pub struct EvalArgs {
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
-    let kind = edkd_models::student::folder_kind(&args.model)?;
-    let tok_path = args.model.join("tokenizer.json");
-    if !tok_path.is_file() {
-        bail!(
-            "{}: no tokenizer.json; evaluation decodes predictions with the model's tokenizer",
-            args.model.display()
-        );
-    }
-    let tokenizer = edkd_models::Tokenizer::from_file(&tok_path)?;
-    let mut open = edkd_data::OpenOptions::new(&args.split);
-    open.verify = edkd_data::Verify::RowCounts;
-    open.expect_tokenizer_sha256 = Some(tokenizer.sha256().to_owned());
-    let ds = edkd_data::Dataset::open(&args.data, &open)
-        .with_context(|| format!("opening split `{}` of {}", args.split, args.data.display()))?;
-    let specials = ds.manifest.tokenizer.special_ids;
-    let section = edkd_trainer::config::ModelSection {
-        architecture: match kind {
-            edkd_models::student::FolderKind::Student => Architecture::EncoderDecoder,
-            edkd_models::student::FolderKind::Teacher => Architecture::DecoderOnly,
-        },
-        init: Some(args.model.clone()),
-        ..Default::default()
-    };
-    let vocab = edkd_trainer::model::Vocab {
-        size: ds.manifest.tokenizer.vocab_size as i64,
-        pad: specials.pad as i64,
-        bos: specials.bos as i64,
-        eos: specials.eos as i64,
-    };
-    let net = edkd_trainer::model::Net::build(&section, vocab, device, 0)?;
     let cfg = EvalSection {
         every: 0,
         max_examples: args.max_examples,
@@ -266,8 +236,15 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         batch_rows: args.batch_rows,
     };
-    let loss = TrainConfig::default().loss.kd();
-    let report = evaluate(&net, &ds, None, &loss, &cfg, Some(&tokenizer), device, 0)?;
+    let report =
+        evaluate_folder(&args.model, &args.data, &args.split, &cfg, device).with_context(|| {
+            format!(
+                "evaluating {} on split `{}` of {}",
+                args.model.display(),
+                args.split,
+                args.data.display()
+            )
+        })?;
     print_report(&report);
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")

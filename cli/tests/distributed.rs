@@ -6,13 +6,13 @@
 //!   restarted from its checkpoint and finishes with the uninterrupted run's weights,
 //!   leaving no process behind. The weights are compared between runs with a teacher replica
 //!   per rank: one server batches concurrent requests of both ranks together, in an order
-//!   that depends on timing, which changes its answers in the last bits.
+//!   that depends on timing, which changes its answers in the last bits;
+//! - a single-process `edkd train` killed with SIGKILL and resumed ends bit-identical.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::prepare::{PrepareConfig, Truncation};
 use edkd_data::synth::{self, Split};
 
@@ -74,27 +74,13 @@ fn prepare(dir: &Path) -> PathBuf {
     synth::write_jsonl(&va, &val).unwrap();
     let out = dir.join("data");
     let config = PrepareConfig {
-        inputs: vec![tr.display().to_string()],
         validation_inputs: vec![va.display().to_string()],
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: teacher_dir().join("tokenizer.json"),
         max_input_tokens: Some(40),
         max_target_tokens: Some(16),
         input_truncation: Truncation::KeepEnd,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 32,
-        keep_text: false,
-        out: out.clone(),
-        overwrite: false,
         command: vec!["(test)".into()],
-        progress: false,
+        ..PrepareConfig::new(&[&tr], &teacher_dir().join("tokenizer.json"), &out)
     };
     edkd_data::prepare::prepare(&config).unwrap();
     out
@@ -454,4 +440,76 @@ fn launch_runs_teacher_and_two_ranks_and_restarts_a_killed_rank() {
         d <= TOLERANCE,
         "killed and restarted vs uninterrupted: max |dw| = {d:e}"
     );
+}
+
+/// `edkd train` alone (no MPI, no launcher): SIGKILL after the first checkpoints, then
+/// `--resume`; the final weights are bit for bit those of an uninterrupted run, with
+/// dropout and gradient accumulation in play.
+#[test]
+fn a_killed_single_process_run_resumes_to_the_same_weights() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path());
+    // Enough steps that the run is still going when the step-4 checkpoint appears.
+    let config = write_config(tmp.path(), &data, 32);
+    let extra = [
+        "--set",
+        "model.overrides.dropout=0.1",
+        "--set",
+        "optim.accumulation=2",
+    ];
+    let run = |name: &str| tmp.path().join(name);
+    let train_alone = |out: &Path, more: &[&str]| {
+        let mut args = train_args(&config, out, &extra);
+        args.extend(more.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(edkd());
+        cmd.args(args).env("RUST_LOG", "warn");
+        cmd
+    };
+    check(
+        "uninterrupted run",
+        train_alone(&run("clean"), &[]).output().unwrap(),
+    );
+
+    let mut child = train_alone(&run("killed"), &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = run("killed/checkpoints/step-00000004");
+    let started = Instant::now();
+    while !checkpoint.join("SHA256SUMS").is_file() {
+        assert!(
+            started.elapsed() < LAUNCH_TIMEOUT,
+            "no step-4 checkpoint within {LAUNCH_TIMEOUT:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its step-4 checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the run was not killed: {status}");
+    assert!(
+        !run("killed/final").exists(),
+        "the run finished before it could be killed"
+    );
+    let resumed_from = last_state(&run("killed"))["step"].as_u64().unwrap();
+    assert!(resumed_from < 32, "{resumed_from}");
+
+    check(
+        "resumed run",
+        train_alone(&run("killed"), &["--resume"]).output().unwrap(),
+    );
+    let d = max_diff(&run("clean/final"), &run("killed/final"));
+    assert_eq!(
+        d, 0.0,
+        "killed at step >= {resumed_from} and resumed: max |dw| = {d:e}"
+    );
+    let a = std::fs::read(run("clean/final/model.safetensors")).unwrap();
+    let b = std::fs::read(run("killed/final/model.safetensors")).unwrap();
+    assert!(a == b, "final model.safetensors files differ");
 }

@@ -11,7 +11,7 @@ mod error;
 pub mod k8s;
 pub mod local;
 pub mod restarts;
-mod shell;
+pub mod shell;
 pub mod slurm;
 pub mod spec;
 pub mod status;

@@ -1,7 +1,7 @@
 //! POSIX shell quoting for rendered scripts.
 
 /// Quotes `word` for sh/bash so it stays one word; plain words are left as they are.
-pub(crate) fn quote(word: &str) -> String {
+pub fn quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .bytes()
@@ -14,7 +14,7 @@ pub(crate) fn quote(word: &str) -> String {
 }
 
 /// Quotes every word and joins them with spaces.
-pub(crate) fn join<S: AsRef<str>>(words: &[S]) -> String {
+pub fn join<S: AsRef<str>>(words: &[S]) -> String {
     words
         .iter()
         .map(|word| quote(word.as_ref()))

@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::manifest::{TRAIN, Verify};
-use edkd_data::prepare::{PrepareConfig, Truncation, prepare};
+use edkd_data::prepare::{PrepareConfig, prepare};
 use edkd_data::synth::{self, Split};
 use edkd_data::{Dataset, OpenOptions, Reader, ReaderConfig};
 
@@ -112,27 +111,9 @@ fn main() -> anyhow::Result<()> {
 
 fn prepare_config(jsonl: &Path, tokenizer: &Path, out: &Path) -> PrepareConfig {
     PrepareConfig {
-        inputs: vec![jsonl.display().to_string()],
-        validation_inputs: vec![],
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: tokenizer.to_owned(),
-        max_input_tokens: None,
-        max_target_tokens: None,
-        input_truncation: Truncation::KeepStart,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 8192,
-        keep_text: false,
-        out: out.to_owned(),
-        overwrite: false,
         command: vec!["bench".into()],
-        progress: false,
+        ..PrepareConfig::new(&[jsonl], tokenizer, out)
     }
 }
 

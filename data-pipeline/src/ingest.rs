@@ -96,6 +96,20 @@ pub struct FieldMap {
     pub default_task: String,
 }
 
+impl Default for FieldMap {
+    /// The field names `edkd data synth` writes and `edkd data prepare` expects by default:
+    /// `input`, `target`, `id`, `task` (missing task: `default`).
+    fn default() -> Self {
+        Self {
+            input: TextSpec::Field("input".into()),
+            target: TextSpec::Field("target".into()),
+            id_field: "id".into(),
+            task_field: "task".into(),
+            default_task: "default".into(),
+        }
+    }
+}
+
 impl FieldMap {
     /// All field names, deduplicated, in a fixed order: id, task, then the text fields.
     fn needed(&self) -> Vec<String> {

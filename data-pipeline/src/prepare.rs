@@ -92,6 +92,32 @@ pub struct PrepareConfig {
     pub progress: bool,
 }
 
+impl PrepareConfig {
+    /// `edkd data prepare`'s defaults for `inputs` (no separate validation files, default
+    /// field names, no length limits, both sides truncated at the end, 65,536 rows per
+    /// shard, no text kept, no progress bar); set the other fields with struct update
+    /// syntax.
+    pub fn new(inputs: &[&Path], tokenizer: &Path, out: &Path) -> Self {
+        Self {
+            inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+            validation_inputs: vec![],
+            fields: FieldMap::default(),
+            tokenizer: tokenizer.to_owned(),
+            max_input_tokens: None,
+            max_target_tokens: None,
+            input_truncation: Truncation::KeepStart,
+            target_truncation: Truncation::KeepStart,
+            val_fraction: None,
+            shard_rows: 65536,
+            keep_text: false,
+            out: out.to_owned(),
+            overwrite: false,
+            command: vec![],
+            progress: false,
+        }
+    }
+}
+
 /// What `prepare` did, for the closing summary.
 #[derive(Debug)]
 pub struct PrepareSummary {

@@ -5,7 +5,6 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::manifest::Verify;
 use edkd_data::prepare::{PrepareConfig, Truncation};
 use edkd_data::synth::{self, Split};
@@ -26,27 +25,16 @@ fn prepare(dir: &Path, max_input: usize) -> std::path::PathBuf {
     .unwrap();
     let out = dir.join("data");
     let config = PrepareConfig {
-        inputs: vec![jsonl.display().to_string()],
-        validation_inputs: vec![],
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: fixture("llama_linear").join("tokenizer.json"),
         max_input_tokens: Some(max_input),
         max_target_tokens: Some(20),
         input_truncation: Truncation::KeepEnd,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 16,
-        keep_text: false,
-        out: out.clone(),
-        overwrite: false,
         command: vec!["(test)".into()],
-        progress: false,
+        ..PrepareConfig::new(
+            &[&jsonl],
+            &fixture("llama_linear").join("tokenizer.json"),
+            &out,
+        )
     };
     edkd_data::prepare::prepare(&config).unwrap();
     out

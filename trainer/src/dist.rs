@@ -68,46 +68,109 @@ pub fn ensure_grads(vs: &VarStore) {
     zero.backward();
 }
 
-/// Sums gradients over ranks in flat buckets; returns the bytes reduced by this rank.
-/// Call [`ensure_grads`] first.
-pub fn all_reduce_grads(coll: &mut dyn Collective, vs: &VarStore) -> u64 {
-    if coll.world() == 1 {
-        return 0;
+/// Sums gradients over ranks once per optimizer step.
+///
+/// On the first call every f32 gradient is moved into one flat buffer and left there as a
+/// view (the parameter's `.grad` points into the buffer), as PyTorch DDP's
+/// `gradient_as_bucket_view` does: backward passes accumulate into the buffer in place and
+/// `zero_()` keeps it, so each later step reduces the buffer's buckets (at most
+/// [`BUCKET_ELEMENTS`] each) directly, with no flattening and no copying back. Should a
+/// gradient ever stop being a view of the buffer (replaced rather than accumulated), the
+/// next call notices by address and binds again. Gradients of other kinds (bf16 weights)
+/// are reduced through an f32 copy.
+#[derive(Default)]
+pub struct GradReducer {
+    flat: Option<Tensor>,
+    /// Trainable f32 variables in name order with their offset in `flat`.
+    bound: Vec<(Tensor, i64)>,
+}
+
+impl GradReducer {
+    pub fn new() -> Self {
+        Self::default()
     }
-    let vars = trainable(vs);
-    let mut bytes = 0u64;
-    let mut start = 0;
-    while start < vars.len() {
-        let mut end = start;
-        let mut numel = 0;
-        while end < vars.len()
-            && (end == start || numel + vars[end].1.numel() as i64 <= BUCKET_ELEMENTS)
-        {
-            numel += vars[end].1.numel() as i64;
-            end += 1;
+
+    /// Sums every trainable variable's gradient over ranks, in place; returns the bytes
+    /// this rank reduced. Call [`ensure_grads`] first.
+    pub fn all_reduce(&mut self, coll: &mut dyn Collective, vs: &VarStore) -> u64 {
+        if coll.world() == 1 {
+            return 0;
         }
-        let grads: Vec<Tensor> = vars[start..end]
-            .iter()
-            .map(|(_, v)| v.grad().to_kind(Kind::Float).reshape([-1]))
-            .collect();
-        let mut flat = Tensor::cat(&grads, 0);
-        coll.all_reduce_sum(&mut flat);
-        bytes += (flat.numel() * 4) as u64;
+        let vars = trainable(vs);
+        let (float, other): (Vec<_>, Vec<_>) =
+            vars.into_iter().partition(|(_, v)| v.kind() == Kind::Float);
+        if !self.is_bound(&float) {
+            self.bind(&float);
+        }
+        let mut bytes = 0u64;
+        if let Some(flat) = &self.flat {
+            let n = flat.numel() as i64;
+            let mut start = 0;
+            while start < n {
+                let len = BUCKET_ELEMENTS.min(n - start);
+                let mut bucket = flat.narrow(0, start, len);
+                coll.all_reduce_sum(&mut bucket);
+                start += len;
+            }
+            bytes += (n * 4) as u64;
+        }
+        for (_, v) in other {
+            let mut g = v.grad().to_kind(Kind::Float).contiguous();
+            coll.all_reduce_sum(&mut g);
+            bytes += (g.numel() * 4) as u64;
+            tch::no_grad(|| v.grad().copy_(&g.to_kind(v.kind())));
+        }
+        bytes
+    }
+
+    /// Whether every variable's gradient is still the view of `flat` set by `bind`.
+    fn is_bound(&self, vars: &[(String, Tensor)]) -> bool {
+        let Some(flat) = &self.flat else {
+            return vars.is_empty();
+        };
+        let base = flat.data_ptr() as usize;
+        vars.len() == self.bound.len()
+            && vars.iter().zip(&self.bound).all(|((_, v), (b, off))| {
+                let g = v.grad();
+                v.data_ptr() == b.data_ptr()
+                    && g.defined()
+                    && g.is_contiguous()
+                    && g.data_ptr() as usize == base + 4 * *off as usize
+            })
+    }
+
+    /// Copies the gradients into a new flat buffer and makes each one a view of it.
+    fn bind(&mut self, vars: &[(String, Tensor)]) {
+        self.bound.clear();
+        self.flat = None;
+        let Some((_, first)) = vars.first() else {
+            return;
+        };
+        let total: i64 = vars.iter().map(|(_, v)| v.numel() as i64).sum();
+        let flat = Tensor::zeros([total], (Kind::Float, first.device()));
         let mut offset = 0;
         tch::no_grad(|| {
-            for (_, v) in &vars[start..end] {
+            for (_, v) in vars {
                 let n = v.numel() as i64;
-                let part = flat
-                    .narrow(0, offset, n)
-                    .reshape(v.size())
-                    .to_kind(v.kind());
-                v.grad().copy_(&part);
+                let size = v.size();
+                flat.narrow(0, offset, n).copy_(&v.grad().reshape([-1]));
+                let strides = contiguous_strides(&size);
+                let mut g = v.grad();
+                let _ = g.set_source_tensor_storage_offset_(&flat, offset, &size, &strides);
+                self.bound.push((v.shallow_clone(), offset));
                 offset += n;
             }
         });
-        start = end;
+        self.flat = Some(flat);
     }
-    bytes
+}
+
+fn contiguous_strides(size: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1; size.len()];
+    for i in (0..size.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * size[i + 1].max(1);
+    }
+    strides
 }
 
 /// Makes every rank's parameters equal to rank 0's.
@@ -131,4 +194,82 @@ pub fn sum_f64(coll: &mut dyn Collective, values: &mut [f64]) {
     coll.all_reduce_sum(&mut t);
     let back: Vec<f64> = Vec::<f64>::try_from(&t).expect("f64 tensor");
     values.copy_from_slice(&back);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, nn};
+
+    /// Two ranks holding the same gradients: the sum doubles every element in place.
+    struct TwinRanks {
+        calls: usize,
+    }
+
+    impl Collective for TwinRanks {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&mut self, t: &mut Tensor) {
+            self.calls += 1;
+            let _ = t.g_mul_scalar_(2.0);
+        }
+        fn broadcast(&mut self, _t: &mut Tensor, _root: usize) {}
+        fn barrier(&mut self) {}
+        fn describe(&self) -> String {
+            "twin ranks".into()
+        }
+    }
+
+    fn grads(vs: &VarStore) -> Vec<(String, Tensor)> {
+        trainable(vs)
+            .into_iter()
+            .map(|(n, v)| (n, v.grad().copy()))
+            .collect()
+    }
+
+    #[test]
+    fn gradients_become_views_of_the_buckets_and_stay_bound() {
+        let vs = VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let a = root.var("a", &[3, 4], nn::Init::Uniform { lo: -1.0, up: 1.0 });
+        let b = root.var("b", &[5], nn::Init::Uniform { lo: -1.0, up: 1.0 });
+        let frozen = root.var("frozen", &[2], nn::Init::Const(1.0));
+        let _ = frozen.set_requires_grad(false);
+        let mut reducer = GradReducer::new();
+        let mut coll = TwinRanks { calls: 0 };
+        let mut ptrs = Vec::new();
+        for step in 0..3 {
+            let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).view([1, 3]);
+            let loss =
+                x.matmul(&a).sum(Kind::Float) * (step as f64 + 1.0) + (&b * &b).sum(Kind::Float);
+            loss.backward();
+            ensure_grads(&vs);
+            let before = grads(&vs);
+            let bytes = reducer.all_reduce(&mut coll, &vs);
+            assert_eq!(bytes, 4 * (12 + 5));
+            for ((name, g0), (_, v)) in before.iter().zip(trainable(&vs)) {
+                let diff = (v.grad() - g0 * 2.0).abs().max().double_value(&[]);
+                assert!(diff < 1e-6, "step {step}, {name}: {diff}");
+            }
+            let now: Vec<usize> = trainable(&vs)
+                .iter()
+                .map(|(_, v)| v.grad().data_ptr() as usize)
+                .collect();
+            // Consecutive in one buffer, and the same addresses every step.
+            assert_eq!(now[1] - now[0], 4 * 12, "a then b, back to back");
+            if step > 0 {
+                assert_eq!(now, ptrs, "step {step}: gradients were rebound");
+            }
+            ptrs = now;
+            for (_, v) in trainable(&vs) {
+                let _ = v.grad().zero_();
+            }
+        }
+        // One bucket per step: the buffer is reduced once, not per tensor.
+        assert_eq!(coll.calls, 3);
+    }
 }

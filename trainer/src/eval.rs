@@ -67,6 +67,51 @@ impl EvalReport {
     }
 }
 
+/// Evaluates a saved model folder (student or decoder-only) on `split` of the dataset in
+/// `data`: loads the model with its `tokenizer.json`, checks that the dataset was
+/// tokenized with that tokenizer, and runs [`evaluate`] without a teacher.
+pub fn evaluate_folder(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    cfg: &EvalSection,
+    device: Device,
+) -> Result<EvalReport> {
+    use crate::config::{Architecture, ModelSection, TrainConfig};
+    use edkd_models::student::{FolderKind, folder_kind};
+    let kind = folder_kind(model)?;
+    let tok_path = model.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(crate::Error::Config(format!(
+            "{}: no tokenizer.json; evaluation decodes predictions with the model's tokenizer",
+            model.display()
+        )));
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let mut open = edkd_data::OpenOptions::new(split);
+    open.verify = edkd_data::Verify::RowCounts;
+    open.expect_tokenizer_sha256 = Some(tokenizer.sha256().to_owned());
+    let ds = Dataset::open(data, &open)?;
+    let specials = ds.manifest.tokenizer.special_ids;
+    let section = ModelSection {
+        architecture: match kind {
+            FolderKind::Student => Architecture::EncoderDecoder,
+            FolderKind::Teacher => Architecture::DecoderOnly,
+        },
+        init: Some(model.to_owned()),
+        ..Default::default()
+    };
+    let vocab = crate::model::Vocab {
+        size: ds.manifest.tokenizer.vocab_size as i64,
+        pad: specials.pad as i64,
+        bos: specials.bos as i64,
+        eos: specials.eos as i64,
+    };
+    let net = Net::build(&section, vocab, device, 0)?;
+    let loss = TrainConfig::default().loss.kd();
+    evaluate(&net, &ds, None, &loss, cfg, Some(&tokenizer), device, 0)
+}
+
 #[allow(clippy::too_many_arguments)]
 /// Evaluates `net` on `ds` (the first `cfg.max_examples` examples in manifest order).
 pub fn evaluate(

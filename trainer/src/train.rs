@@ -486,6 +486,15 @@ pub fn train(
     let elapsed_before = state.elapsed_s;
     let mut steps_here = 0u64;
     let mut interrupted = false;
+    let mut reducer = dist::GradReducer::new();
+    // A stop request (Ctrl-C, SIGTERM) reaches ranks at different moments; ranks agree on
+    // it through the per-step metric sum, so they all stop after the same step.
+    let stop_requested = || {
+        opts.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
+    let mut stop_agreed = coll.world() == 1 && stop_requested();
     let mut history: Vec<(f64, f64)> = Vec::new();
     let mut eval_history: Vec<(f64, f64)> = Vec::new();
 
@@ -519,11 +528,7 @@ pub fn train(
             interrupted = true;
             break;
         }
-        if opts
-            .stop
-            .as_ref()
-            .is_some_and(|s| s.load(Ordering::Relaxed))
-        {
+        if stop_agreed {
             interrupted = true;
             break;
         }
@@ -633,7 +638,7 @@ pub fn train(
             }
         }
         dist::ensure_grads(net.vs());
-        dist::all_reduce_grads(coll, net.vs());
+        reducer.all_reduce(coll, net.vs());
         let grad_norm = if cfg.optim.clip > 0.0 {
             opt.clip_grad_norm(cfg.optim.clip)
         } else {
@@ -645,9 +650,11 @@ pub fn train(
         state.step += 1;
         steps_here += 1;
 
-        let mut sums = [ce_sum, kd_sum, kd_tokens, mass_sum, agree_sum];
+        let stop_here = if stop_requested() { 1.0 } else { 0.0 };
+        let mut sums = [ce_sum, kd_sum, kd_tokens, mass_sum, agree_sum, stop_here];
         dist::sum_f64(coll, &mut sums);
-        let [ce_sum, kd_sum, kd_tokens, mass_sum, agree_sum] = sums;
+        let [ce_sum, kd_sum, kd_tokens, mass_sum, agree_sum, stops] = sums;
+        stop_agreed = stops > 0.0;
         state.tokens += global_tokens as u64;
         let step_s = t0.elapsed().as_secs_f64();
         let ce = ce_sum / global_tokens.max(1.0);

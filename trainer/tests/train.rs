@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::prepare::{PrepareConfig, Truncation};
 use edkd_data::synth::{self, Split};
 use edkd_data::{Dataset, OpenOptions, Reader, ReaderConfig};
@@ -48,27 +47,13 @@ fn prepare(dir: &Path, train: usize, validation: usize) -> PathBuf {
     .unwrap();
     let out = dir.join("data");
     let config = PrepareConfig {
-        inputs: vec![tr.display().to_string()],
         validation_inputs: vec![va.display().to_string()],
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: teacher_dir().join("tokenizer.json"),
         max_input_tokens: Some(40),
         max_target_tokens: Some(16),
         input_truncation: Truncation::KeepEnd,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 64,
-        keep_text: false,
-        out: out.clone(),
-        overwrite: false,
         command: vec!["(test)".into()],
-        progress: false,
+        ..PrepareConfig::new(&[&tr], &teacher_dir().join("tokenizer.json"), &out)
     };
     edkd_data::prepare::prepare(&config).unwrap();
     out

@@ -134,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!(
         "reduce ms: the all-reduce inside a training step; bucketed ms: the bucketed path \
-         alone (flatten, all-reduce, copy back); tensor ms: the collective on one flat tensor \
+         alone (gradients as views of flat buckets, reduced in place); tensor ms: the collective on one flat tensor \
          of the same bytes; raw ms: one MPI_Allreduce of the same bytes between Vecs; \
          bandwidths in GB/s of bucketed and raw, busbw = bytes / time x 2(n-1)/n (NCCL's \
          convention); ratio = raw ms / bucketed ms"
@@ -168,6 +168,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Args) -> anyhow::Result<Row> {
 
     let world = mpi.world();
     let (mut compute, mut reduce, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    let mut reducer = dist::GradReducer::new();
     let mut bytes = 0;
     for step in 0..WARMUP_STEPS + args.steps {
         mpi.barrier();
@@ -187,7 +188,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Args) -> anyhow::Result<Row> {
         // Waiting for the slower rank is compute imbalance, not all-reduce time.
         mpi.barrier();
         let t2 = Instant::now();
-        bytes = dist::all_reduce_grads(mpi, net.vs());
+        bytes = reducer.all_reduce(mpi, net.vs());
         let t3 = Instant::now();
         if step >= WARMUP_STEPS {
             compute.push((t1 - t0).as_secs_f64());
@@ -200,7 +201,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Args) -> anyhow::Result<Row> {
     }
     // The same bytes three ways, back to back and interleaved so that other load on the
     // machine hits all three alike: the bucketed path on the last step's gradients
-    // (flatten, all-reduce, copy back), the collective on one flat tensor, and one raw
+    // (buckets the gradients are views of), the collective on one flat tensor, and one raw
     // MPI_Allreduce between preallocated buffers.
     let n = (bytes / 4) as usize;
     let mut flat = Tensor::ones([n as i64], (Kind::Float, Device::Cpu));
@@ -216,7 +217,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Args) -> anyhow::Result<Row> {
             let t0 = Instant::now();
             match variant {
                 0 => {
-                    dist::all_reduce_grads(mpi, net.vs());
+                    reducer.all_reduce(mpi, net.vs());
                 }
                 1 => mpi.all_reduce_sum(&mut flat),
                 _ if world > 1 => {

@@ -15,7 +15,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use edkd_data::ingest::{FieldMap, TextSpec};
 use edkd_data::prepare::{PrepareConfig, Truncation};
 use edkd_data::synth::{self, Split};
 use edkd_data::{Dataset, OpenOptions, Reader, ReaderConfig};
@@ -29,21 +28,12 @@ use edkd_trainer::source::{self, TeacherSource};
 use edkd_trainer::{Divergence, KdLoss, RunOptions, train};
 use tch::{Device, Kind, Tensor};
 
-/// The demo's student (cli/src/demo.rs): an encoder-decoder with most layers in the encoder.
-const STUDENT: &[&str] = &[
-    "model.preset=small",
-    "model.overrides.d_model=128",
-    "model.overrides.encoder_layers=3",
-    "model.overrides.decoder_layers=2",
-    "model.overrides.attn_dim=128",
-    "model.overrides.num_heads=4",
-    "model.overrides.num_kv_heads=2",
-    "model.overrides.ffn_dim=512",
-    "model.overrides.max_positions=512",
-];
+// The student is the demo's: an encoder-decoder with most layers in the encoder.
+use crate::demo::STUDENT;
+
 /// BPE vocabulary trained for the bench data (the demo's).
 const VOCAB_SIZE: usize = 1024;
-/// Data shapes and batch budget of the demo.
+/// Data shapes and batch budget (the demo trims inputs to 160 tokens).
 const MAX_INPUT_TOKENS: usize = 192;
 const MAX_TARGET_TOKENS: usize = 24;
 const BATCH_TOKENS: usize = 6144;
@@ -163,27 +153,13 @@ fn prepare_data(work: &Path, examples: usize, seed: u64) -> anyhow::Result<Prepa
     edkd_data::tokenizer::train_bpe_to_file(texts, VOCAB_SIZE, 2, &tokenizer)?;
     let data = work.join("data");
     let cfg = PrepareConfig {
-        inputs: vec![raw.display().to_string()],
-        validation_inputs: Vec::new(),
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: tokenizer.clone(),
         max_input_tokens: Some(MAX_INPUT_TOKENS),
         max_target_tokens: Some(MAX_TARGET_TOKENS),
         input_truncation: Truncation::KeepEnd,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 1024,
-        keep_text: false,
-        out: data.clone(),
         overwrite: true,
         command: vec!["edkd bench train".into()],
-        progress: false,
+        ..PrepareConfig::new(&[&raw], &tokenizer, &data)
     };
     edkd_data::prepare::prepare(&cfg).context("preparing the bench data")?;
     let ds = Dataset::open(&data, &OpenOptions::new("train"))?;

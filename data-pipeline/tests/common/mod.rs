@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edkd_data::ingest::{FieldMap, TextSpec};
-use edkd_data::prepare::{PrepareConfig, Truncation};
+use edkd_data::prepare::PrepareConfig;
 use edkd_data::synth::{self, Split};
 
 /// Vocabulary of the test tokenizer: small, so training takes well under a second.
@@ -33,32 +32,14 @@ pub fn synth_jsonl(path: &Path, n: usize, seed: u64) -> PathBuf {
 
 pub fn config(inputs: &[&Path], tokenizer: &Path, out: &Path) -> PrepareConfig {
     PrepareConfig {
-        inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
-        validation_inputs: vec![],
-        fields: FieldMap {
-            input: TextSpec::Field("input".into()),
-            target: TextSpec::Field("target".into()),
-            id_field: "id".into(),
-            task_field: "task".into(),
-            default_task: "default".into(),
-        },
-        tokenizer: tokenizer.to_owned(),
-        max_input_tokens: None,
-        max_target_tokens: None,
-        input_truncation: Truncation::KeepStart,
-        target_truncation: Truncation::KeepStart,
-        val_fraction: None,
         shard_rows: 64,
-        keep_text: false,
-        out: out.to_owned(),
-        overwrite: false,
         command: vec![
             "edkd".into(),
             "data".into(),
             "prepare".into(),
             "(test)".into(),
         ],
-        progress: false,
+        ..PrepareConfig::new(inputs, tokenizer, out)
     }
 }
 
