@@ -1,7 +1,8 @@
 //! `edkd demo`: the whole story on an embedded default, on CPU, in minutes.
 //!
 //! 1. synthesize asymmetric tasks (long input, short answer: kv lookup, reading QA,
-//!    aggregation); train a BPE tokenizer on them;
+//!    aggregation; the compact shape, inputs of ~50-100 tokens, so that they are learnt in
+//!    minutes on a CPU); train a BPE tokenizer on them;
 //! 2. train a small decoder-only teacher with cross-entropy on all labelled examples;
 //! 3. serve it over gRPC on loopback (a real `edkd teacher` server);
 //! 4. the teacher answers the inputs whose labels the students do not get (pseudo-labels,
@@ -32,17 +33,17 @@ pub struct Args {
     #[arg(long, default_value = "edkd-demo")]
     out: PathBuf,
     /// Labelled examples the teacher is trained on.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 12000)]
     teacher_examples: usize,
     /// Of those, labelled examples the students get (the rest are unlabelled inputs).
-    #[arg(long, default_value_t = 750)]
+    #[arg(long, default_value_t = 3000)]
     student_examples: usize,
     /// Held-out examples for the final table.
     #[arg(long, default_value_t = 150)]
     eval_examples: usize,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 1200)]
     teacher_steps: u64,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 800)]
     student_steps: u64,
     /// Input tokens kept (the end of the input, where the question is).
     #[arg(long, default_value_t = 160)]
@@ -184,8 +185,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     stage(1, "synthesizing tasks and training a tokenizer", &started);
-    let all = synth::generate("mix", Split::Train, args.seed, args.teacher_examples)?;
-    let val = synth::generate("mix", Split::Validation, args.seed, args.eval_examples)?;
+    let shape = &synth::Shape::COMPACT;
+    let all = synth::generate_shaped("mix", Split::Train, args.seed, args.teacher_examples, shape)?;
+    let val = synth::generate_shaped(
+        "mix",
+        Split::Validation,
+        args.seed,
+        args.eval_examples,
+        shape,
+    )?;
     let (labelled, unlabelled) = all.split_at(args.student_examples);
     let raw = out.join("raw");
     std::fs::create_dir_all(&raw)?;

@@ -104,8 +104,50 @@ pub struct SynthExample {
     pub answer: String,
 }
 
-/// Generates examples `0..n` of `task` (`kv`, `qa`, `agg` or `mix`).
+/// How big the generated inputs are: inclusive ranges `(lo, hi)` of lines, people and items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// `kv`: record lines.
+    pub kv_lines: (usize, usize),
+    /// `qa`: people described (three facts each).
+    pub qa_people: (usize, usize),
+    /// `qa`: weather sentences that answer nothing.
+    pub qa_distractors: (usize, usize),
+    /// `agg`: inventory items.
+    pub agg_items: (usize, usize),
+}
+
+impl Shape {
+    /// Inputs of a few hundred tokens (the module docs' sizes).
+    pub const STANDARD: Shape = Shape {
+        kv_lines: (24, 40),
+        qa_people: (6, 9),
+        qa_distractors: (4, 8),
+        agg_items: (20, 36),
+    };
+    /// Inputs of roughly 50-100 tokens: the same tasks, learnable in minutes on a CPU
+    /// (`edkd demo`).
+    pub const COMPACT: Shape = Shape {
+        kv_lines: (6, 10),
+        qa_people: (2, 4),
+        qa_distractors: (1, 3),
+        agg_items: (5, 9),
+    };
+}
+
+/// Generates examples `0..n` of `task` (`kv`, `qa`, `agg` or `mix`) of [`Shape::STANDARD`].
 pub fn generate(task: &str, split: Split, seed: u64, n: usize) -> Result<Vec<SynthExample>> {
+    generate_shaped(task, split, seed, n, &Shape::STANDARD)
+}
+
+/// Generates examples `0..n` of `task` with inputs of the given shape.
+pub fn generate_shaped(
+    task: &str,
+    split: Split,
+    seed: u64,
+    n: usize,
+    shape: &Shape,
+) -> Result<Vec<SynthExample>> {
     if task != "mix" && !TASKS.contains(&task) {
         return Err(Error::Config {
             message: format!("unknown task `{task}` (kv, qa, agg, mix)"),
@@ -121,9 +163,9 @@ pub fn generate(task: &str, split: Split, seed: u64, n: usize) -> Result<Vec<Syn
             let key = seed_of(&[hash_str(name), hash_str(split.name()), seed, i as u64]);
             let mut rng = Rng::new(key);
             let (input, target) = match name {
-                "kv" => kv(&mut rng),
-                "qa" => qa(&mut rng),
-                _ => agg(&mut rng),
+                "kv" => kv(&mut rng, shape),
+                "qa" => qa(&mut rng, shape),
+                _ => agg(&mut rng, shape),
             };
             SynthExample {
                 id: format!("{task}-{}-{seed}-{i:07}", split.name()),
@@ -146,8 +188,8 @@ pub fn write_jsonl(path: &Path, examples: &[SynthExample]) -> Result<()> {
     crate::fsutil::write_atomic(path, &out)
 }
 
-fn kv(rng: &mut Rng) -> (String, String) {
-    let lines = rng.range(24, 40);
+fn kv(rng: &mut Rng, shape: &Shape) -> (String, String) {
+    let lines = rng.range(shape.kv_lines.0, shape.kv_lines.1);
     let keys = rng.sample(ADJECTIVES.len() * NOUNS.len(), lines);
     let mut text = String::from("Record:\n");
     let mut entries = Vec::with_capacity(lines);
@@ -162,8 +204,8 @@ fn kv(rng: &mut Rng) -> (String, String) {
     (text, value.clone())
 }
 
-fn qa(rng: &mut Rng) -> (String, String) {
-    let count = rng.range(6, 9);
+fn qa(rng: &mut Rng, shape: &Shape) -> (String, String) {
+    let count = rng.range(shape.qa_people.0, shape.qa_people.1);
     let people = rng.sample(NAMES.len(), count);
     let mut sentences = Vec::new();
     let mut facts = Vec::new();
@@ -177,7 +219,7 @@ fn qa(rng: &mut Rng) -> (String, String) {
         sentences.push(format!("{name} has a {pet}."));
         facts.push((name, city.to_owned(), job.to_owned(), pet));
     }
-    for _ in 0..rng.range(4, 8) {
+    for _ in 0..rng.range(shape.qa_distractors.0, shape.qa_distractors.1) {
         sentences.push(format!(
             "The weather in {} was {} on {}.",
             rng.pick(&CITIES),
@@ -196,8 +238,8 @@ fn qa(rng: &mut Rng) -> (String, String) {
     (text, answer)
 }
 
-fn agg(rng: &mut Rng) -> (String, String) {
-    let n = rng.range(20, 36);
+fn agg(rng: &mut Rng, shape: &Shape) -> (String, String) {
+    let n = rng.range(shape.agg_items.0, shape.agg_items.1);
     let items: Vec<(usize, usize, usize)> = (0..n)
         .map(|_| {
             (
@@ -293,5 +335,24 @@ mod tests {
                 assert_eq!(e.answer, count.to_string());
             }
         }
+    }
+
+    #[test]
+    fn compact_inputs_have_the_compact_sizes_and_grounded_answers() {
+        let compact = generate_shaped("mix", Split::Train, 4, 90, &Shape::COMPACT).unwrap();
+        let standard = generate("mix", Split::Train, 4, 90).unwrap();
+        for e in &compact {
+            let lines = e.input.lines().count() - 2; // header and question
+            match e.task.as_str() {
+                "kv" => {
+                    assert!((6..=10).contains(&lines), "{lines}: {e:?}");
+                    assert!(e.input.contains(&e.answer), "{e:?}");
+                }
+                "agg" => assert!((5..=9).contains(&lines), "{lines}: {e:?}"),
+                _ => assert!(e.input.contains(&e.answer), "{e:?}"),
+            }
+        }
+        let chars = |v: &[SynthExample]| v.iter().map(|e| e.input.len()).sum::<usize>();
+        assert!(chars(&compact) * 3 < chars(&standard));
     }
 }
