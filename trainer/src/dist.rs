@@ -83,6 +83,10 @@ pub struct GradReducer {
     flat: Option<Tensor>,
     /// Trainable f32 variables in name order with their offset in `flat`.
     bound: Vec<(Tensor, i64)>,
+    /// Trainable variables of other kinds, in name order.
+    other: Vec<Tensor>,
+    /// `VarStore::len` when bound (a variable added since means binding again).
+    store_len: usize,
 }
 
 impl GradReducer {
@@ -96,11 +100,8 @@ impl GradReducer {
         if coll.world() == 1 {
             return 0;
         }
-        let vars = trainable(vs);
-        let (float, other): (Vec<_>, Vec<_>) =
-            vars.into_iter().partition(|(_, v)| v.kind() == Kind::Float);
-        if !self.is_bound(&float) {
-            self.bind(&float);
+        if self.store_len != vs.len() || !self.is_bound() {
+            self.bind(vs);
         }
         let mut bytes = 0u64;
         if let Some(flat) = &self.flat {
@@ -114,7 +115,7 @@ impl GradReducer {
             }
             bytes += (n * 4) as u64;
         }
-        for (_, v) in other {
+        for v in &self.other {
             let mut g = v.grad().to_kind(Kind::Float).contiguous();
             coll.all_reduce_sum(&mut g);
             bytes += (g.numel() * 4) as u64;
@@ -123,41 +124,40 @@ impl GradReducer {
         bytes
     }
 
-    /// Whether every variable's gradient is still the view of `flat` set by `bind`.
-    fn is_bound(&self, vars: &[(String, Tensor)]) -> bool {
+    /// Whether every bound variable's gradient is still the view of `flat` set by `bind`.
+    fn is_bound(&self) -> bool {
         let Some(flat) = &self.flat else {
-            return vars.is_empty();
+            return false;
         };
         let base = flat.data_ptr() as usize;
-        vars.len() == self.bound.len()
-            && vars.iter().zip(&self.bound).all(|((_, v), (b, off))| {
-                let g = v.grad();
-                v.data_ptr() == b.data_ptr()
-                    && g.defined()
-                    && g.is_contiguous()
-                    && g.data_ptr() as usize == base + 4 * *off as usize
-            })
+        self.bound.iter().all(|(v, off)| {
+            let g = v.grad();
+            g.defined() && g.is_contiguous() && g.data_ptr() as usize == base + 4 * *off as usize
+        })
     }
 
-    /// Copies the gradients into a new flat buffer and makes each one a view of it.
-    fn bind(&mut self, vars: &[(String, Tensor)]) {
+    /// Copies the f32 gradients into a new flat buffer and makes each one a view of it.
+    fn bind(&mut self, vs: &VarStore) {
+        let (float, other): (Vec<_>, Vec<_>) = trainable(vs)
+            .into_iter()
+            .map(|(_, v)| v)
+            .partition(|v| v.kind() == Kind::Float);
+        self.store_len = vs.len();
+        self.other = other;
         self.bound.clear();
-        self.flat = None;
-        let Some((_, first)) = vars.first() else {
-            return;
-        };
-        let total: i64 = vars.iter().map(|(_, v)| v.numel() as i64).sum();
-        let flat = Tensor::zeros([total], (Kind::Float, first.device()));
+        let total: i64 = float.iter().map(|v| v.numel() as i64).sum();
+        let device = float.first().map_or(tch::Device::Cpu, Tensor::device);
+        let flat = Tensor::zeros([total], (Kind::Float, device));
         let mut offset = 0;
         tch::no_grad(|| {
-            for (_, v) in vars {
+            for v in float {
                 let n = v.numel() as i64;
                 let size = v.size();
                 flat.narrow(0, offset, n).copy_(&v.grad().reshape([-1]));
                 let strides = contiguous_strides(&size);
                 let mut g = v.grad();
                 let _ = g.set_source_tensor_storage_offset_(&flat, offset, &size, &strides);
-                self.bound.push((v.shallow_clone(), offset));
+                self.bound.push((v, offset));
                 offset += n;
             }
         });
