@@ -60,6 +60,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eos_token_ids: vec![eos],
         pad_token_id: pad,
         seed: args.seed,
+        max_token_id: None,
     };
     match folder_kind(&args.model)? {
         FolderKind::Student => {

@@ -18,6 +18,9 @@ pub struct GenerationConfig {
     /// Fills the left padding of shorter prompts and the tail of finished rows.
     pub pad_token_id: i64,
     pub seed: u64,
+    /// Ids at or above this are never generated: the columns a model has beyond its
+    /// tokenizer's vocabulary (padding), or beyond what another model will read back.
+    pub max_token_id: Option<i64>,
 }
 
 impl GenerationConfig {
@@ -28,7 +31,19 @@ impl GenerationConfig {
             eos_token_ids: Vec::new(),
             pad_token_id: 0,
             seed: 0,
+            max_token_id: None,
         }
+    }
+}
+
+/// The next token of every row: `cfg.sampling` over the ids below `cfg.max_token_id`.
+pub(crate) fn pick(logits: &Tensor, cfg: &GenerationConfig, rng: &mut Rng) -> Vec<i64> {
+    let v = logits.size()[logits.dim() - 1];
+    match cfg.max_token_id {
+        Some(limit) if limit > 0 && limit < v => {
+            select(&logits.narrow(-1, 0, limit), &cfg.sampling, rng)
+        }
+        _ => select(logits, &cfg.sampling, rng),
     }
 }
 
@@ -150,7 +165,7 @@ pub fn generate(
         let mut logits = model.logits(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1));
         let first_new_pos = positions.narrow(1, prompt_len - 1, 1) + 1; // [b, 1]
         for step in 0..cfg.max_new_tokens {
-            let picked = select(&logits, &cfg.sampling, &mut rng);
+            let picked = pick(&logits, cfg, &mut rng);
             let feed = out.push(&picked);
             if out.all_done() || step + 1 == cfg.max_new_tokens {
                 break;
@@ -232,7 +247,7 @@ pub fn generate_seq2seq(
                 for _ in 0..cfg.max_new_tokens {
                     let h = model.decode(&x, &enc, Some(&mut cache), false);
                     let logits = model.logits(&h.squeeze_dim(1));
-                    let feed = out.push(&select(&logits, &cfg.sampling, &mut rng));
+                    let feed = out.push(&pick(&logits, cfg, &mut rng));
                     if out.all_done() {
                         break;
                     }
@@ -245,7 +260,7 @@ pub fn generate_seq2seq(
                     let h = model.decode(&prefix, &enc, None, false);
                     let t = h.size()[1];
                     let logits = model.logits(&h.narrow(1, t - 1, 1).squeeze_dim(1));
-                    let feed = out.push(&select(&logits, &cfg.sampling, &mut rng));
+                    let feed = out.push(&pick(&logits, cfg, &mut rng));
                     if out.all_done() {
                         break;
                     }
@@ -256,4 +271,28 @@ pub fn generate_seq2seq(
         }
     });
     Ok(out.tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_at_or_above_max_token_id_are_never_picked() {
+        // The last two columns (padding) carry all the probability mass.
+        let logits = Tensor::from_slice(&[0.0f32, 1.0, 0.5, 50.0, 60.0]).view([1, 5]);
+        let mut rng = Rng::new(3);
+        let mut cfg = GenerationConfig::greedy(1);
+        assert_eq!(pick(&logits, &cfg, &mut rng), vec![4]);
+        cfg.max_token_id = Some(3);
+        assert_eq!(pick(&logits, &cfg, &mut rng), vec![1]);
+        cfg.sampling = Sampling::Sample {
+            temperature: 5.0,
+            top_k: None,
+            top_p: None,
+        };
+        for _ in 0..200 {
+            assert!(pick(&logits, &cfg, &mut rng)[0] < 3);
+        }
+    }
 }

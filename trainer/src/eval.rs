@@ -214,6 +214,8 @@ pub fn evaluate(
     let gen_cfg = GenerationConfig {
         eos_token_ids: vec![net.eos()],
         pad_token_id: net.pad(),
+        // The model's padding columns beyond the tokenizer decode to nothing.
+        max_token_id: Some(ds.manifest.tokenizer.vocab_size as i64),
         ..GenerationConfig::greedy(cfg.max_new_tokens)
     };
     let mut start = 0;

@@ -347,6 +347,8 @@ pub fn train(
         size: vocab.size.max(kd_vocab),
         ..vocab
     };
+    // On-policy samples must be ids the tokenizer has and the teacher can read.
+    let sample_vocab = vocab.size.min(kd_vocab);
     let mut net = Net::build(&cfg.model, model_vocab, device, cfg.seed)?;
     if kd_vocab > net.vocab() {
         return Err(Error::Config(format!(
@@ -573,6 +575,7 @@ pub fn train(
                     &f.batch,
                     cfg,
                     step_seed(cfg.seed, step, 10 + i as u64),
+                    sample_vocab,
                 )?;
                 let shared = shared.as_ref().expect("on-policy needs a teacher");
                 let out = shared.lock().unwrap_or_else(|p| p.into_inner()).score(&b)?;
@@ -826,8 +829,9 @@ fn agreement(student_rows: &Tensor, teacher_top1: &Tensor) -> f64 {
 
 /// The batch with its targets replaced by the student's own samples (cached generation,
 /// temperature and top-k from the config): `decoder_input_ids = [bos] + sample`,
-/// `labels = sample + [eos]`, `teacher_ids = input ++ sample`.
-fn sample_batch(net: &Net, b: &Batch, cfg: &TrainConfig, seed: u64) -> Result<Batch> {
+/// `labels = sample + [eos]`, `teacher_ids = input ++ sample`. Samples use ids below
+/// `vocab` only (the tokenizer's ids that the teacher also has).
+fn sample_batch(net: &Net, b: &Batch, cfg: &TrainConfig, seed: u64, vocab: i64) -> Result<Batch> {
     let inputs: Vec<Vec<i64>> = (0..b.rows)
         .map(|r| {
             (0..b.enc_len)
@@ -852,6 +856,7 @@ fn sample_batch(net: &Net, b: &Batch, cfg: &TrainConfig, seed: u64) -> Result<Ba
         eos_token_ids: vec![eos],
         pad_token_id: pad,
         seed,
+        max_token_id: Some(vocab),
     };
     let outs = net.generate(&inputs, &gen_cfg)?;
     let targets: Vec<Vec<i64>> = outs

@@ -1,6 +1,6 @@
 //! The training loop end to end on a tiny prepared dataset and the fixture teachers:
 //! learning, exact resume, corrupt checkpoints, the three teacher sources agreeing, and the
-//! tokenizer check.
+//! tokenizer check, on-policy KD, and bf16 training.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -425,4 +425,101 @@ fn a_teacher_with_another_tokenizer_is_refused() {
     .to_string();
     assert!(err.contains("tokenizer"), "{err}");
     assert!(!tmp.path().join("run/checkpoints").exists());
+}
+
+/// The metrics of every step of a finished run.
+fn step_metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// On-policy KD: every step the student samples its own answers, the in-process teacher
+/// scores `prompt ++ sample`, and the KD term trains on the sample.
+#[test]
+fn on_policy_steps_score_the_students_samples() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 32, 8);
+    let cfg = config(
+        &data,
+        &[
+            "optim.steps=6",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "eval.generate=false",
+            "teacher.kind=model",
+            &format!("teacher.model=\"{}\"", teacher_dir().display()),
+            "loss.on_policy_fraction=1.0",
+            "loss.sample_temperature=1.0",
+            "loss.sample_top_k=20",
+        ],
+    );
+    let out = tmp.path().join("run");
+    train(
+        &cfg,
+        &RunOptions {
+            out: out.clone(),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap();
+    let steps = step_metrics(&out);
+    assert_eq!(steps.len(), 6);
+    for m in &steps {
+        assert_eq!(m["on_policy"], true, "{m}");
+        let kd = m["kd"].as_f64().unwrap();
+        assert!(kd.is_finite() && kd > 0.0, "{m}");
+        let mass = m["topk_mass"].as_f64().unwrap();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-6, "{m}");
+    }
+    assert!(out.join("final/model.safetensors").is_file());
+}
+
+/// bf16 weights and compute with fp32 master weights: the run learns and saves a model
+/// that loads back.
+#[test]
+fn a_bf16_run_learns_and_saves_a_loadable_model() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 64, 8);
+    let cfg = config(
+        &data,
+        &[
+            "optim.steps=30",
+            "eval.every=0",
+            "checkpoint.every=0",
+            "eval.generate=false",
+            "model.precision=\"bf16\"",
+        ],
+    );
+    let out = tmp.path().join("run");
+    let summary = train(
+        &cfg,
+        &RunOptions {
+            out: out.clone(),
+            ..Default::default()
+        },
+        &mut Single,
+    )
+    .unwrap();
+    let losses: Vec<f64> = step_metrics(&out)
+        .iter()
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 30);
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+    let (first, last) = (mean(&losses[..5]), mean(&losses[25..]));
+    assert!(last < first * 0.8, "bf16 loss {first:.3} -> {last:.3}");
+    let val = summary.final_eval.expect("evaluated at the end").val_loss;
+    assert!(val.is_finite(), "{val}");
+    let section = edkd_trainer::config::ModelSection {
+        init: Some(out.join("final")),
+        ..Default::default()
+    };
+    Net::build(&section, vocab_of(&data), Device::Cpu, 0).expect("the saved model loads");
 }
