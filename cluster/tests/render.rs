@@ -3,8 +3,9 @@
 //! Each folder under `tests/golden/` holds an input `job.toml` + `train.toml` and the
 //! expected `job.sbatch` and `*.yaml`. `EDKD_BLESS=1 cargo test -p edkd-cluster --test render`
 //! rewrites the expected files. The YAML always gets a structural schema check; when
-//! `kubernetes-validate` (PyPI) is on PATH it also validates the built-in kinds against the
-//! Kubernetes OpenAPI schemas, and when `shellcheck` is on PATH it lints the sbatch script.
+//! `kubernetes-validate` (PyPI; scripts/setup.sh puts it in `.venv`) is there it also
+//! validates the built-in kinds against the Kubernetes OpenAPI schemas, and when
+//! `shellcheck` is on PATH it lints the sbatch script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -381,12 +382,19 @@ fn k8s_wiring_is_consistent() -> Result<()> {
     Ok(())
 }
 
-/// kubernetes-validate (`pip install kubernetes-validate`) checks the built-in kinds against
-/// the real OpenAPI schemas; the MPIJob is a custom resource it has no schema for.
+/// kubernetes-validate (installed into `.venv` by scripts/setup.sh) checks the built-in
+/// kinds against the real OpenAPI schemas; the MPIJob is a custom resource it has no
+/// schema for.
 #[test]
 fn k8s_manifests_pass_kubernetes_validate_when_installed() -> Result<()> {
-    let program =
-        std::env::var("EDKD_K8S_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
+    let program = std::env::var("EDKD_K8S_VALIDATE").unwrap_or_else(|_| {
+        if venv.is_file() {
+            venv.display().to_string()
+        } else {
+            "kubernetes-validate".into()
+        }
+    });
     if Command::new(&program).arg("--version").output().is_err() {
         eprintln!("{program} not found: skipped (pip install kubernetes-validate)");
         return Ok(());
