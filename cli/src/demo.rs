@@ -67,6 +67,29 @@ fn stage(n: usize, what: &str, started: &Instant) {
     );
 }
 
+/// Serves the teacher folder `dir` on a free loopback port, on a runtime of its own with
+/// `workers` threads (the caller shuts the server down on that runtime).
+pub(crate) fn serve_on_loopback(
+    dir: &Path,
+    model_id: &str,
+    workers: usize,
+) -> anyhow::Result<(tokio::runtime::Runtime, edkd_teacher::RunningServer)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()?;
+    let teacher = edkd_models::Teacher::load(dir, Default::default())?;
+    let server = rt.block_on(edkd_teacher::start(
+        teacher,
+        edkd_teacher::ServerConfig {
+            listen: "127.0.0.1:0".parse()?,
+            model_id: Some(model_id.into()),
+            ..Default::default()
+        },
+    ))?;
+    Ok((rt, server))
+}
+
 fn prepare_data(
     train: &Path,
     validation: &Path,
@@ -243,19 +266,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let teacher_dir = runs.join("teacher/final");
 
     stage(3, "serving the teacher over gRPC on loopback", &started);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let teacher = edkd_models::Teacher::load(&teacher_dir, Default::default())?;
-    let server = rt.block_on(edkd_teacher::start(
-        teacher,
-        edkd_teacher::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            model_id: Some("edkd-demo-teacher".into()),
-            ..Default::default()
-        },
-    ))?;
+    let (rt, server) = serve_on_loopback(&teacher_dir, "edkd-demo-teacher", 1)?;
     let addr = server.addr.to_string();
     eprintln!("  teacher service on {addr}");
 
@@ -370,6 +381,7 @@ fn pseudo_label(
         ..edkd_models::GenerationConfig::greedy(24)
     };
     let mut out = Vec::with_capacity(inputs.len());
+    let mut skipped = 0usize;
     for chunk in inputs.chunks(64) {
         let prompts: Vec<Vec<i64>> = chunk
             .iter()
@@ -383,6 +395,11 @@ fn pseudo_label(
         for (e, a) in chunk.iter().zip(answers) {
             let ids: Vec<i64> = a.into_iter().take_while(|t| !eos.contains(t)).collect();
             let text = tok.decode(&ids, true)?;
+            if text.trim().is_empty() {
+                // An answer of nothing teaches nothing (and is not a valid target).
+                skipped += 1;
+                continue;
+            }
             out.push(SynthExample {
                 id: format!("pseudo-{}", e.id),
                 task: e.task.clone(),
@@ -391,6 +408,12 @@ fn pseudo_label(
                 answer: e.answer.clone(),
             });
         }
+    }
+    if skipped > 0 {
+        eprintln!(
+            "  the teacher answered nothing for {skipped} of {} inputs; those are left out",
+            inputs.len()
+        );
     }
     Ok(out)
 }

@@ -280,19 +280,7 @@ fn remote_vs_cache(args: &Args, work: &Path) -> anyhow::Result<TeacherReport> {
     let teacher_params = make_teacher(args, &p, &teacher_dir)?;
 
     tch::set_num_threads(args.threads);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let teacher = edkd_models::Teacher::load(&teacher_dir, Default::default())?;
-    let server = rt.block_on(edkd_teacher::start(
-        teacher,
-        edkd_teacher::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            model_id: Some("edkd-bench-teacher".into()),
-            ..Default::default()
-        },
-    ))?;
+    let (rt, server) = crate::demo::serve_on_loopback(&teacher_dir, "edkd-bench-teacher", 2)?;
     let addr = server.addr.to_string();
     eprintln!("teacher service on {addr}; annotating the cache ...");
     let cache_dir = work.join("cache");
