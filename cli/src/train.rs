@@ -24,6 +24,10 @@ pub struct TrainArgs {
     /// Continue from the newest valid checkpoint in OUT/checkpoints.
     #[arg(long)]
     resume: bool,
+    /// With --resume, when no checkpoint verifies: move them all to OUT/checkpoints/corrupt/
+    /// and start over (without this flag that is an error, and nothing is touched).
+    #[arg(long, requires = "resume")]
+    discard_corrupt_checkpoints: bool,
     /// Override any config field: `--set optim.lr=3e-4 --set loss.alpha=0.7`.
     #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
     set: Vec<String>,
@@ -73,7 +77,8 @@ impl TrainArgs {
     }
 }
 
-/// Sets the returned flag on Ctrl-C or SIGTERM.
+/// Sets the returned flag on the first Ctrl-C or SIGTERM (the run stops after its step,
+/// with a checkpoint); a second one exits at once with status 130, even mid-step.
 pub fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
@@ -84,11 +89,25 @@ pub fn stop_flag() -> Arc<AtomicBool> {
         else {
             return;
         };
-        rt.block_on(edkd_teacher::shutdown_signal());
-        tracing::warn!("stopping after this step (a checkpoint is written); press again to abort");
-        f.store(true, Ordering::Relaxed);
-        rt.block_on(edkd_teacher::shutdown_signal());
-        std::process::exit(130);
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            // The streams live for the whole run, so a signal between the first and the
+            // second wait is not lost.
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::warn!(
+                "stopping after this step (a checkpoint is written); press again to abort"
+            );
+            f.store(true, Ordering::Relaxed);
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            eprintln!("aborted");
+            std::process::exit(130);
+        });
     });
     flag
 }
@@ -103,6 +122,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         out: args.out.clone(),
         resume: args.resume,
+        discard_corrupt: args.discard_corrupt_checkpoints,
         stop: Some(stop_flag()),
         halt_after: args.halt_after,
     };

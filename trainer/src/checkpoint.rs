@@ -23,6 +23,10 @@ use crate::optim::AdamW;
 pub const SUMS_FILE: &str = "SHA256SUMS";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Checkpoints being written: `.tmp-step-NNNNNNNN-PID`.
+const TMP_PREFIX: &str = ".tmp-step-";
+/// Where checkpoints that do not verify are moved (never deleted).
+pub const CORRUPT_DIR: &str = "corrupt";
 
 /// Everything besides weights and optimizer moments that a resumed run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,24 +88,55 @@ pub fn save(
     state: &TrainerState,
     tokenizer: Option<&Path>,
 ) -> Result<PathBuf> {
+    ensure_finite(net, state.step)?;
     fs::create_dir_all(root).map_err(Error::io(root))?;
-    let final_dir = step_dir(root, state.step);
     let tmp = root.join(format!(
-        ".tmp-step-{:08}-{}",
+        "{TMP_PREFIX}{:08}-{}",
         state.step,
         std::process::id()
     ));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
     }
-    net.save(&tmp, tokenizer)?;
+    let written = write_into(&tmp, root, net, opt, state, tokenizer);
+    if written.is_err() {
+        // A full disk must not keep the half-written folder on it.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    written
+}
+
+/// Refuses weights with NaN or infinity: such a checkpoint would only poison a resume.
+fn ensure_finite(net: &Net, step: u64) -> Result<()> {
+    for (name, t) in net.vs().variables() {
+        let finite = tch::no_grad(|| t.isfinite().all().int64_value(&[]) != 0);
+        if !finite {
+            return Err(Error::NonFinite(format!(
+                "step {step}: parameter `{name}` holds NaN or infinity; not saved"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the checkpoint into `tmp`, then renames it to its final name under `root`.
+fn write_into(
+    tmp: &Path,
+    root: &Path,
+    net: &Net,
+    opt: &AdamW,
+    state: &TrainerState,
+    tokenizer: Option<&Path>,
+) -> Result<PathBuf> {
+    let final_dir = step_dir(root, state.step);
+    net.save(tmp, tokenizer)?;
     edkd_models::weights::save_tensors(&opt.state(), None, &tmp.join(OPTIMIZER_FILE))?;
     let state_path = tmp.join(STATE_FILE);
     let text = serde_json::to_string_pretty(state).expect("state serialises") + "\n";
     fs::write(&state_path, text).map_err(Error::io(&state_path))?;
 
-    let mut names: Vec<String> = fs::read_dir(&tmp)
-        .map_err(Error::io(&tmp))?
+    let mut names: Vec<String> = fs::read_dir(tmp)
+        .map_err(Error::io(tmp))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -118,11 +153,11 @@ pub fn save(
     f.write_all(sums.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(Error::io(&sums_path))?;
-    fsync(&tmp)?;
+    fsync(tmp)?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir).map_err(Error::io(&final_dir))?;
     }
-    fs::rename(&tmp, &final_dir).map_err(Error::io(&final_dir))?;
+    fs::rename(tmp, &final_dir).map_err(Error::io(&final_dir))?;
     fsync(root)?;
     Ok(final_dir)
 }
@@ -210,15 +245,64 @@ pub fn restore(dir: &Path, net: &mut Net, opt: &mut AdamW) -> Result<()> {
     Ok(())
 }
 
-/// Deletes all but the newest `keep_last` checkpoints and the best one.
-pub fn prune(root: &Path, keep_last: usize, best_step: Option<u64>) -> Result<()> {
-    let all = list(root);
-    let n = all.len();
-    for (i, (step, dir)) in all.into_iter().enumerate() {
+/// Deletes all but the newest `keep_last` checkpoints and the best one. Checkpoints newer
+/// than `current` belong to an abandoned timeline (a resume from an older one): they are
+/// moved aside, never counted among the newest, so they cannot outlive fresh ones.
+pub fn prune(root: &Path, keep_last: usize, best_step: Option<u64>, current: u64) -> Result<()> {
+    let (live, stale): (Vec<_>, Vec<_>) = list(root).into_iter().partition(|(s, _)| *s <= current);
+    for (_, dir) in &stale {
+        quarantine(root, dir)?;
+    }
+    let n = live.len();
+    for (i, (step, dir)) in live.into_iter().enumerate() {
         if i + keep_last >= n || Some(step) == best_step {
             continue;
         }
         fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
     }
     Ok(())
+}
+
+/// Moves a checkpoint folder into `root/corrupt/` (its name plus the time, so nothing is
+/// overwritten); returns the new path.
+pub fn quarantine(root: &Path, dir: &Path) -> Result<PathBuf> {
+    let aside = root.join(CORRUPT_DIR);
+    fs::create_dir_all(&aside).map_err(Error::io(&aside))?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let to = aside.join(format!("{name}.{stamp}"));
+    fs::rename(dir, &to).map_err(Error::io(dir))?;
+    tracing::warn!(from = %dir.display(), to = %to.display(), "checkpoint moved aside");
+    Ok(to)
+}
+
+/// Removes checkpoint temporaries of processes that are gone (a SIGKILL mid-write, a full
+/// disk) and this process's own; returns how many were removed.
+pub fn remove_stale_temporaries(root: &Path) -> usize {
+    let me = std::process::id();
+    let mut removed = 0;
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(TMP_PREFIX)
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if (pid == me || !process_alive(pid)) && fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this id exists (Linux: its /proc entry).
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }

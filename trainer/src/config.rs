@@ -160,6 +160,9 @@ pub struct TeacherSection {
     pub auth_token_file: Option<PathBuf>,
     /// Per-call deadline, seconds.
     pub timeout_s: f64,
+    /// How long a remote teacher that stopped answering (connection refused, reset, a
+    /// restart by the launcher) is retried with backoff before the run fails, seconds.
+    pub retry_for_s: f64,
 }
 
 impl Default for TeacherSection {
@@ -173,6 +176,7 @@ impl Default for TeacherSection {
             prefetch: 2,
             auth_token_file: None,
             timeout_s: 120.0,
+            retry_for_s: 300.0,
         }
     }
 }
@@ -249,6 +253,9 @@ pub struct OptimSection {
     pub decay_fraction: f64,
     /// Final learning rate as a fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// Steps whose loss or gradient norm is NaN/infinite are skipped (no update) with a
+    /// warning; one more than this many in a run stops it with an error.
+    pub max_nonfinite_steps: u64,
 }
 
 impl Default for OptimSection {
@@ -266,6 +273,7 @@ impl Default for OptimSection {
             warmup_steps: 50,
             decay_fraction: 0.2,
             min_lr_ratio: 0.1,
+            max_nonfinite_steps: 10,
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum Error {
     Checkpoint { path: PathBuf, message: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     #[error("interrupted")]
     Interrupted,
 }

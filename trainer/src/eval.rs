@@ -278,3 +278,17 @@ fn truncate_rows(b: &edkd_data::Batch, rows: usize) -> edkd_data::Batch {
         target_start: b.target_start[..rows].to_vec(),
     }
 }
+
+/// Per-task rows for a results table: task -> (EM, F1, ROUGE-L), with `all` for the
+/// overall scores.
+pub fn task_table(r: &EvalReport) -> std::collections::BTreeMap<String, (f64, f64, f64)> {
+    let mut t: std::collections::BTreeMap<String, (f64, f64, f64)> = r
+        .by_task
+        .iter()
+        .map(|(k, s)| (k.clone(), (s.em, s.f1, s.rouge_l)))
+        .collect();
+    if let Some(o) = &r.overall {
+        t.insert("all".into(), (o.em, o.f1, o.rouge_l));
+    }
+    t
+}

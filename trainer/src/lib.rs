@@ -5,7 +5,8 @@
 //! - [`optim`]: AdamW, gradient clipping, learning-rate schedules;
 //! - [`source`]: teacher sources (gRPC service, cache shards, in-process teacher);
 //! - [`model`]: the trained network (student, or a decoder-only model) and batch tensors;
-//! - [`train`]: the loop, with prefetching, accumulation, on-policy sampling, logging;
+//! - [`train`]: the [`Trainer`](train::Trainer) and its phases (construction, step,
+//!   evaluate, checkpoint, finish), with prefetching, accumulation, on-policy sampling, logging;
 //! - [`checkpoint`]: atomic, checksummed checkpoints and exact resume;
 //! - [`eval`] and [`metrics`]: validation losses, EM / F1 / ROUGE;
 //! - [`dist`]: the collectives trait, single process; [`mpi`] and [`nccl`]: over MPI (CPU)
@@ -30,4 +31,4 @@ pub mod train;
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use loss::{Divergence, KdLoss, TeacherTargets};
-pub use train::{RunOptions, RunSummary, train};
+pub use train::{RunOptions, RunSummary, Trainer, train};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use edkd_data::{Batch, CacheReader, TeacherBatch};
 use edkd_models::teacher::{LoadOptions, Teacher};
-use edkd_teacher::proto::{ScoreRequest, Sequence, ValueFormat};
+use edkd_teacher::proto::{ScoreRequest, ScoreResponse, Sequence, ValueFormat};
 use edkd_teacher::wire::decode_response;
 use edkd_teacher::{Client, ClientConfig};
 use tch::{Device, Kind, Tensor};
@@ -201,6 +201,30 @@ pub struct RemoteConfig {
     pub temperature: f32,
     pub auth_token: Option<String>,
     pub timeout: Duration,
+    /// How long failing transport is retried before giving up.
+    pub retry_for: Duration,
+}
+
+/// First and longest pause between retries of a teacher that stopped answering.
+const RETRY_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// Failures of the connection rather than of the request: a restarted teacher answers
+/// the same request later. Bad requests, auth and limits are not retried.
+fn transient(e: &edkd_teacher::Error) -> bool {
+    use tonic::Code;
+    match e {
+        edkd_teacher::Error::Transport(_) => true,
+        edkd_teacher::Error::Rpc(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::ResourceExhausted
+                | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
 }
 
 /// An `edkd teacher serve` process. Large batches are split to the server's limits and
@@ -254,6 +278,54 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// Sends the requests (concurrently), retrying the whole set with backoff while the
+    /// teacher is unreachable, for up to `retry_for`.
+    fn score_with_retries(&self, requests: &[ScoreRequest]) -> Result<Vec<ScoreResponse>> {
+        let started = std::time::Instant::now();
+        let mut pause = RETRY_BACKOFF.0;
+        let mut attempt = 0u32;
+        loop {
+            let client = self.client.clone();
+            let sent = self.runtime.block_on(futures_util::future::try_join_all(
+                requests.iter().cloned().map(|q| {
+                    let client = client.clone();
+                    async move { client.score(q).await }
+                }),
+            ));
+            let err = match sent {
+                Ok(answers) => return Ok(answers),
+                Err(e) => e,
+            };
+            let waited = started.elapsed();
+            if !transient(&err) || waited + pause > self.config.retry_for {
+                let tried = if attempt > 0 {
+                    format!(
+                        " (retried {attempt} times over {:.0} s)",
+                        waited.as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(Error::Source(format!(
+                    "teacher service at {}{tried}: {err}",
+                    self.config.addr
+                )));
+            }
+            attempt += 1;
+            tracing::warn!(
+                addr = %self.config.addr,
+                attempt,
+                error = %err,
+                "teacher not answering; retrying in {:.1} s",
+                pause.as_secs_f64()
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_BACKOFF.1);
+        }
+    }
+}
+
 impl TeacherSource for Remote {
     fn info(&self) -> &SourceInfo {
         &self.info
@@ -298,13 +370,7 @@ impl TeacherSource for Remote {
             });
             rows_of.last_mut().expect("pushed above").push(r);
         }
-        let client = self.client.clone();
-        let answers = self.runtime.block_on(futures_util::future::try_join_all(
-            requests.into_iter().map(|q| {
-                let client = client.clone();
-                async move { client.score(q).await }
-            }),
-        ))?;
+        let answers = self.score_with_retries(&requests)?;
         let k = self.config.top_k;
         let (rows, dec_len) = (batch.rows, batch.dec_len);
         let mut out = TeacherBatch {

@@ -360,6 +360,7 @@ fn teacher_latency(args: &Args, p: &Prepared, addr: &str) -> anyhow::Result<f64>
         temperature: TEMPERATURE as f32,
         auth_token: None,
         timeout: Duration::from_secs(120),
+        retry_for: Duration::ZERO,
     })?;
     let ds = Dataset::open(&p.data, &OpenOptions::new("train"))?;
     let mut reader = Reader::new(

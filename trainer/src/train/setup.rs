@@ -1,0 +1,292 @@
+//! Construction of a run: data checked against its tokenizer, the teacher source checked
+//! against the data, the model and optimizer, and the resume state.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edkd_data::{Cursor, Dataset, ReaderConfig};
+use edkd_models::Tokenizer;
+use tch::Device;
+
+use crate::checkpoint::{self, TrainerState};
+use crate::config::{TeacherKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::{Net, Vocab};
+use crate::optim::AdamW;
+use crate::source::{self, TeacherSource};
+
+use super::RunOptions;
+
+/// What the run keeps of its data: the evaluation split if the manifest has one, and the
+/// tokenizer the data was made with (the training split goes to the reader).
+pub(crate) struct RunData {
+    pub eval: Option<Dataset>,
+    /// sha256 of the tokenizer recorded in the data's manifest.
+    pub tokenizer_sha256: String,
+    pub tokenizer: Option<Tokenizer>,
+    /// The tokenizer file (copied into every checkpoint and the final model).
+    pub tokenizer_path: Option<PathBuf>,
+    /// The data's vocabulary and special ids.
+    pub vocab: Vocab,
+}
+
+impl RunData {
+    /// Opens both splits, refusing data made with another tokenizer than the run's;
+    /// returns the training split beside.
+    pub fn open(cfg: &TrainConfig) -> Result<(Self, Dataset)> {
+        let tokenizer_path = tokenizer_path(cfg);
+        let tokenizer = match &tokenizer_path {
+            Some(p) => Some(Tokenizer::from_file(p)?),
+            None => None,
+        };
+        let mut open = edkd_data::OpenOptions::new(&cfg.data.train_split);
+        open.verify = edkd_data::Verify::RowCounts;
+        open.expect_tokenizer_sha256 = tokenizer.as_ref().map(|t| t.sha256().to_owned());
+        let train = Dataset::open(&cfg.data.manifest, &open)?;
+        let eval = if train.manifest.splits.contains_key(&cfg.data.eval_split) {
+            let mut o = open.clone();
+            o.split = cfg.data.eval_split.clone();
+            Some(Dataset::open(&cfg.data.manifest, &o)?)
+        } else {
+            None
+        };
+        let t = &train.manifest.tokenizer;
+        let vocab = Vocab {
+            size: t.vocab_size as i64,
+            pad: t.special_ids.pad as i64,
+            bos: t.special_ids.bos as i64,
+            eos: t.special_ids.eos as i64,
+        };
+        let data = Self {
+            eval,
+            tokenizer_sha256: t.sha256.clone(),
+            tokenizer,
+            tokenizer_path,
+            vocab,
+        };
+        Ok((data, train))
+    }
+
+    /// The reader settings of `rank` of `world`.
+    pub fn reader_config(cfg: &TrainConfig, rank: usize, world: usize) -> ReaderConfig {
+        ReaderConfig {
+            rank,
+            world,
+            seed: cfg.seed,
+            max_tokens: cfg.batch.max_tokens,
+            max_rows: cfg.batch.max_rows,
+            bucket_window: cfg.batch.bucket_window.max(1),
+            bucket_by_length: cfg.batch.bucket_window > 0,
+            shuffle: cfg.batch.shuffle,
+            teacher: true,
+        }
+    }
+}
+
+/// The tokenizer file the run uses: configured, or the teacher folder's.
+fn tokenizer_path(cfg: &TrainConfig) -> Option<PathBuf> {
+    if let Some(p) = &cfg.data.tokenizer {
+        return Some(p.clone());
+    }
+    for dir in [&cfg.teacher.model, &cfg.model.init].into_iter().flatten() {
+        let p = dir.join("tokenizer.json");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Opens the configured teacher source.
+/// `vocab` is the tokenizer's size (the cache cannot tell the teacher's).
+pub fn open_source(
+    cfg: &TrainConfig,
+    device: Device,
+    vocab: i64,
+) -> Result<Option<Box<dyn TeacherSource>>> {
+    let t = &cfg.teacher;
+    Ok(match t.kind {
+        TeacherKind::None => None,
+        TeacherKind::Model => Some(Box::new(source::InProcess::load(
+            t.model.as_deref().expect("validated"),
+            device,
+        )?)),
+        TeacherKind::Cache => Some(Box::new(source::Cache::open(
+            t.cache.as_deref().expect("validated"),
+            vocab,
+        )?)),
+        TeacherKind::Remote => {
+            let token = match &t.auth_token_file {
+                Some(p) => Some(
+                    fs::read_to_string(p)
+                        .map_err(Error::io(p))?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Some(Box::new(source::Remote::connect(source::RemoteConfig {
+                addr: t.addr.clone(),
+                top_k: t.top_k,
+                temperature: cfg.loss.temperature as f32,
+                auth_token: token,
+                timeout: Duration::from_secs_f64(t.timeout_s),
+                retry_for: Duration::from_secs_f64(t.retry_for_s),
+            })?))
+        }
+    })
+}
+
+/// Refuses a teacher that speaks another tokenizer than the data, or answers at another
+/// temperature than the loss uses.
+pub(crate) fn check_source(
+    src: &dyn TeacherSource,
+    cfg: &TrainConfig,
+    data: &RunData,
+) -> Result<()> {
+    let info = src.info();
+    let data_sha = &data.tokenizer_sha256;
+    match &info.tokenizer_sha256 {
+        Some(sha) if !sha.eq_ignore_ascii_case(data_sha) => {
+            return Err(Error::Config(format!(
+                "{}: its tokenizer (sha256 {sha}) differs from the data's ({data_sha}, in {}); \
+                 prepare the data with the teacher's tokenizer",
+                info.description,
+                cfg.data.manifest.display()
+            )));
+        }
+        None => tracing::warn!(
+            teacher = %info.description,
+            "the teacher does not report a tokenizer sha256; cannot check it against the data"
+        ),
+        _ => {}
+    }
+    if let Some(t) = info.temperature
+        && (t as f64 - cfg.loss.temperature).abs() > 1e-6
+    {
+        return Err(Error::Config(format!(
+            "{}: log-probs at temperature {t}, but loss.temperature = {}",
+            info.description, cfg.loss.temperature
+        )));
+    }
+    Ok(())
+}
+
+/// How the student's vocabulary relates to the data's and the teacher's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Vocabs {
+    /// The student's output size: covers the teacher's whole vocabulary (teachers often
+    /// pad theirs past the tokenizer).
+    pub model: Vocab,
+    /// Columns the KD term compares (the teacher's vocabulary).
+    pub kd: i64,
+    /// On-policy samples stay below this: ids the tokenizer has and the teacher can read.
+    pub sample: i64,
+}
+
+impl Vocabs {
+    pub fn new(data: Vocab, teacher_vocab: Option<i64>) -> Self {
+        let kd = teacher_vocab.unwrap_or(data.size);
+        Self {
+            model: Vocab {
+                size: data.size.max(kd),
+                ..data
+            },
+            kd,
+            sample: data.size.min(kd),
+        }
+    }
+}
+
+/// The state a fresh run starts from.
+pub(crate) fn fresh_state(cfg: &TrainConfig, world: usize) -> TrainerState {
+    TrainerState {
+        step: 0,
+        total_steps: cfg.optim.steps,
+        seed: cfg.seed,
+        cursor: Cursor {
+            epoch: 0,
+            window: 0,
+            batch: 0,
+            examples_done: 0,
+            layout: String::new(),
+        },
+        world,
+        tokens: 0,
+        elapsed_s: 0.0,
+        best: None,
+        last_eval: None,
+    }
+}
+
+/// Restores the newest valid checkpoint under `root` into `net` and `opt` when resuming;
+/// refuses to start over a folder that holds checkpoints otherwise. Returns the state
+/// and the data cursor to continue from.
+///
+/// Checkpoints that do not verify are never used and never silently outlive good ones:
+/// those newer than the one resumed from are moved to `root/corrupt/`; when none verifies
+/// the resume fails, unless `discard_corrupt` moves them all aside to start over.
+pub(crate) fn resume(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    root: &Path,
+    net: &mut Net,
+    opt: &mut AdamW,
+    world: usize,
+) -> Result<(TrainerState, Option<Cursor>)> {
+    let fresh = fresh_state(cfg, world);
+    let all = checkpoint::list(root);
+    if !opts.resume {
+        if !all.is_empty() {
+            return Err(Error::Config(format!(
+                "{} already holds checkpoints: pass --resume to continue that run, or choose \
+                 another output folder",
+                root.display()
+            )));
+        }
+        return Ok((fresh, None));
+    }
+    let mut bad = Vec::new();
+    let found = checkpoint::latest_valid(root, |e| {
+        tracing::warn!("skipping a checkpoint that does not verify: {e}");
+        bad.push(e.to_string());
+    });
+    let Some((dir, st)) = found else {
+        if all.is_empty() {
+            tracing::info!("--resume: no checkpoint yet, starting from scratch");
+            return Ok((fresh, None));
+        }
+        if !opts.discard_corrupt {
+            return Err(Error::Checkpoint {
+                path: root.to_owned(),
+                message: format!(
+                    "--resume: none of the {} checkpoints verifies ({}); repair or remove \
+                     them, or pass --discard-corrupt-checkpoints to move them to {}/{} and \
+                     start over",
+                    all.len(),
+                    bad.join("; "),
+                    root.display(),
+                    checkpoint::CORRUPT_DIR
+                ),
+            });
+        }
+        for (_, d) in &all {
+            checkpoint::quarantine(root, d)?;
+        }
+        tracing::warn!(moved = all.len(), "no checkpoint verifies: starting over");
+        return Ok((fresh, None));
+    };
+    for (_, newer) in all.iter().filter(|(s, _)| *s > st.step) {
+        checkpoint::quarantine(root, newer)?;
+    }
+    checkpoint::restore(&dir, net, opt)?;
+    tracing::info!(checkpoint = %dir.display(), step = st.step, "resuming");
+    let cursor = st.cursor.clone();
+    let state = TrainerState {
+        total_steps: cfg.optim.steps,
+        world,
+        ..st
+    };
+    Ok((state, Some(cursor)))
+}
