@@ -2,6 +2,7 @@
 //! Hugging Face checkpoints, the encoder-decoder student and its decoder-only twin, KV
 //! caches and generation.
 
+pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod nn;
