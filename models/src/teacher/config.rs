@@ -2,10 +2,11 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use super::rope_params::{RawRope, RopeParameters, RopeRequest, resolve_rope};
 use crate::error::{Error, Result, read_json};
-use crate::nn::{Activation, RopeConfig, RopeScaling};
+use crate::nn::{Activation, QkNorm, RmsNormKind, RopeConfig};
 
 /// The decoder-only families edkd loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,23 +14,124 @@ pub enum Family {
     Llama,
     Qwen2,
     Phi3,
+    Mistral,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+    Olmo2,
+    Granite,
+    SmolLm3,
 }
 
 impl Family {
-    pub const SUPPORTED: [(&'static str, Family); 3] = [
-        ("LlamaForCausalLM", Family::Llama),
-        ("Qwen2ForCausalLM", Family::Qwen2),
-        ("Phi3ForCausalLM", Family::Phi3),
+    /// `(architectures[0], family, model_type)`.
+    pub const SUPPORTED: [(&'static str, Family, &'static str); 10] = [
+        ("LlamaForCausalLM", Family::Llama, "llama"),
+        ("Qwen2ForCausalLM", Family::Qwen2, "qwen2"),
+        ("Phi3ForCausalLM", Family::Phi3, "phi3"),
+        ("MistralForCausalLM", Family::Mistral, "mistral"),
+        ("Qwen3ForCausalLM", Family::Qwen3, "qwen3"),
+        ("Gemma2ForCausalLM", Family::Gemma2, "gemma2"),
+        ("Gemma3ForCausalLM", Family::Gemma3, "gemma3_text"),
+        ("Olmo2ForCausalLM", Family::Olmo2, "olmo2"),
+        ("GraniteForCausalLM", Family::Granite, "granite"),
+        ("SmolLM3ForCausalLM", Family::SmolLm3, "smollm3"),
     ];
 
-    pub fn architecture(self) -> &'static str {
+    fn entry(self) -> &'static (&'static str, Family, &'static str) {
         Self::SUPPORTED
             .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(name, _)| *name)
+            .find(|(_, f, _)| *f == self)
             .expect("every family is listed")
     }
+
+    pub fn architecture(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub fn model_type(self) -> &'static str {
+        self.entry().2
+    }
+
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
 }
+
+/// What each family's transformers config class defaults to when config.json omits it.
+struct FamilyDefaults {
+    tie_word_embeddings: bool,
+    rms_norm_eps: f64,
+    rope_theta: f64,
+    max_position_embeddings: i64,
+    /// `sliding_window` when the key is absent (`null` always means no window).
+    sliding_window: Option<i64>,
+}
+
+fn defaults(family: Family) -> FamilyDefaults {
+    let base = FamilyDefaults {
+        tie_word_embeddings: false,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 2048,
+        sliding_window: None,
+    };
+    match family {
+        Family::Llama | Family::Granite => base,
+        Family::Olmo2 => FamilyDefaults {
+            rms_norm_eps: 1e-5,
+            ..base
+        },
+        Family::Phi3 => FamilyDefaults {
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 4096,
+            ..base
+        },
+        Family::Qwen2 | Family::Qwen3 => FamilyDefaults {
+            max_position_embeddings: 32_768,
+            sliding_window: Some(4096),
+            ..base
+        },
+        Family::Mistral => FamilyDefaults {
+            max_position_embeddings: 131_072,
+            sliding_window: Some(4096),
+            ..base
+        },
+        Family::Gemma2 => FamilyDefaults {
+            tie_word_embeddings: true,
+            max_position_embeddings: 8192,
+            sliding_window: Some(4096),
+            ..base
+        },
+        Family::Gemma3 => FamilyDefaults {
+            tie_word_embeddings: true,
+            rope_theta: GEMMA3_GLOBAL_THETA,
+            max_position_embeddings: 131_072,
+            sliding_window: Some(4096),
+            ..base
+        },
+        Family::SmolLm3 => FamilyDefaults {
+            tie_word_embeddings: true,
+            rope_theta: 2_000_000.0,
+            max_position_embeddings: 32_768,
+            ..base
+        },
+    }
+}
+
+const GEMMA3_GLOBAL_THETA: f64 = 1_000_000.0;
+const GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+/// Gemma 3's old `sliding_window_pattern`: every 6th layer is global.
+const GEMMA3_PATTERN: i64 = 6;
+const GEMMA_QUERY_PRE_ATTN_SCALAR: f64 = 256.0;
+const GEMMA2_FINAL_SOFTCAP: f64 = 30.0;
+const GEMMA2_ATTN_SOFTCAP: f64 = 50.0;
+/// Qwen2/Qwen3: layers from this index on use the window (when it is on).
+const QWEN_MAX_WINDOW_LAYERS: i64 = 28;
+/// SmolLM3: every 4th layer has no RoPE.
+const SMOLLM3_NO_ROPE_INTERVAL: i64 = 4;
+const SLIDING: &str = "sliding_attention";
+const FULL: &str = "full_attention";
 
 /// A token id or a list of them (`eos_token_id` is either in HF configs).
 #[derive(Debug, Clone, Deserialize)]
@@ -48,24 +150,15 @@ impl OneOrMany {
     }
 }
 
-/// `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5.x).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawRope {
-    #[serde(alias = "type")]
-    pub rope_type: Option<String>,
-    pub rope_theta: Option<f64>,
-    pub factor: Option<f64>,
-    pub low_freq_factor: Option<f64>,
-    pub high_freq_factor: Option<f64>,
-    pub original_max_position_embeddings: Option<i64>,
-    pub short_factor: Option<Vec<f64>>,
-    pub long_factor: Option<Vec<f64>>,
-    pub attention_factor: Option<f64>,
-    pub partial_rotary_factor: Option<f64>,
+/// `Some(None)` for an explicit `null`, `None` for an absent key.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Mirrors the fields of the checkpoint's `config.json` that the forward pass depends on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct HfConfig {
     #[serde(default)]
     pub architectures: Vec<String>,
@@ -76,44 +169,124 @@ pub struct HfConfig {
     pub num_attention_heads: i64,
     pub num_key_value_heads: Option<i64>,
     pub head_dim: Option<i64>,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: i64,
+    pub max_position_embeddings: Option<i64>,
     pub original_max_position_embeddings: Option<i64>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
+    pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<RawRope>,
-    pub rope_parameters: Option<RawRope>,
+    pub rope_parameters: Option<RopeParameters>,
     pub partial_rotary_factor: Option<f64>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+    pub tie_word_embeddings: Option<bool>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Gemma's name for the activation (it ignores `hidden_act`).
+    pub hidden_activation: Option<String>,
     #[serde(default)]
     pub attention_dropout: f64,
     #[serde(default)]
     pub use_sliding_window: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<i64>>,
+    pub max_window_layers: Option<i64>,
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3 (transformers 4.x): every n-th layer is global.
+    pub sliding_window_pattern: Option<i64>,
+    pub use_bidirectional_attention: Option<bool>,
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
+    /// Gemma 3 (transformers 4.x): theta of the local layers.
+    pub rope_local_base_freq: Option<f64>,
+    pub embedding_multiplier: Option<f64>,
+    pub residual_multiplier: Option<f64>,
+    pub attention_multiplier: Option<f64>,
+    pub logits_scaling: Option<f64>,
+    /// SmolLM3: 1 = the layer uses RoPE, 0 = it does not.
+    pub no_rope_layers: Option<Vec<i64>>,
+    pub no_rope_layer_interval: Option<i64>,
     pub bos_token_id: Option<OneOrMany>,
     pub eos_token_id: Option<OneOrMany>,
     pub pad_token_id: Option<OneOrMany>,
 }
 
-fn default_max_positions() -> i64 {
-    2048
-}
-fn default_eps() -> f64 {
-    1e-6
-}
 fn default_act() -> String {
     "silu".into()
 }
 
+/// Which RoPE a layer applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerRope {
+    /// `CausalLmConfig::rope`.
+    #[default]
+    Global,
+    /// `Features::local_rope` (Gemma 3's sliding layers).
+    Local,
+    /// No positional encoding in this layer (SmolLM3's NoPE layers).
+    None,
+}
+
+/// Attention pattern of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerKind {
+    /// Sliding window in key slots (the query sees itself and `window - 1` before it).
+    pub window: Option<i64>,
+    pub rope: LayerRope,
+}
+
+/// Where a layer's RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormPlacement {
+    /// `x + attn(norm(x))`, `x + mlp(norm(x))` (Llama).
+    #[default]
+    Pre,
+    /// `x + norm(attn(norm(x)))`, `x + norm(mlp(norm(x)))` (Gemma 2/3).
+    Sandwich,
+    /// `x + norm(attn(x))`, `x + norm(mlp(x))` (OLMo 2).
+    Post,
+}
+
+/// Multiplier on the token embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum EmbedScale {
+    #[default]
+    None,
+    /// Rounded to the weights' dtype first (Gemma's `sqrt(hidden_size)`).
+    InDtype(f64),
+    /// Applied as a scalar (Granite's `embedding_multiplier`).
+    Scalar(f64),
+}
+
+/// Everything beyond the Llama layout; `Features::default()` is plain Llama.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Features {
+    /// One entry per layer; empty means full attention with the global RoPE everywhere.
+    pub layers: Vec<LayerKind>,
+    /// RoPE of `LayerRope::Local` layers.
+    pub local_rope: Option<RopeConfig>,
+    pub norm_kind: RmsNormKind,
+    pub norm_placement: NormPlacement,
+    pub qk_norm: QkNorm,
+    /// Gemma: attention scores scaled by `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Granite: attention scores scaled by this instead of `head_dim^-0.5`.
+    pub attention_multiplier: Option<f64>,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    pub embed_scale: EmbedScale,
+    /// Granite: each residual branch is multiplied by this.
+    pub residual_multiplier: Option<f64>,
+    /// Granite: logits are divided by this.
+    pub logits_scaling: Option<f64>,
+}
+
 /// The resolved runtime configuration of a decoder-only teacher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CausalLmConfig {
     pub family: Family,
     pub vocab_size: i64,
@@ -125,6 +298,7 @@ pub struct CausalLmConfig {
     pub head_dim: i64,
     pub max_positions: i64,
     pub rms_norm_eps: f64,
+    /// RoPE of the full-attention layers (of every layer, unless `features` says otherwise).
     pub rope: RopeConfig,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections.
@@ -137,47 +311,42 @@ pub struct CausalLmConfig {
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
+    pub features: Features,
 }
 
 impl CausalLmConfig {
+    /// The attention pattern of layer `i`.
+    pub fn layer_kind(&self, i: usize) -> LayerKind {
+        self.features.layers.get(i).copied().unwrap_or_default()
+    }
+
+    /// Score scale when it is not `1 / sqrt(head_dim)`.
+    pub fn attention_scale(&self) -> Option<f64> {
+        let f = &self.features;
+        f.attention_multiplier
+            .or(f.query_pre_attn_scalar.map(|s| s.powf(-0.5)))
+    }
+
     /// Parameter count from the shapes (tied embeddings counted once).
     pub fn num_parameters(&self) -> i64 {
         let d = self.hidden_size;
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
         let b = |on: bool, n: i64| if on { n } else { 0 };
+        let qk_norm = match self.features.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead { .. } => 2 * self.head_dim,
+            QkNorm::Whole { .. } => q + kv,
+        };
         let attn = 2 * d * q + 2 * d * kv + b(self.qkv_bias, q + 2 * kv) + b(self.o_bias, d);
         let ff = self.intermediate_size;
         let mlp = 3 * d * ff + b(self.mlp_bias, 2 * ff + d);
+        let norms = match self.features.norm_placement {
+            NormPlacement::Pre | NormPlacement::Post => 2 * d,
+            NormPlacement::Sandwich => 4 * d,
+        };
         let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
-        embed + self.num_layers * (attn + mlp + 2 * d) + d
-    }
-
-    /// The Hugging Face `config.json` for this model (LlamaForCausalLM and friends).
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": [self.family.architecture()],
-            "model_type": match self.family { Family::Llama => "llama", Family::Qwen2 => "qwen2", Family::Phi3 => "phi3" },
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "max_position_embeddings": self.max_positions,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope.theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.qkv_bias,
-            "mlp_bias": self.mlp_bias,
-            "hidden_act": "silu",
-            "attention_dropout": self.attention_dropout,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_ids.first(),
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
-        })
+        embed + self.num_layers * (attn + qk_norm + mlp + norms) + d
     }
 
     /// Reads `dir/config.json` and resolves it; errors name the file and field.
@@ -190,14 +359,14 @@ impl CausalLmConfig {
     pub fn resolve(raw: &HfConfig, path: &Path) -> Result<Self> {
         let supported = Family::SUPPORTED
             .iter()
-            .map(|(n, _)| *n)
+            .map(|(n, _, _)| *n)
             .collect::<Vec<_>>()
             .join(", ");
         let arch = raw.architectures.first().cloned().unwrap_or_default();
         let family = Family::SUPPORTED
             .iter()
-            .find(|(name, _)| *name == arch)
-            .map(|(_, f)| *f)
+            .find(|(name, _, _)| *name == arch)
+            .map(|(_, f, _)| *f)
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found: if arch.is_empty() {
@@ -212,6 +381,7 @@ impl CausalLmConfig {
             field,
             msg,
         };
+        let defaults = defaults(family);
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         if raw.num_attention_heads <= 0
             || num_kv_heads <= 0
@@ -225,26 +395,48 @@ impl CausalLmConfig {
                 ),
             ));
         }
+        if raw.num_hidden_layers <= 0 || raw.hidden_size <= 0 {
+            return Err(bad(
+                "num_hidden_layers",
+                "num_hidden_layers and hidden_size must be positive".into(),
+            ));
+        }
         let head_dim = raw
             .head_dim
             .unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        let act = Activation::parse(&raw.hidden_act).ok_or_else(|| {
-            bad(
-                "hidden_act",
-                format!("unsupported activation {:?}", raw.hidden_act),
-            )
-        })?;
-        if raw.use_sliding_window {
+        let act_name = match family {
+            f if f.is_gemma() => raw
+                .hidden_activation
+                .clone()
+                .unwrap_or_else(|| "gelu_pytorch_tanh".into()),
+            _ => raw.hidden_act.clone(),
+        };
+        let act = Activation::parse(&act_name)
+            .ok_or_else(|| bad("hidden_act", format!("unsupported activation {act_name:?}")))?;
+        if raw.use_bidirectional_attention == Some(true) {
             return Err(bad(
-                "use_sliding_window",
-                "sliding-window attention is not supported".into(),
+                "use_bidirectional_attention",
+                "bidirectional attention is not supported (edkd teachers are causal)".into(),
             ));
         }
-        let rope = resolve_rope(raw, head_dim, path)?;
+        let mut raw = raw.clone();
+        raw.max_position_embeddings = Some(
+            raw.max_position_embeddings
+                .unwrap_or(defaults.max_position_embeddings),
+        );
+        let (rope, local_rope) = family_ropes(family, &raw, head_dim, path)?;
+        let mut layers = layer_kinds(family, &raw, &defaults, path)?;
+        if layers.iter().all(|k| *k == LayerKind::default()) {
+            layers.clear(); // the plain layout, as `Features::default()` spells it
+        }
+        let features = family_features(family, &raw, layers, local_rope);
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
-            Family::Llama | Family::Phi3 => (raw.attention_bias, raw.attention_bias),
+            Family::Mistral => (false, false),
+            _ => (raw.attention_bias, raw.attention_bias),
         };
+        let mlp_bias = raw.mlp_bias
+            && matches!(family, Family::Llama | Family::Granite | Family::SmolLm3);
         Ok(Self {
             family,
             vocab_size: raw.vocab_size,
@@ -254,13 +446,15 @@ impl CausalLmConfig {
             num_heads: raw.num_attention_heads,
             num_kv_heads,
             head_dim,
-            max_positions: raw.max_position_embeddings,
-            rms_norm_eps: raw.rms_norm_eps,
+            max_positions: raw.max_position_embeddings.unwrap_or_default(),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps),
             rope,
-            tie_word_embeddings: raw.tie_word_embeddings,
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(defaults.tie_word_embeddings),
             qkv_bias,
             o_bias,
-            mlp_bias: raw.mlp_bias && family == Family::Llama,
+            mlp_bias,
             act,
             attention_dropout: raw.attention_dropout,
             bos_token_id: raw
@@ -276,91 +470,249 @@ impl CausalLmConfig {
                 .pad_token_id
                 .as_ref()
                 .and_then(|t| t.to_vec().first().copied()),
+            features,
         })
     }
 }
 
-fn resolve_rope(raw: &HfConfig, head_dim: i64, path: &Path) -> Result<RopeConfig> {
+/// The global RoPE and, for Gemma 3, the local one.
+fn family_ropes(
+    family: Family,
+    raw: &HfConfig,
+    head_dim: i64,
+    path: &Path,
+) -> Result<(RopeConfig, Option<RopeConfig>)> {
+    let request = |params: RawRope, default_theta: f64| RopeRequest {
+        params,
+        default_theta,
+        head_dim,
+        max_positions: raw.max_position_embeddings.unwrap_or_default(),
+        raw,
+        top_level_original_max: match family {
+            Family::Phi3 => Some(raw.original_max_position_embeddings.unwrap_or(4096)),
+            _ => raw.original_max_position_embeddings,
+        },
+    };
+    let theta = defaults(family).rope_theta;
+    let missing_set = |name: &str| Error::Config {
+        path: path.to_path_buf(),
+        field: "rope_parameters",
+        msg: format!("per-layer-type rope_parameters has no {name:?} entry"),
+    };
+    if family != Family::Gemma3 {
+        let params = match &raw.rope_parameters {
+            Some(RopeParameters::Flat(p)) => p.clone(),
+            Some(RopeParameters::PerLayerType(sets)) => sets
+                .get(FULL)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| missing_set(FULL))?,
+            None => raw.rope_scaling.clone().unwrap_or_default(),
+        };
+        return Ok((resolve_rope(&request(params, theta), path)?, None));
+    }
+    // Gemma 3: rope_parameters per layer type, or rope_theta + rope_scaling (global) and
+    // rope_local_base_freq (local) in older configs.
+    let local_theta = raw.rope_local_base_freq.unwrap_or(GEMMA3_LOCAL_THETA);
+    let (global, local) = match &raw.rope_parameters {
+        Some(RopeParameters::PerLayerType(sets)) => {
+            let get = |k: &str| sets.get(k).cloned().flatten();
+            (
+                get(FULL).ok_or_else(|| missing_set(FULL))?,
+                get(SLIDING).unwrap_or_default(),
+            )
+        }
+        Some(RopeParameters::Flat(p)) => (p.clone(), RawRope::default()),
+        None => (raw.rope_scaling.clone().unwrap_or_default(), RawRope::default()),
+    };
+    let mut local_req = request(local, local_theta);
+    // The local set never inherits the global `rope_theta`.
+    let mut no_global_theta = raw.clone();
+    no_global_theta.rope_theta = None;
+    local_req.raw = &no_global_theta;
+    Ok((
+        resolve_rope(&request(global, theta), path)?,
+        Some(resolve_rope(&local_req, path)?),
+    ))
+}
+
+/// Per-layer window and RoPE, following each family's config class.
+fn layer_kinds(
+    family: Family,
+    raw: &HfConfig,
+    defaults: &FamilyDefaults,
+    path: &Path,
+) -> Result<Vec<LayerKind>> {
     let bad = |field: &'static str, msg: String| Error::Config {
         path: path.to_path_buf(),
         field,
         msg,
     };
-    let params = raw
-        .rope_parameters
-        .clone()
-        .or_else(|| raw.rope_scaling.clone())
-        .unwrap_or_default();
-    let theta = params.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0);
-    let partial = params
-        .partial_rotary_factor
-        .or(raw.partial_rotary_factor)
-        .unwrap_or(1.0);
-    let rotary_dim = (head_dim as f64 * partial) as i64;
-    let original_max = params
-        .original_max_position_embeddings
-        .or(raw.original_max_position_embeddings)
-        .unwrap_or(raw.max_position_embeddings);
-    let kind = params.rope_type.clone().unwrap_or_else(|| "default".into());
-    let factor = |name: &'static str| {
-        params
-            .factor
-            .ok_or_else(|| bad("rope_scaling", format!("rope type {name:?} needs `factor`")))
-    };
-    let scaling = match kind.as_str() {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: factor("linear")?,
-        },
-        "dynamic" => RopeScaling::Dynamic {
-            factor: factor("dynamic")?,
-            original_max,
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: factor("llama3")?,
-            low_freq_factor: params.low_freq_factor.unwrap_or(1.0),
-            high_freq_factor: params.high_freq_factor.unwrap_or(4.0),
-            original_max,
-        },
-        "longrope" | "su" => {
-            let half = (rotary_dim / 2) as usize;
-            let short = params.short_factor.clone().unwrap_or_default();
-            let long = params.long_factor.clone().unwrap_or_default();
-            if short.len() != half || long.len() != half {
-                return Err(bad(
-                    "rope_scaling",
-                    format!(
-                        "longrope short_factor/long_factor need {half} entries, got {}/{}",
-                        short.len(),
-                        long.len()
-                    ),
-                ));
+    let n = raw.num_hidden_layers;
+    let window = raw.sliding_window.unwrap_or(defaults.sliding_window);
+    if let Some(w) = window
+        && w <= 0
+    {
+        return Err(bad("sliding_window", format!("{w} must be positive")));
+    }
+    // Explicit `layer_types` win over the patterns the config classes derive.
+    let types = |derive: &dyn Fn(i64) -> bool| -> Result<Vec<bool>> {
+        match &raw.layer_types {
+            Some(t) => {
+                if t.len() as i64 != n {
+                    return Err(bad(
+                        "layer_types",
+                        format!("{} entries for {n} layers", t.len()),
+                    ));
+                }
+                t.iter()
+                    .map(|s| match s.as_str() {
+                        SLIDING => Ok(true),
+                        FULL => Ok(false),
+                        other => Err(bad(
+                            "layer_types",
+                            format!("unsupported layer type {other:?}; supported: {FULL}, {SLIDING}"),
+                        )),
+                    })
+                    .collect()
             }
-            let scale = raw.max_position_embeddings as f64 / original_max as f64;
-            let attention_factor = params.attention_factor.unwrap_or(if scale <= 1.0 {
-                1.0
-            } else {
-                (1.0 + scale.ln() / (original_max as f64).ln()).sqrt()
-            });
-            RopeScaling::LongRope {
-                short_factor: short,
-                long_factor: long,
-                original_max,
-                attention_factor,
-            }
+            None => Ok((0..n).map(derive).collect()),
         }
-        other => {
-            return Err(bad(
-                "rope_scaling",
-                format!(
-                    "unsupported rope type {other:?}; supported: default, linear, dynamic, llama3, longrope"
+    };
+    let uniform = |window: Option<i64>| vec![LayerKind { window, rope: LayerRope::Global }; n as usize];
+    let sliding = match family {
+        Family::Llama | Family::Olmo2 | Family::Granite => return Ok(uniform(None)),
+        Family::Mistral | Family::Phi3 => return Ok(uniform(window)),
+        Family::Qwen2 | Family::Qwen3 => {
+            let window = window.filter(|_| raw.use_sliding_window);
+            let first = raw.max_window_layers.unwrap_or(QWEN_MAX_WINDOW_LAYERS);
+            let kinds = types(&|i| window.is_some() && i >= first)?;
+            return windows(&kinds, window, |_| LayerRope::Global, &bad);
+        }
+        Family::Gemma2 => types(&|i| (i + 1) % 2 != 0)?,
+        Family::Gemma3 => {
+            let pattern = raw.sliding_window_pattern.unwrap_or(GEMMA3_PATTERN);
+            if pattern <= 0 {
+                return Err(bad("sliding_window_pattern", format!("{pattern} must be positive")));
+            }
+            types(&|i| (i + 1) % pattern != 0)?
+        }
+        Family::SmolLm3 => {
+            let interval = raw.no_rope_layer_interval.unwrap_or(SMOLLM3_NO_ROPE_INTERVAL);
+            if interval <= 0 {
+                return Err(bad("no_rope_layer_interval", format!("{interval} must be positive")));
+            }
+            let uses_rope: Vec<bool> = match &raw.no_rope_layers {
+                Some(v) if v.len() as i64 != n => {
+                    return Err(bad("no_rope_layers", format!("{} entries for {n} layers", v.len())));
+                }
+                Some(v) => v.iter().map(|&x| x != 0).collect(),
+                None => (0..n).map(|i| (i + 1) % interval != 0).collect(),
+            };
+            // Derived sliding layers need `use_sliding_window`; explicit ones get the
+            // window regardless (transformers builds their mask from `sliding_window`).
+            let derive = window.is_some() && raw.use_sliding_window;
+            let kinds = types(&|i| derive && !uses_rope[i as usize])?;
+            let rope = |i: usize| if uses_rope[i] { LayerRope::Global } else { LayerRope::None };
+            return windows(&kinds, window, rope, &bad);
+        }
+    };
+    let rope = |i: usize| match (family, sliding[i]) {
+        (Family::Gemma3, true) => LayerRope::Local,
+        _ => LayerRope::Global,
+    };
+    windows(&sliding, window, rope, &bad)
+}
+
+fn windows(
+    sliding: &[bool],
+    window: Option<i64>,
+    rope: impl Fn(usize) -> LayerRope,
+    bad: &dyn Fn(&'static str, String) -> Error,
+) -> Result<Vec<LayerKind>> {
+    if sliding.iter().any(|&s| s) && window.is_none() {
+        return Err(bad(
+            "sliding_window",
+            format!("layers of type {SLIDING:?} need a sliding_window"),
+        ));
+    }
+    Ok(sliding
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| LayerKind {
+            window: window.filter(|_| s),
+            rope: rope(i),
+        })
+        .collect())
+}
+
+fn family_features(
+    family: Family,
+    raw: &HfConfig,
+    layers: Vec<LayerKind>,
+    local_rope: Option<RopeConfig>,
+) -> Features {
+    let eps = raw.rms_norm_eps.unwrap_or(defaults(family).rms_norm_eps);
+    let plain = Features {
+        layers,
+        local_rope,
+        ..Features::default()
+    };
+    match family {
+        Family::Llama | Family::Qwen2 | Family::Phi3 | Family::Mistral | Family::SmolLm3 => plain,
+        Family::Qwen3 => Features {
+            qk_norm: QkNorm::PerHead {
+                eps,
+                kind: RmsNormKind::WeightAfterCast,
+            },
+            ..plain
+        },
+        Family::Olmo2 => Features {
+            norm_kind: RmsNormKind::WeightBeforeCast,
+            norm_placement: NormPlacement::Post,
+            qk_norm: QkNorm::Whole {
+                eps,
+                kind: RmsNormKind::WeightBeforeCast,
+            },
+            ..plain
+        },
+        Family::Granite => Features {
+            attention_multiplier: Some(raw.attention_multiplier.unwrap_or(1.0)),
+            embed_scale: EmbedScale::Scalar(raw.embedding_multiplier.unwrap_or(1.0)),
+            residual_multiplier: Some(raw.residual_multiplier.unwrap_or(1.0)),
+            logits_scaling: Some(raw.logits_scaling.unwrap_or(1.0)),
+            ..plain
+        },
+        Family::Gemma2 | Family::Gemma3 => {
+            let gemma2 = family == Family::Gemma2;
+            Features {
+                norm_kind: RmsNormKind::OnePlusWeight,
+                norm_placement: NormPlacement::Sandwich,
+                qk_norm: if gemma2 {
+                    QkNorm::None
+                } else {
+                    QkNorm::PerHead {
+                        eps,
+                        kind: RmsNormKind::OnePlusWeight,
+                    }
+                },
+                query_pre_attn_scalar: Some(
+                    raw.query_pre_attn_scalar
+                        .unwrap_or(GEMMA_QUERY_PRE_ATTN_SCALAR),
                 ),
-            ));
+                // transformers' Gemma 3 reads attn_logit_softcapping but never applies it.
+                attn_softcap: if gemma2 {
+                    raw.attn_logit_softcapping
+                        .unwrap_or(Some(GEMMA2_ATTN_SOFTCAP))
+                } else {
+                    None
+                },
+                final_softcap: raw
+                    .final_logit_softcapping
+                    .unwrap_or(gemma2.then_some(GEMMA2_FINAL_SOFTCAP)),
+                embed_scale: EmbedScale::InDtype((raw.hidden_size as f64).powf(0.5)),
+                ..plain
+            }
         }
-    };
-    Ok(RopeConfig {
-        rotary_dim,
-        theta,
-        scaling,
-    })
+    }
 }
