@@ -38,10 +38,18 @@ fn windows(c: &CausalLmConfig) -> Vec<Option<i64>> {
 fn mistral_window_absent_is_4096_and_null_is_none() {
     let absent = resolve(base("MistralForCausalLM")).unwrap();
     assert_eq!(windows(&absent), vec![Some(4096); 6]);
-    let null = resolve(with(base("MistralForCausalLM"), json!({"sliding_window": null}))).unwrap();
+    let null = resolve(with(
+        base("MistralForCausalLM"),
+        json!({"sliding_window": null}),
+    ))
+    .unwrap();
     assert_eq!(windows(&null), vec![None; 6]);
     let llama = resolve(with(base("LlamaForCausalLM"), json!({"sliding_window": 8}))).unwrap();
-    assert_eq!(windows(&llama), vec![None; 6], "Llama has no window in transformers");
+    assert_eq!(
+        windows(&llama),
+        vec![None; 6],
+        "Llama has no window in transformers"
+    );
 }
 
 #[test]
@@ -53,16 +61,16 @@ fn qwen2_window_needs_use_sliding_window_and_starts_at_max_window_layers() {
         json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 4}),
     ))
     .unwrap();
-    assert_eq!(
-        windows(&on),
-        vec![None, None, None, None, Some(8), Some(8)]
-    );
+    assert_eq!(windows(&on), vec![None, None, None, None, Some(8), Some(8)]);
     let err = resolve(with(
         base("Qwen2ForCausalLM"),
         json!({"layer_types": ["full_attention", "sliding_attention", "full_attention", "full_attention", "full_attention", "full_attention"]}),
     ))
     .unwrap_err();
-    assert!(err.contains("sliding_window") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("sliding_window") && err.contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,7 +120,10 @@ fn gemma3_legacy_rope_fields_resolve_like_rope_parameters() {
     assert_eq!(legacy, nested);
     assert_eq!(legacy.rope.scaling, RopeScaling::Linear { factor: 8.0 });
     let local = legacy.features.local_rope.as_ref().unwrap();
-    assert_eq!((local.theta, &local.scaling), (10_000.0, &RopeScaling::None));
+    assert_eq!(
+        (local.theta, &local.scaling),
+        (10_000.0, &RopeScaling::None)
+    );
     let ropes: Vec<LayerRope> = (0..6).map(|i| legacy.layer_kind(i).rope).collect();
     use LayerRope::{Global, Local};
     assert_eq!(ropes, vec![Local, Local, Global, Local, Local, Global]);
@@ -142,7 +153,11 @@ fn yarn_attention_factor_follows_transformers() {
         ))
         .unwrap();
         match c.rope.scaling {
-            RopeScaling::Yarn { attention_factor, factor, .. } => (factor, attention_factor),
+            RopeScaling::Yarn {
+                attention_factor,
+                factor,
+                ..
+            } => (factor, attention_factor),
             other => panic!("{other:?}"),
         }
     };
@@ -156,13 +171,25 @@ fn yarn_attention_factor_follows_transformers() {
 fn bad_fields_are_named() {
     let cases = [
         (json!({"layer_types": ["full_attention"]}), "layer_types"),
-        (json!({"rope_parameters": {"rope_type": "proportional"}}), "rope_parameters"),
+        (
+            json!({"rope_parameters": {"rope_type": "proportional"}}),
+            "rope_parameters",
+        ),
         (json!({"sliding_window": 0}), "sliding_window"),
-        (json!({"use_bidirectional_attention": true}), "use_bidirectional_attention"),
-        (json!({"layer_types": ["full_attention", "chunked_attention", "full_attention", "full_attention", "full_attention", "full_attention"]}), "chunked_attention"),
+        (
+            json!({"use_bidirectional_attention": true}),
+            "use_bidirectional_attention",
+        ),
+        (
+            json!({"layer_types": ["full_attention", "chunked_attention", "full_attention", "full_attention", "full_attention", "full_attention"]}),
+            "chunked_attention",
+        ),
     ];
     for (extra, needle) in cases {
         let err = resolve(with(base("Gemma3ForCausalLM"), extra)).unwrap_err();
-        assert!(err.contains(needle) && !err.contains('\n'), "{needle}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains('\n'),
+            "{needle}: {err}"
+        );
     }
 }

@@ -34,7 +34,10 @@ fn window_fixtures_have_windowed_and_the_window_decides_the_logits() {
             .count();
         assert!(windowed > 0, "{name}: no layer has the window");
         let e = expected(&fixture(name));
-        assert!(e.ids.size()[1] >= 5 * WINDOW, "{name}: too short to test the window");
+        assert!(
+            e.ids.size()[1] >= 5 * WINDOW,
+            "{name}: too short to test the window"
+        );
         for other in [None, Some(WINDOW - 1), Some(WINDOW + 1)] {
             let (_vs, model) = rewindowed(name, other);
             let logits = tch::no_grad(|| model.forward_padded(&e.ids, &e.valid));

@@ -82,8 +82,7 @@ impl AttnMask {
     /// slots before it (transformers' `sliding_window_overlay`). The queries are the last
     /// `t_q` of the `t_k` key slots, as in a prefill (`t_q == t_k`) or a cached decode.
     pub fn with_window(&self, window: i64, t_q: i64, t_k: i64, device: tch::Device) -> AttnMask {
-        let q_slot =
-            Tensor::arange_start(t_k - t_q, t_k, (Kind::Int64, device)).unsqueeze(1); // [t_q, 1]
+        let q_slot = Tensor::arange_start(t_k - t_q, t_k, (Kind::Int64, device)).unsqueeze(1); // [t_q, 1]
         let k_slot = Tensor::arange(t_k, (Kind::Int64, device)).unsqueeze(0); // [1, t_k]
         let band = k_slot
             .le_tensor(&q_slot)
@@ -251,7 +250,9 @@ impl Attention {
                 let q_dim = self.cfg.n_heads * self.cfg.head_dim;
                 let kv_dim = self.cfg.n_kv_heads * self.cfg.head_dim;
                 let qkv = qkv_proj.forward(x);
-                let mut parts = qkv.split_with_sizes([q_dim, kv_dim, kv_dim], -1).into_iter();
+                let mut parts = qkv
+                    .split_with_sizes([q_dim, kv_dim, kv_dim], -1)
+                    .into_iter();
                 let mut next = || parts.next().expect("three parts");
                 (next(), next(), next())
             }

@@ -13,10 +13,15 @@ use tch::{Device, Kind, Tensor};
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware base growth once the sequence exceeds `original_max` (transformers uses
     /// the config's `max_position_embeddings` as that threshold).
-    Dynamic { factor: f64, original_max: i64 },
+    Dynamic {
+        factor: f64,
+        original_max: i64,
+    },
     /// Llama 3.x: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
     Llama3 {
         factor: f64,
@@ -165,7 +170,9 @@ impl RopeConfig {
         let scaled = (&inv / factor).where_self(&wavelen.gt(low_wavelen), &inv);
         let smooth = (wavelen.reciprocal() * old - low) / (high - low);
         let smoothed = (smooth.neg() + 1.0) * &scaled / factor + &smooth * &scaled;
-        let medium = wavelen.ge(high_wavelen).logical_and(&wavelen.le(low_wavelen));
+        let medium = wavelen
+            .ge(high_wavelen)
+            .logical_and(&wavelen.le(low_wavelen));
         smoothed.where_self(&medium, &scaled)
     }
 

@@ -435,8 +435,8 @@ impl CausalLmConfig {
             Family::Mistral => (false, false),
             _ => (raw.attention_bias, raw.attention_bias),
         };
-        let mlp_bias = raw.mlp_bias
-            && matches!(family, Family::Llama | Family::Granite | Family::SmolLm3);
+        let mlp_bias =
+            raw.mlp_bias && matches!(family, Family::Llama | Family::Granite | Family::SmolLm3);
         Ok(Self {
             family,
             vocab_size: raw.vocab_size,
@@ -501,7 +501,7 @@ fn family_ropes(
     };
     if family != Family::Gemma3 {
         let params = match &raw.rope_parameters {
-            Some(RopeParameters::Flat(p)) => p.clone(),
+            Some(RopeParameters::Flat(p)) => (**p).clone(),
             Some(RopeParameters::PerLayerType(sets)) => sets
                 .get(FULL)
                 .cloned()
@@ -522,8 +522,11 @@ fn family_ropes(
                 get(SLIDING).unwrap_or_default(),
             )
         }
-        Some(RopeParameters::Flat(p)) => (p.clone(), RawRope::default()),
-        None => (raw.rope_scaling.clone().unwrap_or_default(), RawRope::default()),
+        Some(RopeParameters::Flat(p)) => ((**p).clone(), RawRope::default()),
+        None => (
+            raw.rope_scaling.clone().unwrap_or_default(),
+            RawRope::default(),
+        ),
     };
     let mut local_req = request(local, local_theta);
     // The local set never inherits the global `rope_theta`.
@@ -571,7 +574,9 @@ fn layer_kinds(
                         FULL => Ok(false),
                         other => Err(bad(
                             "layer_types",
-                            format!("unsupported layer type {other:?}; supported: {FULL}, {SLIDING}"),
+                            format!(
+                                "unsupported layer type {other:?}; supported: {FULL}, {SLIDING}"
+                            ),
                         )),
                     })
                     .collect()
@@ -579,7 +584,15 @@ fn layer_kinds(
             None => Ok((0..n).map(derive).collect()),
         }
     };
-    let uniform = |window: Option<i64>| vec![LayerKind { window, rope: LayerRope::Global }; n as usize];
+    let uniform = |window: Option<i64>| {
+        vec![
+            LayerKind {
+                window,
+                rope: LayerRope::Global
+            };
+            n as usize
+        ]
+    };
     let sliding = match family {
         Family::Llama | Family::Olmo2 | Family::Granite => return Ok(uniform(None)),
         Family::Mistral | Family::Phi3 => return Ok(uniform(window)),
@@ -593,18 +606,29 @@ fn layer_kinds(
         Family::Gemma3 => {
             let pattern = raw.sliding_window_pattern.unwrap_or(GEMMA3_PATTERN);
             if pattern <= 0 {
-                return Err(bad("sliding_window_pattern", format!("{pattern} must be positive")));
+                return Err(bad(
+                    "sliding_window_pattern",
+                    format!("{pattern} must be positive"),
+                ));
             }
             types(&|i| (i + 1) % pattern != 0)?
         }
         Family::SmolLm3 => {
-            let interval = raw.no_rope_layer_interval.unwrap_or(SMOLLM3_NO_ROPE_INTERVAL);
+            let interval = raw
+                .no_rope_layer_interval
+                .unwrap_or(SMOLLM3_NO_ROPE_INTERVAL);
             if interval <= 0 {
-                return Err(bad("no_rope_layer_interval", format!("{interval} must be positive")));
+                return Err(bad(
+                    "no_rope_layer_interval",
+                    format!("{interval} must be positive"),
+                ));
             }
             let uses_rope: Vec<bool> = match &raw.no_rope_layers {
                 Some(v) if v.len() as i64 != n => {
-                    return Err(bad("no_rope_layers", format!("{} entries for {n} layers", v.len())));
+                    return Err(bad(
+                        "no_rope_layers",
+                        format!("{} entries for {n} layers", v.len()),
+                    ));
                 }
                 Some(v) => v.iter().map(|&x| x != 0).collect(),
                 None => (0..n).map(|i| (i + 1) % interval != 0).collect(),
@@ -613,7 +637,13 @@ fn layer_kinds(
             // window regardless (transformers builds their mask from `sliding_window`).
             let derive = window.is_some() && raw.use_sliding_window;
             let kinds = types(&|i| derive && !uses_rope[i as usize])?;
-            let rope = |i: usize| if uses_rope[i] { LayerRope::Global } else { LayerRope::None };
+            let rope = |i: usize| {
+                if uses_rope[i] {
+                    LayerRope::Global
+                } else {
+                    LayerRope::None
+                }
+            };
             return windows(&kinds, window, rope, &bad);
         }
     };

@@ -69,7 +69,13 @@ impl DecoderLayer {
         }
     }
 
-    pub fn new_cache(&self, batch: i64, capacity: i64, kind: tch::Kind, device: tch::Device) -> KvCache {
+    pub fn new_cache(
+        &self,
+        batch: i64,
+        capacity: i64,
+        kind: tch::Kind,
+        device: tch::Device,
+    ) -> KvCache {
         self.self_attn.new_cache(batch, capacity, kind, device)
     }
 

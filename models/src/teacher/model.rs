@@ -129,7 +129,13 @@ impl CausalLm {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let layer_mask = match layer.kind.window {
-                Some(w) => &windowed.iter().find(|(seen, _)| *seen == w).expect("built above").1,
+                Some(w) => {
+                    &windowed
+                        .iter()
+                        .find(|(seen, _)| *seen == w)
+                        .expect("built above")
+                        .1
+                }
                 None => mask,
             };
             let rope = ropes.get(layer.kind.rope);
@@ -145,7 +151,9 @@ impl CausalLm {
             EmbedScale::None => x,
             EmbedScale::Scalar(m) => x * m,
             EmbedScale::InDtype(m) => {
-                let scale = Tensor::from(m as f32).to_kind(x.kind()).to_device(x.device());
+                let scale = Tensor::from(m as f32)
+                    .to_kind(x.kind())
+                    .to_device(x.device());
                 x * scale
             }
         }

@@ -38,7 +38,7 @@ pub struct RawRope {
 /// "sliding_attention": {...}}`, Gemma 3).
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeParameters {
-    Flat(RawRope),
+    Flat(Box<RawRope>),
     PerLayerType(BTreeMap<String, Option<RawRope>>),
 }
 
@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for RopeParameters {
                 .map_err(D::Error::custom)
         } else {
             serde_json::from_value(value)
-                .map(RopeParameters::Flat)
+                .map(|p| RopeParameters::Flat(Box::new(p)))
                 .map_err(D::Error::custom)
         }
     }
