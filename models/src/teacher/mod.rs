@@ -2,6 +2,7 @@
 //! SmolLM3) loaded from Hugging Face checkpoint folders.
 
 pub mod config;
+mod family;
 mod hf_json;
 mod layer;
 pub mod model;
