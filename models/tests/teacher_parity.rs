@@ -1,81 +1,18 @@
 //! Parity with Hugging Face transformers on tiny random checkpoints of each family
 //! (fixtures from `fixtures/make_teachers.py`), cached decoding, and load errors.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{CASES, LOGIT_TOL, expected, fixture, masked_max_diff, prompts};
 use edkd_models::nn::AttnMask;
 use edkd_models::nn::attention::causal_padding_mask;
-use edkd_models::teacher::positions_from_valid;
+use edkd_models::teacher::{CausalLmConfig, positions_from_valid};
 use edkd_models::{GenerationConfig, LoadOptions, Teacher, generate};
 use tch::{Kind, Tensor};
 
-const CASES: [&str; 5] = [
-    "llama_linear",
-    "llama_dynamic_tied",
-    "llama3_bias_sharded",
-    "qwen2_tied",
-    "phi3_longrope",
-];
-const LOGIT_TOL: f64 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/teachers")
-        .join(name)
-}
-
-struct Expected {
-    ids: Tensor,
-    valid: Tensor,
-    logits: Tensor,
-    generated: Vec<Vec<i64>>,
-}
-
-fn expected(dir: &Path) -> Expected {
-    let named = Tensor::read_safetensors(dir.join("expected.safetensors")).unwrap();
-    let get = |k: &str| {
-        named
-            .iter()
-            .find(|(n, _)| n == k)
-            .unwrap()
-            .1
-            .shallow_clone()
-    };
-    let generated = get("generated");
-    let rows = generated.size()[0];
-    Expected {
-        ids: get("input_ids"),
-        valid: get("attention_mask").to_kind(Kind::Bool),
-        logits: get("logits"),
-        generated: (0..rows)
-            .map(|r| Vec::<i64>::try_from(generated.get(r)).unwrap())
-            .collect(),
-    }
-}
-
-fn prompts(e: &Expected) -> Vec<Vec<i64>> {
-    let rows = e.ids.size()[0];
-    (0..rows)
-        .map(|r| {
-            let ids = Vec::<i64>::try_from(e.ids.get(r)).unwrap();
-            let valid = Vec::<bool>::try_from(e.valid.get(r)).unwrap();
-            ids.into_iter()
-                .zip(valid)
-                .filter(|(_, v)| *v)
-                .map(|(i, _)| i)
-                .collect()
-        })
-        .collect()
-}
-
-/// Max |a - b| over positions where `valid` is true (`a`, `b`: `[b, t, v]`).
-fn masked_max_diff(a: &Tensor, b: &Tensor, valid: &Tensor) -> f64 {
-    let diff = (a - b).abs().amax([-1], false); // [b, t]
-    diff.masked_select(valid).max().double_value(&[])
-}
-
 #[test]
 fn logits_match_transformers() {
+    let mut far_checked = 0;
     for name in CASES {
         let dir = fixture(name);
         let teacher = Teacher::load(&dir, LoadOptions::default()).unwrap();
@@ -84,6 +21,43 @@ fn logits_match_transformers() {
         let diff = masked_max_diff(&logits, &e.logits, &e.valid);
         println!("{name}: max |logits - transformers| = {diff:.2e}");
         assert!(diff <= LOGIT_TOL, "{name}: logits differ by {diff}");
+        // RoPE-scaling cases: the same sequences with every position id shifted far out.
+        if let Some((offset, want)) = &e.far {
+            let positions = positions_from_valid(&e.valid) + *offset;
+            let t = e.ids.size()[1];
+            let mask = AttnMask::Explicit(causal_padding_mask(&e.valid, 0, t));
+            let got = tch::no_grad(|| {
+                teacher
+                    .model
+                    .forward(&e.ids, &positions, &mask, None, false)
+            });
+            let diff = masked_max_diff(&got, want, &e.valid);
+            println!("{name}: positions +{offset}: max |logits - transformers| = {diff:.2e}");
+            assert!(
+                diff <= LOGIT_TOL,
+                "{name} at +{offset}: logits differ by {diff}"
+            );
+            far_checked += 1;
+        }
+    }
+    assert_eq!(
+        far_checked, 3,
+        "llama3_factor32, qwen3_yarn, llama_yarn_mscale"
+    );
+}
+
+#[test]
+fn resolved_configs_survive_the_hf_json_round_trip() {
+    for name in CASES {
+        let c = CausalLmConfig::from_folder(&fixture(name)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            serde_json::to_string(&c.to_hf_json()).unwrap(),
+        )
+        .unwrap();
+        let again = CausalLmConfig::from_folder(dir.path()).unwrap();
+        assert_eq!(again, c, "{name}");
     }
 }
 
@@ -129,36 +103,48 @@ fn cached_decoding_equals_full_forward_with_padding() {
         let e = expected(&dir);
         let (b, t) = e.ids.size2().unwrap();
         let full = tch::no_grad(|| model.forward_padded(&e.ids, &e.valid));
-        // Prefill the first `split` slots, then feed the rest one token at a time.
-        let split = t - 6;
         let positions = positions_from_valid(&e.valid);
-        let mut cache = model.new_cache(b, t);
-        let mut pieces = Vec::new();
-        tch::no_grad(|| {
-            let mask =
-                AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, split), 0, split));
-            pieces.push(model.forward(
-                &e.ids.narrow(1, 0, split),
-                &positions.narrow(1, 0, split),
-                &mask,
-                Some(&mut cache),
-                false,
-            ));
-            for s in split..t {
+        // Prefill the first `split` slots, then feed the rest one token at a time: a long
+        // prefill, and a short one whose decode crosses any sliding window.
+        // (Length-dependent RoPE picks other frequencies for a short prefill, as in
+        // transformers, so it gets the long prefill only.)
+        let splits: &[i64] = if model.config.rope.length_dependent() {
+            &[t - 6]
+        } else {
+            &[t - 6, 5]
+        };
+        for &split in splits {
+            let mut cache = model.new_cache(b, t);
+            let mut pieces = Vec::new();
+            tch::no_grad(|| {
                 let mask =
-                    AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, s + 1), s, 1));
+                    AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, split), 0, split));
                 pieces.push(model.forward(
-                    &e.ids.narrow(1, s, 1),
-                    &positions.narrow(1, s, 1),
+                    &e.ids.narrow(1, 0, split),
+                    &positions.narrow(1, 0, split),
                     &mask,
                     Some(&mut cache),
                     false,
                 ));
-            }
-        });
-        let cached = Tensor::cat(&pieces, 1);
-        let diff = masked_max_diff(&cached, &full, &e.valid);
-        assert!(diff <= 1e-5, "{name}: cached differs from full by {diff}");
+                for s in split..t {
+                    let mask =
+                        AttnMask::Explicit(causal_padding_mask(&e.valid.narrow(1, 0, s + 1), s, 1));
+                    pieces.push(model.forward(
+                        &e.ids.narrow(1, s, 1),
+                        &positions.narrow(1, s, 1),
+                        &mask,
+                        Some(&mut cache),
+                        false,
+                    ));
+                }
+            });
+            let cached = Tensor::cat(&pieces, 1);
+            let diff = masked_max_diff(&cached, &full, &e.valid);
+            assert!(
+                diff <= 1e-5,
+                "{name}, prefill {split}: cached differs from full by {diff}"
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use tch::{Kind, Tensor, nn, nn::Module};
 
 use super::mlp::linear;
+use super::norm::{RmsNorm, RmsNormKind};
 use super::rope::RopeTables;
 
 /// Which KV head a query head reads when there are fewer KV heads than query heads.
@@ -31,6 +32,28 @@ pub struct AttentionConfig {
     pub dropout: f64,
 }
 
+/// RMSNorm on queries and keys before RoPE.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum QkNorm {
+    #[default]
+    None,
+    /// Over each head's `head_dim` (Qwen3, Gemma 3): weights `[head_dim]`.
+    PerHead { eps: f64, kind: RmsNormKind },
+    /// Over the whole projection before the heads are split (OLMo 2): weights
+    /// `[n_heads * head_dim]` and `[n_kv_heads * head_dim]`.
+    Whole { eps: f64, kind: RmsNormKind },
+}
+
+/// What some decoder families add to plain scaled dot-product attention.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttentionOptions {
+    pub qk_norm: QkNorm,
+    /// Multiplies `q . k`; `None` is `1 / sqrt(head_dim)`.
+    pub scale: Option<f64>,
+    /// Scores become `cap * tanh(scores / cap)` before the mask (Gemma 2).
+    pub softcap: Option<f64>,
+}
+
 #[derive(Debug)]
 enum Qkv {
     Separate {
@@ -51,6 +74,24 @@ pub enum AttnMask {
     Causal,
     /// Boolean `[b, 1, t_q, t_k]` (or broadcastable), true = may attend.
     Explicit(Tensor),
+}
+
+impl AttnMask {
+    /// This causal self-attention mask narrowed to a sliding window: the query in key slot
+    /// `q` sees slot `k` only when `q - window < k <= q`, i.e. itself and the `window - 1`
+    /// slots before it (transformers' `sliding_window_overlay`). The queries are the last
+    /// `t_q` of the `t_k` key slots, as in a prefill (`t_q == t_k`) or a cached decode.
+    pub fn with_window(&self, window: i64, t_q: i64, t_k: i64, device: tch::Device) -> AttnMask {
+        let q_slot = Tensor::arange_start(t_k - t_q, t_k, (Kind::Int64, device)).unsqueeze(1); // [t_q, 1]
+        let k_slot = Tensor::arange(t_k, (Kind::Int64, device)).unsqueeze(0); // [1, t_k]
+        let band = k_slot
+            .le_tensor(&q_slot)
+            .logical_and(&k_slot.gt_tensor(&(&q_slot - window))); // [t_q, t_k]
+        match self {
+            AttnMask::Full | AttnMask::Causal => AttnMask::Explicit(band.view([1, 1, t_q, t_k])),
+            AttnMask::Explicit(m) => AttnMask::Explicit(m.logical_and(&band)),
+        }
+    }
 }
 
 /// Keys and values of the past, preallocated to a capacity so each decode step writes in
@@ -100,11 +141,18 @@ impl KvCache {
 pub struct Attention {
     qkv: Qkv,
     o_proj: nn::Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
     cfg: AttentionConfig,
+    opts: AttentionOptions,
 }
 
 impl Attention {
     pub fn new(p: nn::Path<'_>, cfg: &AttentionConfig) -> Self {
+        Self::with_options(p, cfg, &AttentionOptions::default())
+    }
+
+    pub fn with_options(p: nn::Path<'_>, cfg: &AttentionConfig, opts: &AttentionOptions) -> Self {
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
         let qkv = if cfg.fused_qkv {
@@ -124,10 +172,32 @@ impl Attention {
             }
         };
         let o_proj = linear(&p / "o_proj", q_dim, cfg.d_model, cfg.o_bias);
+        let (q_norm, k_norm) = match opts.qk_norm {
+            QkNorm::None => (None, None),
+            QkNorm::PerHead { eps, kind } => (
+                Some(RmsNorm::with_kind(&p / "q_norm", cfg.head_dim, eps, kind)),
+                Some(RmsNorm::with_kind(&p / "k_norm", cfg.head_dim, eps, kind)),
+            ),
+            QkNorm::Whole { eps, kind } => (
+                Some(RmsNorm::with_kind(&p / "q_norm", q_dim, eps, kind)),
+                Some(RmsNorm::with_kind(&p / "k_norm", kv_dim, eps, kind)),
+            ),
+        };
         Self {
             qkv,
             o_proj,
+            q_norm,
+            k_norm,
             cfg: cfg.clone(),
+            opts: opts.clone(),
+        }
+    }
+
+    /// Applies `norm` when the layer has one.
+    fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor) -> Tensor {
+        match norm {
+            Some(n) => n.forward(&x),
+            None => x,
         }
     }
 
@@ -170,28 +240,43 @@ impl Attention {
     }
 
     fn project_qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        match &self.qkv {
+        let (q, k, v) = match &self.qkv {
             Qkv::Separate {
                 q_proj,
                 k_proj,
                 v_proj,
-            } => (
-                self.heads(&q_proj.forward(x), self.cfg.n_heads),
-                self.heads(&k_proj.forward(x), self.cfg.n_kv_heads),
-                self.heads(&v_proj.forward(x), self.cfg.n_kv_heads),
-            ),
+            } => (q_proj.forward(x), k_proj.forward(x), v_proj.forward(x)),
             Qkv::Fused { qkv_proj } => {
                 let q_dim = self.cfg.n_heads * self.cfg.head_dim;
                 let kv_dim = self.cfg.n_kv_heads * self.cfg.head_dim;
                 let qkv = qkv_proj.forward(x);
-                let parts = qkv.split_with_sizes([q_dim, kv_dim, kv_dim], -1);
-                (
-                    self.heads(&parts[0], self.cfg.n_heads),
-                    self.heads(&parts[1], self.cfg.n_kv_heads),
-                    self.heads(&parts[2], self.cfg.n_kv_heads),
-                )
+                let mut parts = qkv
+                    .split_with_sizes([q_dim, kv_dim, kv_dim], -1)
+                    .into_iter();
+                let mut next = || parts.next().expect("three parts");
+                (next(), next(), next())
             }
+        }; // [b, t, n * hd]
+        let whole = matches!(self.opts.qk_norm, QkNorm::Whole { .. });
+        let (q, k) = if whole {
+            (
+                Self::maybe_norm(&self.q_norm, q),
+                Self::maybe_norm(&self.k_norm, k),
+            )
+        } else {
+            (q, k)
+        };
+        let q = self.heads(&q, self.cfg.n_heads); // [b, n, t, hd]
+        let k = self.heads(&k, self.cfg.n_kv_heads);
+        let v = self.heads(&v, self.cfg.n_kv_heads);
+        if whole {
+            return (q, k, v);
         }
+        (
+            Self::maybe_norm(&self.q_norm, q),
+            Self::maybe_norm(&self.k_norm, k),
+            v,
+        )
     }
 
     /// Self-attention over `x` (`[b, t, d_model]`), appending to `cache` when given.
@@ -243,30 +328,63 @@ impl Attention {
         let k = self.expand_kv(k);
         let v = self.expand_kv(v);
         let dropout = if train { self.cfg.dropout } else { 0.0 };
-        let scale = (self.cfg.head_dim as f64).powf(-0.5);
-        let out = match mask {
-            AttnMask::Full => Tensor::scaled_dot_product_attention::<Tensor>(
-                q, &k, &v, None, dropout, false, scale, false,
-            ),
-            AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
-                q, &k, &v, None, dropout, true, scale, false,
-            ),
-            AttnMask::Explicit(m) => Tensor::scaled_dot_product_attention(
-                q,
-                &k,
-                &v,
-                Some(m),
-                dropout,
-                false,
-                scale,
-                false,
-            ),
+        let scale = self
+            .opts
+            .scale
+            .unwrap_or_else(|| (self.cfg.head_dim as f64).powf(-0.5));
+        let out = match self.opts.softcap {
+            Some(cap) => softcapped_attention(q, &k, &v, mask, scale, cap, dropout),
+            None => match mask {
+                AttnMask::Full => Tensor::scaled_dot_product_attention::<Tensor>(
+                    q, &k, &v, None, dropout, false, scale, false,
+                ),
+                AttnMask::Causal => Tensor::scaled_dot_product_attention::<Tensor>(
+                    q, &k, &v, None, dropout, true, scale, false,
+                ),
+                AttnMask::Explicit(m) => Tensor::scaled_dot_product_attention(
+                    q,
+                    &k,
+                    &v,
+                    Some(m),
+                    dropout,
+                    false,
+                    scale,
+                    false,
+                ),
+            },
         }; // [b, h, t, hd]
         let out = out
             .transpose(1, 2)
             .reshape([b, t, self.cfg.n_heads * self.cfg.head_dim]);
         self.o_proj.forward(&out)
     }
+}
+
+/// Attention with tanh soft-capped scores (no fused kernel has the cap): softmax in fp32,
+/// as transformers' eager path computes it.
+fn softcapped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttnMask,
+    scale: f64,
+    cap: f64,
+    dropout: f64,
+) -> Tensor {
+    let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [b, h, t_q, t_k]
+    let scores = (scores / cap).tanh() * cap;
+    let scores = match mask {
+        AttnMask::Full => scores,
+        AttnMask::Causal => {
+            let (t_q, t_k) = (scores.size()[2], scores.size()[3]);
+            let allowed = Tensor::ones([t_q, t_k], (Kind::Bool, q.device())).tril(0);
+            scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY)
+        }
+        AttnMask::Explicit(m) => scores.masked_fill(&m.logical_not(), f64::NEG_INFINITY),
+    };
+    let weights = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+    let weights = super::dropout(&weights, dropout, dropout > 0.0);
+    weights.matmul(v)
 }
 
 /// Boolean mask `[b, 1, t_q, t_k]` for self-attention where the queries sit at key slots
@@ -286,4 +404,39 @@ pub fn causal_padding_mask(key_valid: &Tensor, past: i64, t_q: i64) -> Tensor {
 /// Boolean mask `[b, 1, 1, t_k]` letting every query see every valid key.
 pub fn padding_mask(key_valid: &Tensor) -> Tensor {
     key_valid.unsqueeze(1).unsqueeze(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed(m: &AttnMask) -> Vec<Vec<bool>> {
+        let AttnMask::Explicit(m) = m else {
+            panic!("windowed masks are explicit")
+        };
+        let m = m.squeeze_dim(1); // [b, t_q, t_k]
+        let (_, t_q, _) = m.size3().unwrap();
+        (0..t_q)
+            .map(|q| Vec::<bool>::try_from(m.get(0).get(q)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_window_of_3_shows_the_query_and_the_two_slots_before_it() {
+        let cpu = tch::Device::Cpu;
+        let prefill = allowed(&AttnMask::Causal.with_window(3, 5, 5, cpu));
+        let want = |q: usize| -> Vec<bool> { (0..5).map(|k| k <= q && q - k < 3).collect() };
+        for (q, row) in prefill.iter().enumerate() {
+            assert_eq!(*row, want(q), "query {q}");
+        }
+        // One cached decode step at slot 4: keys 2, 3, 4.
+        let step = allowed(&AttnMask::Full.with_window(3, 1, 5, cpu));
+        assert_eq!(step[0], vec![false, false, true, true, true]);
+        // Left padding (slot 0 is padding) stays masked inside the window.
+        let valid = Tensor::from_slice(&[false, true, true, true, true]).view([1, 5]);
+        let padded = AttnMask::Explicit(causal_padding_mask(&valid, 0, 5));
+        let rows = allowed(&padded.with_window(3, 5, 5, cpu));
+        assert_eq!(rows[2], vec![false, true, true, false, false]);
+        assert_eq!(rows[4], vec![false, false, true, true, true]);
+    }
 }

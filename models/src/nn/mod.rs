@@ -5,9 +5,11 @@ pub mod mlp;
 pub mod norm;
 pub mod rope;
 
-pub use attention::{Attention, AttentionConfig, AttnMask, GqaMapping, KvCache};
+pub use attention::{
+    Attention, AttentionConfig, AttentionOptions, AttnMask, GqaMapping, KvCache, QkNorm,
+};
 pub use mlp::{Activation, GatedMlp, PlainMlp};
-pub use norm::RmsNorm;
+pub use norm::{RmsNorm, RmsNormKind};
 pub use rope::{RopeConfig, RopeScaling, RopeTables};
 
 /// Dropout that is active only when training.

@@ -250,6 +250,7 @@ pub fn twin_config(s: &StudentConfig) -> CausalLmConfig {
         bos_token_id: Some(s.bos_token_id),
         eos_token_ids: vec![s.eos_token_id],
         pad_token_id: Some(s.pad_token_id),
+        features: Default::default(),
     }
 }
 

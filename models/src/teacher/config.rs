@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use super::family::{defaults, family_features, family_ropes, layer_kinds};
+use super::rope_params::{RawRope, RopeParameters};
 use crate::error::{Error, Result, read_json};
-use crate::nn::{Activation, RopeConfig, RopeScaling};
+use crate::nn::{Activation, QkNorm, RmsNormKind, RopeConfig};
 
 /// The decoder-only families edkd loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,21 +15,47 @@ pub enum Family {
     Llama,
     Qwen2,
     Phi3,
+    Mistral,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+    Olmo2,
+    Granite,
+    SmolLm3,
 }
 
 impl Family {
-    pub const SUPPORTED: [(&'static str, Family); 3] = [
-        ("LlamaForCausalLM", Family::Llama),
-        ("Qwen2ForCausalLM", Family::Qwen2),
-        ("Phi3ForCausalLM", Family::Phi3),
+    /// `(architectures[0], family, model_type)`.
+    pub const SUPPORTED: [(&'static str, Family, &'static str); 10] = [
+        ("LlamaForCausalLM", Family::Llama, "llama"),
+        ("Qwen2ForCausalLM", Family::Qwen2, "qwen2"),
+        ("Phi3ForCausalLM", Family::Phi3, "phi3"),
+        ("MistralForCausalLM", Family::Mistral, "mistral"),
+        ("Qwen3ForCausalLM", Family::Qwen3, "qwen3"),
+        ("Gemma2ForCausalLM", Family::Gemma2, "gemma2"),
+        ("Gemma3ForCausalLM", Family::Gemma3, "gemma3_text"),
+        ("Olmo2ForCausalLM", Family::Olmo2, "olmo2"),
+        ("GraniteForCausalLM", Family::Granite, "granite"),
+        ("SmolLM3ForCausalLM", Family::SmolLm3, "smollm3"),
     ];
 
-    pub fn architecture(self) -> &'static str {
+    fn entry(self) -> &'static (&'static str, Family, &'static str) {
         Self::SUPPORTED
             .iter()
-            .find(|(_, f)| *f == self)
-            .map(|(name, _)| *name)
+            .find(|(_, f, _)| *f == self)
             .expect("every family is listed")
+    }
+
+    pub fn architecture(self) -> &'static str {
+        self.entry().0
+    }
+
+    pub fn model_type(self) -> &'static str {
+        self.entry().2
+    }
+
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
     }
 }
 
@@ -48,24 +76,15 @@ impl OneOrMany {
     }
 }
 
-/// `rope_scaling` (transformers 4.x) or `rope_parameters` (transformers 5.x).
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawRope {
-    #[serde(alias = "type")]
-    pub rope_type: Option<String>,
-    pub rope_theta: Option<f64>,
-    pub factor: Option<f64>,
-    pub low_freq_factor: Option<f64>,
-    pub high_freq_factor: Option<f64>,
-    pub original_max_position_embeddings: Option<i64>,
-    pub short_factor: Option<Vec<f64>>,
-    pub long_factor: Option<Vec<f64>>,
-    pub attention_factor: Option<f64>,
-    pub partial_rotary_factor: Option<f64>,
+/// `Some(None)` for an explicit `null`, `None` for an absent key.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Mirrors the fields of the checkpoint's `config.json` that the forward pass depends on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct HfConfig {
     #[serde(default)]
     pub architectures: Vec<String>,
@@ -76,44 +95,124 @@ pub struct HfConfig {
     pub num_attention_heads: i64,
     pub num_key_value_heads: Option<i64>,
     pub head_dim: Option<i64>,
-    #[serde(default = "default_max_positions")]
-    pub max_position_embeddings: i64,
+    pub max_position_embeddings: Option<i64>,
     pub original_max_position_embeddings: Option<i64>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
+    pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<RawRope>,
-    pub rope_parameters: Option<RawRope>,
+    pub rope_parameters: Option<RopeParameters>,
     pub partial_rotary_factor: Option<f64>,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+    pub tie_word_embeddings: Option<bool>,
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Gemma's name for the activation (it ignores `hidden_act`).
+    pub hidden_activation: Option<String>,
     #[serde(default)]
     pub attention_dropout: f64,
     #[serde(default)]
     pub use_sliding_window: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Option<i64>>,
+    pub max_window_layers: Option<i64>,
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3 (transformers 4.x): every n-th layer is global.
+    pub sliding_window_pattern: Option<i64>,
+    pub use_bidirectional_attention: Option<bool>,
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
+    /// Gemma 3 (transformers 4.x): theta of the local layers.
+    pub rope_local_base_freq: Option<f64>,
+    pub embedding_multiplier: Option<f64>,
+    pub residual_multiplier: Option<f64>,
+    pub attention_multiplier: Option<f64>,
+    pub logits_scaling: Option<f64>,
+    /// SmolLM3: 1 = the layer uses RoPE, 0 = it does not.
+    pub no_rope_layers: Option<Vec<i64>>,
+    pub no_rope_layer_interval: Option<i64>,
     pub bos_token_id: Option<OneOrMany>,
     pub eos_token_id: Option<OneOrMany>,
     pub pad_token_id: Option<OneOrMany>,
 }
 
-fn default_max_positions() -> i64 {
-    2048
-}
-fn default_eps() -> f64 {
-    1e-6
-}
 fn default_act() -> String {
     "silu".into()
 }
 
+/// Which RoPE a layer applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerRope {
+    /// `CausalLmConfig::rope`.
+    #[default]
+    Global,
+    /// `Features::local_rope` (Gemma 3's sliding layers).
+    Local,
+    /// No positional encoding in this layer (SmolLM3's NoPE layers).
+    None,
+}
+
+/// Attention pattern of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerKind {
+    /// Sliding window in key slots (the query sees itself and `window - 1` before it).
+    pub window: Option<i64>,
+    pub rope: LayerRope,
+}
+
+/// Where a layer's RMSNorms sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NormPlacement {
+    /// `x + attn(norm(x))`, `x + mlp(norm(x))` (Llama).
+    #[default]
+    Pre,
+    /// `x + norm(attn(norm(x)))`, `x + norm(mlp(norm(x)))` (Gemma 2/3).
+    Sandwich,
+    /// `x + norm(attn(x))`, `x + norm(mlp(x))` (OLMo 2).
+    Post,
+}
+
+/// Multiplier on the token embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum EmbedScale {
+    #[default]
+    None,
+    /// Rounded to the weights' dtype first (Gemma's `sqrt(hidden_size)`).
+    InDtype(f64),
+    /// Applied as a scalar (Granite's `embedding_multiplier`).
+    Scalar(f64),
+}
+
+/// Everything beyond the Llama layout; `Features::default()` is plain Llama.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Features {
+    /// One entry per layer; empty means full attention with the global RoPE everywhere.
+    pub layers: Vec<LayerKind>,
+    /// RoPE of `LayerRope::Local` layers.
+    pub local_rope: Option<RopeConfig>,
+    pub norm_kind: RmsNormKind,
+    pub norm_placement: NormPlacement,
+    pub qk_norm: QkNorm,
+    /// Gemma: attention scores scaled by `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Granite: attention scores scaled by this instead of `head_dim^-0.5`.
+    pub attention_multiplier: Option<f64>,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    pub embed_scale: EmbedScale,
+    /// Granite: each residual branch is multiplied by this.
+    pub residual_multiplier: Option<f64>,
+    /// Granite: logits are divided by this.
+    pub logits_scaling: Option<f64>,
+}
+
 /// The resolved runtime configuration of a decoder-only teacher.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CausalLmConfig {
     pub family: Family,
     pub vocab_size: i64,
@@ -125,6 +224,7 @@ pub struct CausalLmConfig {
     pub head_dim: i64,
     pub max_positions: i64,
     pub rms_norm_eps: f64,
+    /// RoPE of the full-attention layers (of every layer, unless `features` says otherwise).
     pub rope: RopeConfig,
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v projections.
@@ -137,47 +237,42 @@ pub struct CausalLmConfig {
     pub bos_token_id: Option<i64>,
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
+    pub features: Features,
 }
 
 impl CausalLmConfig {
+    /// The attention pattern of layer `i`.
+    pub fn layer_kind(&self, i: usize) -> LayerKind {
+        self.features.layers.get(i).copied().unwrap_or_default()
+    }
+
+    /// Score scale when it is not `1 / sqrt(head_dim)`.
+    pub fn attention_scale(&self) -> Option<f64> {
+        let f = &self.features;
+        f.attention_multiplier
+            .or(f.query_pre_attn_scalar.map(|s| s.powf(-0.5)))
+    }
+
     /// Parameter count from the shapes (tied embeddings counted once).
     pub fn num_parameters(&self) -> i64 {
         let d = self.hidden_size;
         let q = self.num_heads * self.head_dim;
         let kv = self.num_kv_heads * self.head_dim;
         let b = |on: bool, n: i64| if on { n } else { 0 };
+        let qk_norm = match self.features.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead { .. } => 2 * self.head_dim,
+            QkNorm::Whole { .. } => q + kv,
+        };
         let attn = 2 * d * q + 2 * d * kv + b(self.qkv_bias, q + 2 * kv) + b(self.o_bias, d);
         let ff = self.intermediate_size;
         let mlp = 3 * d * ff + b(self.mlp_bias, 2 * ff + d);
+        let norms = match self.features.norm_placement {
+            NormPlacement::Pre | NormPlacement::Post => 2 * d,
+            NormPlacement::Sandwich => 4 * d,
+        };
         let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
-        embed + self.num_layers * (attn + mlp + 2 * d) + d
-    }
-
-    /// The Hugging Face `config.json` for this model (LlamaForCausalLM and friends).
-    pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "architectures": [self.family.architecture()],
-            "model_type": match self.family { Family::Llama => "llama", Family::Qwen2 => "qwen2", Family::Phi3 => "phi3" },
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "max_position_embeddings": self.max_positions,
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope.theta,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.qkv_bias,
-            "mlp_bias": self.mlp_bias,
-            "hidden_act": "silu",
-            "attention_dropout": self.attention_dropout,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": self.eos_token_ids.first(),
-            "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
-        })
+        embed + self.num_layers * (attn + qk_norm + mlp + norms) + d
     }
 
     /// Reads `dir/config.json` and resolves it; errors name the file and field.
@@ -190,14 +285,14 @@ impl CausalLmConfig {
     pub fn resolve(raw: &HfConfig, path: &Path) -> Result<Self> {
         let supported = Family::SUPPORTED
             .iter()
-            .map(|(n, _)| *n)
+            .map(|(n, _, _)| *n)
             .collect::<Vec<_>>()
             .join(", ");
         let arch = raw.architectures.first().cloned().unwrap_or_default();
         let family = Family::SUPPORTED
             .iter()
-            .find(|(name, _)| *name == arch)
-            .map(|(_, f)| *f)
+            .find(|(name, _, _)| *name == arch)
+            .map(|(_, f, _)| *f)
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 found: if arch.is_empty() {
@@ -212,6 +307,7 @@ impl CausalLmConfig {
             field,
             msg,
         };
+        let defaults = defaults(family);
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
         if raw.num_attention_heads <= 0
             || num_kv_heads <= 0
@@ -225,26 +321,48 @@ impl CausalLmConfig {
                 ),
             ));
         }
+        if raw.num_hidden_layers <= 0 || raw.hidden_size <= 0 {
+            return Err(bad(
+                "num_hidden_layers",
+                "num_hidden_layers and hidden_size must be positive".into(),
+            ));
+        }
         let head_dim = raw
             .head_dim
             .unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        let act = Activation::parse(&raw.hidden_act).ok_or_else(|| {
-            bad(
-                "hidden_act",
-                format!("unsupported activation {:?}", raw.hidden_act),
-            )
-        })?;
-        if raw.use_sliding_window {
+        let act_name = match family {
+            f if f.is_gemma() => raw
+                .hidden_activation
+                .clone()
+                .unwrap_or_else(|| "gelu_pytorch_tanh".into()),
+            _ => raw.hidden_act.clone(),
+        };
+        let act = Activation::parse(&act_name)
+            .ok_or_else(|| bad("hidden_act", format!("unsupported activation {act_name:?}")))?;
+        if raw.use_bidirectional_attention == Some(true) {
             return Err(bad(
-                "use_sliding_window",
-                "sliding-window attention is not supported".into(),
+                "use_bidirectional_attention",
+                "bidirectional attention is not supported (edkd teachers are causal)".into(),
             ));
         }
-        let rope = resolve_rope(raw, head_dim, path)?;
+        let mut raw = raw.clone();
+        raw.max_position_embeddings = Some(
+            raw.max_position_embeddings
+                .unwrap_or(defaults.max_position_embeddings),
+        );
+        let (rope, local_rope) = family_ropes(family, &raw, head_dim, path)?;
+        let mut layers = layer_kinds(family, &raw, &defaults, path)?;
+        if layers.iter().all(|k| *k == LayerKind::default()) {
+            layers.clear(); // the plain layout, as `Features::default()` spells it
+        }
+        let features = family_features(family, &raw, layers, local_rope);
         let (qkv_bias, o_bias) = match family {
             Family::Qwen2 => (true, false),
-            Family::Llama | Family::Phi3 => (raw.attention_bias, raw.attention_bias),
+            Family::Mistral => (false, false),
+            _ => (raw.attention_bias, raw.attention_bias),
         };
+        let mlp_bias =
+            raw.mlp_bias && matches!(family, Family::Llama | Family::Granite | Family::SmolLm3);
         Ok(Self {
             family,
             vocab_size: raw.vocab_size,
@@ -254,13 +372,15 @@ impl CausalLmConfig {
             num_heads: raw.num_attention_heads,
             num_kv_heads,
             head_dim,
-            max_positions: raw.max_position_embeddings,
-            rms_norm_eps: raw.rms_norm_eps,
+            max_positions: raw.max_position_embeddings.unwrap_or_default(),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps),
             rope,
-            tie_word_embeddings: raw.tie_word_embeddings,
+            tie_word_embeddings: raw
+                .tie_word_embeddings
+                .unwrap_or(defaults.tie_word_embeddings),
             qkv_bias,
             o_bias,
-            mlp_bias: raw.mlp_bias && family == Family::Llama,
+            mlp_bias,
             act,
             attention_dropout: raw.attention_dropout,
             bos_token_id: raw
@@ -276,91 +396,7 @@ impl CausalLmConfig {
                 .pad_token_id
                 .as_ref()
                 .and_then(|t| t.to_vec().first().copied()),
+            features,
         })
     }
-}
-
-fn resolve_rope(raw: &HfConfig, head_dim: i64, path: &Path) -> Result<RopeConfig> {
-    let bad = |field: &'static str, msg: String| Error::Config {
-        path: path.to_path_buf(),
-        field,
-        msg,
-    };
-    let params = raw
-        .rope_parameters
-        .clone()
-        .or_else(|| raw.rope_scaling.clone())
-        .unwrap_or_default();
-    let theta = params.rope_theta.or(raw.rope_theta).unwrap_or(10_000.0);
-    let partial = params
-        .partial_rotary_factor
-        .or(raw.partial_rotary_factor)
-        .unwrap_or(1.0);
-    let rotary_dim = (head_dim as f64 * partial) as i64;
-    let original_max = params
-        .original_max_position_embeddings
-        .or(raw.original_max_position_embeddings)
-        .unwrap_or(raw.max_position_embeddings);
-    let kind = params.rope_type.clone().unwrap_or_else(|| "default".into());
-    let factor = |name: &'static str| {
-        params
-            .factor
-            .ok_or_else(|| bad("rope_scaling", format!("rope type {name:?} needs `factor`")))
-    };
-    let scaling = match kind.as_str() {
-        "default" => RopeScaling::None,
-        "linear" => RopeScaling::Linear {
-            factor: factor("linear")?,
-        },
-        "dynamic" => RopeScaling::Dynamic {
-            factor: factor("dynamic")?,
-            original_max,
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: factor("llama3")?,
-            low_freq_factor: params.low_freq_factor.unwrap_or(1.0),
-            high_freq_factor: params.high_freq_factor.unwrap_or(4.0),
-            original_max,
-        },
-        "longrope" | "su" => {
-            let half = (rotary_dim / 2) as usize;
-            let short = params.short_factor.clone().unwrap_or_default();
-            let long = params.long_factor.clone().unwrap_or_default();
-            if short.len() != half || long.len() != half {
-                return Err(bad(
-                    "rope_scaling",
-                    format!(
-                        "longrope short_factor/long_factor need {half} entries, got {}/{}",
-                        short.len(),
-                        long.len()
-                    ),
-                ));
-            }
-            let scale = raw.max_position_embeddings as f64 / original_max as f64;
-            let attention_factor = params.attention_factor.unwrap_or(if scale <= 1.0 {
-                1.0
-            } else {
-                (1.0 + scale.ln() / (original_max as f64).ln()).sqrt()
-            });
-            RopeScaling::LongRope {
-                short_factor: short,
-                long_factor: long,
-                original_max,
-                attention_factor,
-            }
-        }
-        other => {
-            return Err(bad(
-                "rope_scaling",
-                format!(
-                    "unsupported rope type {other:?}; supported: default, linear, dynamic, llama3, longrope"
-                ),
-            ));
-        }
-    };
-    Ok(RopeConfig {
-        rotary_dim,
-        theta,
-        scaling,
-    })
 }

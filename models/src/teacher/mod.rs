@@ -1,13 +1,20 @@
-//! Decoder-only teachers (Llama, Qwen2, Phi-3) loaded from Hugging Face checkpoint folders.
+//! Decoder-only teachers (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3, OLMo 2, Granite,
+//! SmolLM3) loaded from Hugging Face checkpoint folders.
 
 pub mod config;
+mod family;
+mod hf_json;
+mod layer;
 pub mod model;
+pub mod rope_params;
 
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, nn::VarStore};
 
-pub use config::{CausalLmConfig, Family, HfConfig};
+pub use config::{
+    CausalLmConfig, EmbedScale, Family, Features, HfConfig, LayerKind, LayerRope, NormPlacement,
+};
 pub use model::{CausalLm, LmCache, positions_from_valid};
 
 use crate::error::{Error, Result};

@@ -1,19 +1,13 @@
-//! Decoder-only causal LMs in the Llama / Qwen2 / Phi-3 layout. Variable names mirror the
-//! checkpoint keys (`model.layers.{i}.self_attn.q_proj.weight`, ...), so loading is a
-//! strict name-for-name copy.
+//! Decoder-only causal LMs in the Llama layout and its relatives (Mistral, Qwen2/3,
+//! Phi-3, Gemma 2/3, OLMo 2, Granite, SmolLM3). Variable names mirror the checkpoint keys
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...), so loading is a strict name-for-name
+//! copy.
 
 use tch::{Kind, Tensor, nn, nn::Module};
 
-use super::config::{CausalLmConfig, Family};
-use crate::nn::{Attention, AttentionConfig, AttnMask, GatedMlp, GqaMapping, KvCache, RmsNorm};
-
-#[derive(Debug)]
-struct DecoderLayer {
-    input_layernorm: RmsNorm,
-    self_attn: Attention,
-    post_attention_layernorm: RmsNorm,
-    mlp: GatedMlp,
-}
+use super::config::{CausalLmConfig, EmbedScale, LayerRope};
+use super::layer::DecoderLayer;
+use crate::nn::{AttnMask, KvCache, RmsNorm, RopeTables};
 
 /// A decoder-only transformer with its LM head.
 #[derive(Debug)]
@@ -59,44 +53,15 @@ impl CausalLm {
                 ..Default::default()
             },
         );
-        let attn_cfg = AttentionConfig {
-            d_model: c.hidden_size,
-            n_heads: c.num_heads,
-            n_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-            qkv_bias: c.qkv_bias,
-            o_bias: c.o_bias,
-            fused_qkv: c.family == Family::Phi3,
-            gqa: GqaMapping::Grouped,
-            dropout: c.attention_dropout,
-        };
-        let layers = (0..c.num_layers)
-            .map(|i| {
-                let p = &model / "layers" / i;
-                DecoderLayer {
-                    input_layernorm: RmsNorm::new(
-                        &p / "input_layernorm",
-                        c.hidden_size,
-                        c.rms_norm_eps,
-                    ),
-                    self_attn: Attention::new(&p / "self_attn", &attn_cfg),
-                    post_attention_layernorm: RmsNorm::new(
-                        &p / "post_attention_layernorm",
-                        c.hidden_size,
-                        c.rms_norm_eps,
-                    ),
-                    mlp: GatedMlp::new(
-                        &p / "mlp",
-                        c.hidden_size,
-                        c.intermediate_size,
-                        c.mlp_bias,
-                        c.family == Family::Phi3,
-                        c.act,
-                    ),
-                }
-            })
+        let layers = (0..c.num_layers as usize)
+            .map(|i| DecoderLayer::new(&model / "layers" / i as i64, c, i))
             .collect();
-        let norm = RmsNorm::new(&model / "norm", c.hidden_size, c.rms_norm_eps);
+        let norm = RmsNorm::with_kind(
+            &model / "norm",
+            c.hidden_size,
+            c.rms_norm_eps,
+            c.features.norm_kind,
+        );
         let lm_head = (!c.tie_word_embeddings).then(|| {
             nn::linear(
                 root / "lm_head",
@@ -124,7 +89,7 @@ impl CausalLm {
             layers: self
                 .layers
                 .iter()
-                .map(|l| l.self_attn.new_cache(batch, capacity, w.kind(), w.device()))
+                .map(|l| l.new_cache(batch, capacity, w.kind(), w.device()))
                 .collect(),
         }
     }
@@ -138,6 +103,8 @@ impl CausalLm {
     }
 
     /// Final hidden states `[b, t, d]` for `input_ids` at `positions` (both `[b, t]`).
+    /// `mask` is the causal (and padding) mask of the full-attention layers; layers with a
+    /// sliding window narrow it to their window.
     pub fn hidden(
         &self,
         input_ids: &Tensor,
@@ -146,28 +113,64 @@ impl CausalLm {
         mut cache: Option<&mut LmCache>,
         train: bool,
     ) -> Tensor {
-        // Residual adds stay out of place: the norms saved `x` for backward.
-        #![allow(clippy::assign_op_pattern)]
-        let mut x = self.embed_tokens.forward(input_ids);
-        let rope = self.config.rope.tables(positions, x.kind());
+        let x = self.embed(input_ids);
+        let t_q = input_ids.size()[1];
+        let past = cache.as_deref().map_or(0, LmCache::len);
+        let ropes = LayerRopes::new(self, positions, x.kind());
+        let mut windowed: Vec<(i64, AttnMask)> = Vec::new();
+        for layer in &self.layers {
+            if let Some(w) = layer.kind.window
+                && !windowed.iter().any(|(seen, _)| *seen == w)
+            {
+                windowed.push((w, mask.with_window(w, t_q, past + t_q, x.device())));
+            }
+        }
+        let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            let h = layer.input_layernorm.forward(&x);
-            let h = layer
-                .self_attn
-                .forward_self(&h, Some(&rope), mask, layer_cache, train);
-            x = x + h;
-            let h = layer
-                .mlp
-                .forward(&layer.post_attention_layernorm.forward(&x));
-            x = x + h;
+            let layer_mask = match layer.kind.window {
+                Some(w) => {
+                    &windowed
+                        .iter()
+                        .find(|(seen, _)| *seen == w)
+                        .expect("built above")
+                        .1
+                }
+                None => mask,
+            };
+            let rope = ropes.get(layer.kind.rope);
+            x = layer.forward(&x, rope, layer_mask, layer_cache, train);
         }
         self.norm.forward(&x)
     }
 
+    /// Token embeddings, scaled where the family scales them.
+    fn embed(&self, input_ids: &Tensor) -> Tensor {
+        let x = self.embed_tokens.forward(input_ids);
+        match self.config.features.embed_scale {
+            EmbedScale::None => x,
+            EmbedScale::Scalar(m) => x * m,
+            EmbedScale::InDtype(m) => {
+                let scale = Tensor::from(m as f32)
+                    .to_kind(x.kind())
+                    .to_device(x.device());
+                x * scale
+            }
+        }
+    }
+
     /// Vocabulary logits for hidden states `[..., d]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens)
+        let f = &self.config.features;
+        let logits = crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens);
+        let logits = match f.logits_scaling {
+            Some(s) => logits / s,
+            None => logits,
+        };
+        match f.final_softcap {
+            Some(cap) => (logits / cap).tanh() * cap,
+            None => logits,
+        }
     }
 
     /// Logits `[b, t, vocab]`.
@@ -210,4 +213,34 @@ impl CausalLm {
 pub fn positions_from_valid(valid: &Tensor) -> Tensor {
     let v = valid.to_kind(Kind::Int64);
     (v.cumsum(-1, Kind::Int64) - 1).clamp_min(0) * &v
+}
+
+/// The RoPE tables one forward pass needs (global, and local for Gemma 3).
+struct LayerRopes {
+    global: Option<RopeTables>,
+    local: Option<RopeTables>,
+}
+
+impl LayerRopes {
+    fn new(model: &CausalLm, positions: &Tensor, kind: Kind) -> Self {
+        let uses = |r: LayerRope| model.layers.iter().any(|l| l.kind.rope == r);
+        let c = &model.config;
+        Self {
+            global: uses(LayerRope::Global).then(|| c.rope.tables(positions, kind)),
+            local: c
+                .features
+                .local_rope
+                .as_ref()
+                .filter(|_| uses(LayerRope::Local))
+                .map(|r| r.tables(positions, kind)),
+        }
+    }
+
+    fn get(&self, which: LayerRope) -> Option<&RopeTables> {
+        match which {
+            LayerRope::Global => self.global.as_ref(),
+            LayerRope::Local => self.local.as_ref(),
+            LayerRope::None => None,
+        }
+    }
 }
