@@ -108,9 +108,12 @@ impl ChatTemplate {
             .expect("default delimiters");
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         let bad = |e: minijinja::Error| Error::Config {
             path: self.origin.clone(),
             field: "chat_template",
@@ -140,6 +143,42 @@ impl ChatTemplate {
     }
 }
 
+/// Which view to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    Raw,
+    Chat,
+    Plain,
+}
+
+impl std::str::FromStr for ViewKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "chat" => Ok(Self::Chat),
+            "plain" => Ok(Self::Plain),
+            _ => Err(Error::Input(format!(
+                "teacher prompt `{s}`: expected raw, chat or plain"
+            ))),
+        }
+    }
+}
+
+/// What a view is made from (a run's config, or command-line flags).
+#[derive(Debug, Clone)]
+pub struct ViewSpec {
+    pub kind: ViewKind,
+    /// The teacher's `tokenizer.json` (needed by chat and plain views).
+    pub tokenizer: Option<PathBuf>,
+    /// Where to look for the chat template, in order (`tokenizer_config.json` files or
+    /// folders holding one); the tokenizer's folder is tried last.
+    pub template_places: Vec<PathBuf>,
+    pub system: Option<String>,
+    /// The plain template, with one `{input}`.
+    pub plain: String,
+}
+
 enum Style {
     Raw,
     Chat {
@@ -157,7 +196,40 @@ pub struct TeacherView {
     tokenizer: Option<Tokenizer>,
 }
 
+impl std::fmt::Debug for TeacherView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TeacherView({})", self.describe())
+    }
+}
+
 impl TeacherView {
+    /// Builds the view `spec` describes, with errors naming what is missing.
+    pub fn from_spec(spec: &ViewSpec) -> Result<Self> {
+        if spec.kind == ViewKind::Raw {
+            return Ok(Self::raw());
+        }
+        let path = spec.tokenizer.as_deref().ok_or_else(|| {
+            Error::Input("a chat or plain teacher prompt needs the teacher's tokenizer".into())
+        })?;
+        let tok = Tokenizer::from_file(path)?;
+        if spec.kind == ViewKind::Plain {
+            return Self::plain(&spec.plain, tok);
+        }
+        let mut places = spec.template_places.clone();
+        places.push(path.to_path_buf());
+        for place in &places {
+            if let Some(template) = ChatTemplate::find(place)? {
+                return Ok(Self::chat(template, spec.system.clone(), tok));
+            }
+        }
+        let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+        Err(Error::Input(format!(
+            "chat teacher prompt: no chat template found (looked for {TOKENIZER_CONFIG} with a \
+             `chat_template` at {})",
+            looked.join(", ")
+        )))
+    }
+
     /// The input as it is.
     pub fn raw() -> Self {
         Self {
@@ -212,13 +284,28 @@ impl TeacherView {
         }
     }
 
+    /// A short stable identity of the view, the same on any machine (recorded in teacher
+    /// caches, so a trainer can refuse a cache made with another view): `raw`,
+    /// `chat:<template sha256>:<system sha256 or ->` or `plain:<template sha256>`, each sha256
+    /// cut to 16 hex digits.
+    pub fn key(&self) -> String {
+        let short = |s: &str| sha256_hex(s.as_bytes())[..16].to_owned();
+        match &self.style {
+            Style::Raw => "raw".into(),
+            Style::Chat { template, system } => format!(
+                "chat:{}:{}",
+                &template.sha256()[..16],
+                system.as_deref().map_or("-".into(), short)
+            ),
+            Style::Plain { template } => format!("plain:{}", short(template)),
+        }
+    }
+
     /// The prompt text for an input text.
     pub fn render(&self, input: &str) -> Result<String> {
         match &self.style {
             Style::Raw => Ok(input.to_owned()),
-            Style::Chat { template, system } => {
-                template.render_user_turn(system.as_deref(), input)
-            }
+            Style::Chat { template, system } => template.render_user_turn(system.as_deref(), input),
             Style::Plain { template } => Ok(template.replacen(INPUT_PLACEHOLDER, input, 1)),
         }
     }
@@ -285,7 +372,9 @@ mod tests {
         assert!(none.unwrap().is_none());
         let named = serde_json::json!({"chat_template": [{"name": "default", "template": "D"},
             {"name": "tool_use", "template": "T"}]});
-        let t = ChatTemplate::from_tokenizer_config(&named, Path::new("t")).unwrap().unwrap();
+        let t = ChatTemplate::from_tokenizer_config(&named, Path::new("t"))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.source, "D");
     }
 

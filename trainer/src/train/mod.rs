@@ -195,7 +195,7 @@ impl<'a> Trainer<'a> {
         fs::create_dir_all(&opts.out).map_err(Error::io(&opts.out))?;
 
         let (data, train_ds) = RunData::open(cfg)?;
-        let source = setup::open_source(cfg, device, data.vocab.size)?;
+        let source = setup::open_viewed_source(cfg, device, &data)?;
         if let Some(src) = &source {
             setup::check_source(src.as_ref(), cfg, &data)?;
         }

@@ -138,6 +138,32 @@ pub fn open_source(
     })
 }
 
+/// The configured teacher source, reading the configured view of the inputs: a live
+/// teacher applies the view to every batch; a cache must have been made with it.
+pub(crate) fn open_viewed_source(
+    cfg: &TrainConfig,
+    device: Device,
+    data: &RunData,
+) -> Result<Option<Box<dyn TeacherSource>>> {
+    let Some(src) = open_source(cfg, device, data.vocab.size)? else {
+        return Ok(None);
+    };
+    let view = crate::view::build(cfg, data.tokenizer_path.as_deref())?;
+    if let Some(made_with) = &src.info().teacher_prompt {
+        if *made_with != view.key() {
+            return Err(Error::Config(format!(
+                "{}: made with teacher prompts `{made_with}`, but teacher.prompt gives `{}` \
+                 ({}); annotate the cache again with this view, or set teacher.prompt to match",
+                src.info().description,
+                view.key(),
+                view.describe()
+            )));
+        }
+        return Ok(Some(src));
+    }
+    Ok(Some(crate::view::Viewed::wrap(src, view, data.vocab.pad)))
+}
+
 /// Refuses a teacher that speaks another tokenizer than the data, or answers at another
 /// temperature than the loss uses.
 pub(crate) fn check_source(
