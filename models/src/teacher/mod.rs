@@ -1,4 +1,5 @@
-//! Decoder-only teachers (Llama, Qwen2, Phi-3) loaded from Hugging Face checkpoint folders.
+//! Decoder-only teachers (Llama, Qwen2, Phi-3) loaded from Hugging Face checkpoint folders
+//! or GGUF files.
 
 pub mod config;
 pub mod model;
@@ -57,8 +58,12 @@ impl Teacher {
         CausalLm::num_parameters(&self.vs)
     }
 
-    /// Loads `dir` (config.json, model.safetensors or a sharded index, tokenizer.json).
+    /// Loads `dir` (config.json, model.safetensors or a sharded index, tokenizer.json), or
+    /// a `.gguf` file (dequantized to f32, config and tokenizer rebuilt from its metadata).
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            return crate::gguf::load_teacher(dir, opts);
+        }
         check_dtype(opts.kind, opts.device)?;
         let config = CausalLmConfig::from_folder(dir)?;
         let mut vs = VarStore::new(Device::Cpu);
