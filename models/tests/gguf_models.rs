@@ -22,7 +22,12 @@ fn expected(name: &str) -> Vec<(String, Tensor)> {
 }
 
 fn get(named: &[(String, Tensor)], key: &str) -> Tensor {
-    named.iter().find(|(n, _)| n == key).unwrap().1.shallow_clone()
+    named
+        .iter()
+        .find(|(n, _)| n == key)
+        .unwrap()
+        .1
+        .shallow_clone()
 }
 
 fn logits(t: &Teacher, ids: &Tensor) -> Tensor {
@@ -55,17 +60,39 @@ fn quantized_llama_matches_transformers() {
 
 /// The GGUF written from a teacher fixture as llama.cpp would equals the folder exactly.
 fn assert_gguf_equals_folder(name: &str) {
-    let from_gguf =
-        Teacher::load(&fixture(&format!("gguf/{name}.gguf")), LoadOptions::default()).unwrap();
-    let from_dir =
-        Teacher::load(&fixture(&format!("teachers/{name}")), LoadOptions::default()).unwrap();
+    let from_gguf = Teacher::load(
+        &fixture(&format!("gguf/{name}.gguf")),
+        LoadOptions::default(),
+    )
+    .unwrap();
+    let from_dir = Teacher::load(
+        &fixture(&format!("teachers/{name}")),
+        LoadOptions::default(),
+    )
+    .unwrap();
     let (a, b) = (&from_gguf.model.config, &from_dir.model.config);
     assert_eq!(
-        (a.family, a.num_heads, a.num_kv_heads, a.head_dim, a.tie_word_embeddings),
-        (b.family, b.num_heads, b.num_kv_heads, b.head_dim, b.tie_word_embeddings),
+        (
+            a.family,
+            a.num_heads,
+            a.num_kv_heads,
+            a.head_dim,
+            a.tie_word_embeddings
+        ),
+        (
+            b.family,
+            b.num_heads,
+            b.num_kv_heads,
+            b.head_dim,
+            b.tie_word_embeddings
+        ),
         "{name}: configs differ"
     );
-    assert_eq!(format!("{:?}", a.rope), format!("{:?}", b.rope), "{name}: rope");
+    assert_eq!(
+        format!("{:?}", a.rope),
+        format!("{:?}", b.rope),
+        "{name}: rope"
+    );
     let e = expected(&format!("teachers/{name}/expected.safetensors"));
     let ids = get(&e, "input_ids").narrow(1, 8, 16); // a window without left padding
     let diff = max_diff(&logits(&from_gguf, &ids), &logits(&from_dir, &ids));
@@ -100,10 +127,22 @@ fn assert_tokenizer_matches(gguf: &str) -> usize {
     let cases: TokenCases = serde_json::from_str(&text).unwrap();
     assert!(cases.strings.len() >= 60);
     for (s, want) in cases.strings.iter().zip(&cases.ids) {
-        assert_eq!(&tok.encode(s, true).unwrap(), want, "{gguf}: ids differ for {s:?}");
+        assert_eq!(
+            &tok.encode(s, true).unwrap(),
+            want,
+            "{gguf}: ids differ for {s:?}"
+        );
     }
-    let stock_diff = cases.ids.iter().zip(&cases.stock_ids).filter(|(a, b)| a != b).count();
-    println!("{gguf}: {} strings equal; stock transformers split {stock_diff} differently", cases.strings.len());
+    let stock_diff = cases
+        .ids
+        .iter()
+        .zip(&cases.stock_ids)
+        .filter(|(a, b)| a != b)
+        .count();
+    println!(
+        "{gguf}: {} strings equal; stock transformers split {stock_diff} differently",
+        cases.strings.len()
+    );
     stock_diff
 }
 
@@ -124,14 +163,25 @@ fn converted_folder_loads_with_identical_logits_and_tokenizer() {
     let out = tempfile::tempdir().unwrap();
     let converted = convert_to_folder(&src, out.path()).unwrap();
     assert!(converted.has_tokenizer);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(out.path().join(f).is_file(), "{f} written");
     }
     let from_gguf = Teacher::load(&src, LoadOptions::default()).unwrap();
     let from_dir = Teacher::load(out.path(), LoadOptions::default()).unwrap();
     assert_eq!(from_dir.num_parameters(), converted.num_parameters);
-    let ids = get(&expected("gguf/tiny_quant.expected.safetensors"), "input_ids");
-    assert_eq!(max_diff(&logits(&from_gguf, &ids), &logits(&from_dir, &ids)), 0.0);
+    let ids = get(
+        &expected("gguf/tiny_quant.expected.safetensors"),
+        "input_ids",
+    );
+    assert_eq!(
+        max_diff(&logits(&from_gguf, &ids), &logits(&from_dir, &ids)),
+        0.0
+    );
     // The same tokenizer bytes, so data prepared with the folder's tokenizer.json is
     // accepted by the .gguf teacher (the trainer compares sha256s).
     let (a, b) = (from_gguf.tokenizer.unwrap(), from_dir.tokenizer.unwrap());

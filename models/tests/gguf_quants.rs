@@ -23,8 +23,8 @@ fn every_type_dequantizes_bit_for_bit_like_gguf_py() {
         assert_eq!(q.ggml_type, ty);
         assert_eq!(q.shape(), vec![3, 512], "{name}");
         let got = dequantize_tensor(&file, q).unwrap();
-        let want = dequantize_tensor(&file, file.tensor(&format!("expected.{name}")).unwrap())
-            .unwrap();
+        let want =
+            dequantize_tensor(&file, file.tensor(&format!("expected.{name}")).unwrap()).unwrap();
         assert_eq!(got.size(), want.size());
         // Bit-identical, not merely close: the same operations in the same order.
         let got: Vec<f32> = Vec::try_from(got.flatten(0, -1)).unwrap();
@@ -34,8 +34,16 @@ fn every_type_dequantizes_bit_for_bit_like_gguf_py() {
             .zip(&want)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differing, 0, "{name}: {differing} of {} values differ", got.len());
-        assert!(want.iter().any(|v| *v != 0.0), "{name}: fixture is all zeros");
+        assert_eq!(
+            differing,
+            0,
+            "{name}: {differing} of {} values differ",
+            got.len()
+        );
+        assert!(
+            want.iter().any(|v| *v != 0.0),
+            "{name}: fixture is all zeros"
+        );
     }
 }
 
@@ -54,7 +62,10 @@ fn metadata_of_every_value_type_reads_back() {
     assert_eq!(get("test.f32"), Value::F32(0.25));
     assert_eq!(get("test.f64"), Value::F64(-1.5));
     assert_eq!(get("test.bool"), Value::Bool(true));
-    assert_eq!(file.get_str("test.string").unwrap(), Some("h\u{e9}llo \u{2581} world"));
+    assert_eq!(
+        file.get_str("test.string").unwrap(),
+        Some("h\u{e9}llo \u{2581} world")
+    );
     assert_eq!(
         file.get_numbers("test.array_i32").unwrap(),
         Some(vec![1.0, -2.0, 3.0])
@@ -66,7 +77,10 @@ fn metadata_of_every_value_type_reads_back() {
     assert_eq!(file.get_i64("general.alignment").unwrap(), Some(64));
     // A key of the wrong type is an error naming the key, not a silent None.
     let err = file.get_str("test.u8").unwrap_err().to_string();
-    assert!(err.contains("`test.u8` is a u8, expected a string"), "{err}");
+    assert!(
+        err.contains("`test.u8` is a u8, expected a string"),
+        "{err}"
+    );
 }
 
 fn gguf_error(bytes: &[u8]) -> String {
@@ -92,12 +106,18 @@ fn truncated_files_and_bad_magic_are_clear_errors() {
         assert!(err.contains("bad.gguf"), "names the file: {err}");
     }
     let err = gguf_error(&bytes[..bytes.len() - 1]);
-    assert!(err.contains("tensor `expected.Q6_K`"), "names the tensor: {err}");
+    assert!(
+        err.contains("tensor `expected.Q6_K`"),
+        "names the tensor: {err}"
+    );
 
     let mut bad = bytes.clone();
     bad[..4].copy_from_slice(b"GGML");
     let err = gguf_error(&bad);
-    assert!(err.contains("not a GGUF file") && err.contains("GGML"), "{err}");
+    assert!(
+        err.contains("not a GGUF file") && err.contains("GGML"),
+        "{err}"
+    );
 
     let mut v1 = bytes.clone();
     v1[4..8].copy_from_slice(&1u32.to_le_bytes());
@@ -121,7 +141,13 @@ fn unsupported_architecture_is_named() {
     let err = Teacher::load(&fixture("bad_arch.gguf"), LoadOptions::default())
         .err()
         .expect("mamba does not load");
-    assert!(matches!(err, Error::UnsupportedArchitecture { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::UnsupportedArchitecture { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("mamba") && msg.contains("llama, qwen2"), "{msg}");
+    assert!(
+        msg.contains("mamba") && msg.contains("llama, qwen2"),
+        "{msg}"
+    );
 }

@@ -55,10 +55,13 @@ fn build_reference() -> Reference {
         let folder = tmp.path().join("smollm2");
         let start = Instant::now();
         convert_to_folder(&gguf, &folder).unwrap();
-        println!("convert --from-gguf: {:.2} s", start.elapsed().as_secs_f64());
+        println!(
+            "convert --from-gguf: {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
         let out = tmp.path().join("reference");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/gguf/smollm2_reference.py");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/smollm2_reference.py");
         let status = Command::new(python())
             .arg(&script)
             .arg(&gguf)
@@ -137,9 +140,17 @@ fn smollm2_greedy_generation_matches_transformers() {
 #[test]
 fn smollm2_tokenizer_matches_transformers_on_real_strings() {
     let r = reference();
-    let tok = r.teacher.tokenizer.as_ref().expect("the GGUF has a tokenizer");
+    let tok = r
+        .teacher
+        .tokenizer
+        .as_ref()
+        .expect("the GGUF has a tokenizer");
     let cases = &r.tokens;
-    assert!(cases.strings.len() >= MIN_STRINGS, "{} strings", cases.strings.len());
+    assert!(
+        cases.strings.len() >= MIN_STRINGS,
+        "{} strings",
+        cases.strings.len()
+    );
     let mut specials = 0;
     for (s, want) in cases.strings.iter().zip(&cases.ids) {
         let got = tok.encode(s, true).unwrap();
@@ -181,7 +192,10 @@ fn smollm2_converted_folder_matches_the_gguf() {
         let hf_dir = r.get(&format!("folder_logits.{i}"));
         worst_hf = worst_hf.max(max_diff(&hf_dir, &r.get(&format!("logits.{i}"))));
     }
-    assert!(worst_hf <= LOGIT_TOL, "transformers on the folder differs by {worst_hf}");
+    assert!(
+        worst_hf <= LOGIT_TOL,
+        "transformers on the folder differs by {worst_hf}"
+    );
     // The folder's tokenizer.json, read by transformers, gives edkd's ids.
     assert_eq!(r.tokens.folder_ids, r.tokens.ids);
     let (a, b) = (from_gguf.tokenizer.unwrap(), from_dir.tokenizer.unwrap());

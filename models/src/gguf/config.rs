@@ -13,7 +13,8 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub const SUPPORTED: [(&'static str, Arch); 2] = [("llama", Arch::Llama), ("qwen2", Arch::Qwen2)];
+    pub const SUPPORTED: [(&'static str, Arch); 2] =
+        [("llama", Arch::Llama), ("qwen2", Arch::Qwen2)];
 
     /// Reads `general.architecture`; an architecture edkd cannot build is an error naming it.
     pub fn of(file: &GgufFile) -> Result<Self> {

@@ -117,15 +117,31 @@ impl GgufModel {
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`; returns the
     /// `tokenizer.json` path, or `None` when the file has no tokenizer.
     pub fn write_tokenizer(&self, dir: &Path) -> Result<Option<PathBuf>> {
-        let Some(t) = &self.tokenizer else {
-            return Ok(None);
-        };
-        std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        let path = dir.join("tokenizer.json");
-        std::fs::write(&path, &t.tokenizer_json).map_err(Error::io(&path))?;
-        write_json(&dir.join("tokenizer_config.json"), &t.tokenizer_config)?;
-        Ok(Some(path))
+        self.tokenizer
+            .as_ref()
+            .map(|t| write_tokenizer_files(t, dir))
+            .transpose()
     }
+}
+
+/// Writes the `tokenizer.json` and `tokenizer_config.json` that `gguf` carries into `dir`
+/// (for code that wants a tokenizer file, e.g. data preparation or a checkpoint); returns the
+/// `tokenizer.json` path, or `None` when the file has no tokenizer. The bytes are those a
+/// `.gguf` teacher reports the sha256 of.
+pub fn extract_tokenizer(gguf: &Path, dir: &Path) -> Result<Option<PathBuf>> {
+    let file = GgufFile::open(gguf)?;
+    let Some(t) = tokenizer::build(&file)? else {
+        return Ok(None);
+    };
+    write_tokenizer_files(&t, dir).map(Some)
+}
+
+fn write_tokenizer_files(t: &TokenizerFiles, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, &t.tokenizer_json).map_err(Error::io(&path))?;
+    write_json(&dir.join("tokenizer_config.json"), &t.tokenizer_config)?;
+    Ok(path)
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

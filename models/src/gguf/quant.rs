@@ -102,7 +102,7 @@ impl GgmlType {
     /// Bytes that `n` elements take; `None` if the type is unknown or `n` is not whole blocks.
     pub fn byte_size(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.layout()?;
-        (n % elems == 0).then(|| n / elems * bytes)
+        n.is_multiple_of(elems).then(|| n / elems * bytes)
     }
 
     pub fn is_supported(self) -> bool {
@@ -136,7 +136,9 @@ fn block_fn(ty: GgmlType) -> Option<BlockFn> {
     Some(match ty {
         GgmlType::F32 => |b, y| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         GgmlType::F16 => |b, y| y[0] = f16_at(b, 0),
-        GgmlType::BF16 => |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16),
+        GgmlType::BF16 => {
+            |b, y| y[0] = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+        }
         GgmlType::Q4_0 => q4_0,
         GgmlType::Q4_1 => q4_1,
         GgmlType::Q5_0 => q5_0,
@@ -157,7 +159,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Option<()> {
     let f = block_fn(ty)?;
     let (elems, size) = ty.layout()?;
     let (elems, size) = (elems as usize, size as usize);
-    if out.len() % elems != 0 || bytes.len() != out.len() / elems * size {
+    if !out.len().is_multiple_of(elems) || bytes.len() != out.len() / elems * size {
         return None;
     }
     out.par_chunks_mut(elems * BLOCKS_PER_TASK)

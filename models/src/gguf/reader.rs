@@ -347,6 +347,21 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// How many tensors of each type, most common first: `210 Q4_1, 61 F32, 1 Q8_0`.
+    pub fn type_summary(&self) -> String {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for t in &self.tensors {
+            *counts.entry(t.ggml_type.name()).or_default() += 1;
+        }
+        let mut counts: Vec<(String, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts
+            .iter()
+            .map(|(name, n)| format!("{n} {name}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -311,7 +311,8 @@ fn added_tokens(tokens: &[String], types: &[i64], control_ok: impl Fn(&str) -> b
 }
 
 fn post_processor(bos: Option<&(i64, String)>, eos: Option<&(i64, String)>) -> Json {
-    let special = |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
+    let special =
+        |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
     let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
@@ -397,9 +398,6 @@ mod tests {
             .collect();
         let scores = [0.0, 0.0, 0.0, -1.0, -3.0, -2.0];
         let m = generate_merges(&tokens, Some(&scores));
-        assert_eq!(
-            m,
-            json!([["a", "b"], ["b", "c"], ["ab", "c"], ["a", "bc"]])
-        );
+        assert_eq!(m, json!([["a", "b"], ["b", "c"], ["ab", "c"], ["a", "bc"]]));
     }
 }
