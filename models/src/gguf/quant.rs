@@ -124,6 +124,18 @@ impl std::fmt::Display for GgmlType {
     }
 }
 
+/// Fixed-size views of one block, so the decoders below index without bounds checks.
+#[inline]
+fn block<'a, const B: usize, const N: usize>(
+    b: &'a [u8],
+    y: &'a mut [f32],
+) -> (&'a [u8; B], &'a mut [f32; N]) {
+    (
+        b.try_into().expect("callers pass whole blocks"),
+        y.try_into().expect("callers pass whole blocks"),
+    )
+}
+
 #[inline]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
@@ -173,6 +185,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Option<()> {
 }
 
 fn q4_0(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<18, 32>(b, y);
     let d = f16_at(b, 0);
     let qs = &b[2..18];
     for j in 0..16 {
@@ -182,6 +195,7 @@ fn q4_0(b: &[u8], y: &mut [f32]) {
 }
 
 fn q4_1(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<20, 32>(b, y);
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     let qs = &b[4..20];
     for j in 0..16 {
@@ -203,6 +217,7 @@ fn q5_values(qh: u32, qs: &[u8]) -> [u8; 32] {
 }
 
 fn q5_0(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<22, 32>(b, y);
     let d = f16_at(b, 0);
     let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
     for (yj, q) in y.iter_mut().zip(q5_values(qh, &b[6..22])) {
@@ -211,6 +226,7 @@ fn q5_0(b: &[u8], y: &mut [f32]) {
 }
 
 fn q5_1(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<24, 32>(b, y);
     let (d, m) = (f16_at(b, 0), f16_at(b, 2));
     let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
     for (yj, q) in y.iter_mut().zip(q5_values(qh, &b[8..24])) {
@@ -219,6 +235,7 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 fn q8_0(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<34, 32>(b, y);
     let d = f16_at(b, 0);
     for (yj, &q) in y.iter_mut().zip(&b[2..34]) {
         *yj = (q as i8) as f32 * d;
@@ -239,6 +256,7 @@ fn crumbs(qs: &[u8]) -> [u8; QK_K] {
 }
 
 fn q2_k(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<84, 256>(b, y);
     let (scales, qs) = (&b[0..16], &b[16..80]);
     let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
     let q = crumbs(qs);
@@ -251,6 +269,7 @@ fn q2_k(b: &[u8], y: &mut [f32]) {
 }
 
 fn q3_k(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<110, 256>(b, y);
     let (hmask, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
     let d = f16_at(b, 108);
     let mut dl = [0f32; 16];
@@ -299,14 +318,17 @@ fn k_quant_4_5(b: &[u8], qs: &[u8], qh: Option<&[u8]>, y: &mut [f32]) {
 }
 
 fn q4_k(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<144, 256>(b, y);
     k_quant_4_5(b, &b[16..144], None, y);
 }
 
 fn q5_k(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<176, 256>(b, y);
     k_quant_4_5(b, &b[48..176], Some(&b[16..48]), y);
 }
 
 fn q6_k(b: &[u8], y: &mut [f32]) {
+    let (b, y) = block::<210, 256>(b, y);
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
     for h in 0..2 {
