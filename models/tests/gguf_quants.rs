@@ -125,6 +125,18 @@ fn truncated_files_and_bad_magic_are_clear_errors() {
 }
 
 #[test]
+fn a_missing_gguf_file_is_named() {
+    let err = Teacher::load(&fixture("no_such.gguf"), LoadOptions::default())
+        .err()
+        .expect("nothing to load")
+        .to_string();
+    assert!(
+        err.contains("no_such.gguf") && err.contains("No such file"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unsupported_tensor_type_names_tensor_and_type() {
     let err = Teacher::load(&fixture("bad_type.gguf"), LoadOptions::default())
         .err()

