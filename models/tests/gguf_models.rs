@@ -152,6 +152,13 @@ fn byte_level_tokenizer_matches_transformers() {
 }
 
 #[test]
+fn llama3_and_qwen2_split_regexes_match_transformers() {
+    // transformers knows these pre types' regexes, so its stock tokenizer agrees too.
+    assert_eq!(assert_tokenizer_matches("pre_llama_bpe"), 0);
+    assert_eq!(assert_tokenizer_matches("pre_qwen2"), 0);
+}
+
+#[test]
 fn sentencepiece_tokenizer_matches_transformers() {
     // Byte fallback, merges recovered from scores, Metaspace: transformers agrees as is.
     assert_eq!(assert_tokenizer_matches("spm_tokenizer"), 0);
