@@ -10,7 +10,7 @@ use crate::device::DeviceArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A student folder (edkd) or a Hugging Face decoder-only teacher folder.
+    /// A student folder (edkd), a Hugging Face decoder-only teacher folder or a .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Input text (encoded with the folder's tokenizer.json).
