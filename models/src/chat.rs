@@ -49,9 +49,16 @@ fn token_text(v: Option<&Value>) -> String {
 }
 
 impl ChatTemplate {
-    /// The template of a checkpoint folder (its `tokenizer_config.json`), or of the folder
-    /// holding a `tokenizer.json` file; `None` when it has none.
+    /// The template of a checkpoint folder (its `tokenizer_config.json`), of the folder
+    /// holding a `tokenizer.json` file, or of a `.gguf` file's metadata; `None` when it has
+    /// none.
     pub fn find(path: &Path) -> Result<Option<Self>> {
+        if crate::gguf::is_gguf(path) {
+            let Some(config) = crate::gguf::tokenizer_config(path)? else {
+                return Ok(None);
+            };
+            return Self::from_tokenizer_config(&config, path);
+        }
         let dir = if path.is_dir() {
             path
         } else {

@@ -137,6 +137,12 @@ pub fn extract_tokenizer(gguf: &Path, dir: &Path) -> Result<Option<PathBuf>> {
     write_tokenizer_files(&t, dir).map(Some)
 }
 
+/// The `tokenizer_config.json` (chat template, special tokens) that `gguf` carries.
+pub fn tokenizer_config(gguf: &Path) -> Result<Option<serde_json::Value>> {
+    let file = GgufFile::open(gguf)?;
+    Ok(tokenizer::build(&file)?.map(|t| t.tokenizer_config))
+}
+
 fn write_tokenizer_files(t: &TokenizerFiles, dir: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let path = dir.join("tokenizer.json");
