@@ -182,8 +182,20 @@ pub struct ViewSpec {
     /// folders holding one); the tokenizer's folder is tried last.
     pub template_places: Vec<PathBuf>,
     pub system: Option<String>,
-    /// The plain template, with one `{input}`.
+    /// The plain template, with one `{input}`; with a chat view, the user turn's text
+    /// (an instruction around the input), when not empty.
     pub plain: String,
+}
+
+fn check_placeholder(template: &str) -> Result<()> {
+    let n = template.matches(INPUT_PLACEHOLDER).count();
+    if n != 1 {
+        return Err(Error::Input(format!(
+            "teacher prompt template: expected exactly one {INPUT_PLACEHOLDER}, found {n} in \
+             {template:?}"
+        )));
+    }
+    Ok(())
 }
 
 enum Style {
@@ -191,6 +203,8 @@ enum Style {
     Chat {
         template: ChatTemplate,
         system: Option<String>,
+        /// The user turn's text around the input (`{input}` once); the input alone if None.
+        content: Option<String>,
     },
     Plain {
         template: String,
@@ -226,7 +240,12 @@ impl TeacherView {
         places.push(path.to_path_buf());
         for place in &places {
             if let Some(template) = ChatTemplate::find(place)? {
-                return Ok(Self::chat(template, spec.system.clone(), tok));
+                let view = Self::chat(template, spec.system.clone(), tok);
+                return if spec.plain.is_empty() {
+                    Ok(view)
+                } else {
+                    view.with_user_text(&spec.plain)
+                };
             }
         }
         let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
@@ -248,20 +267,28 @@ impl TeacherView {
     /// The input as the user turn of the teacher's chat template.
     pub fn chat(template: ChatTemplate, system: Option<String>, tokenizer: Tokenizer) -> Self {
         Self {
-            style: Style::Chat { template, system },
+            style: Style::Chat {
+                template,
+                system,
+                content: None,
+            },
             tokenizer: Some(tokenizer),
         }
     }
 
+    /// A chat view whose user turn is `text` with the input at its one `{input}` (an
+    /// instruction for the teacher); other views are returned unchanged.
+    pub fn with_user_text(mut self, text: &str) -> Result<Self> {
+        check_placeholder(text)?;
+        if let Style::Chat { content, .. } = &mut self.style {
+            *content = Some(text.to_owned());
+        }
+        Ok(self)
+    }
+
     /// The input inside a text template with exactly one `{input}`.
     pub fn plain(template: &str, tokenizer: Tokenizer) -> Result<Self> {
-        let n = template.matches(INPUT_PLACEHOLDER).count();
-        if n != 1 {
-            return Err(Error::Input(format!(
-                "teacher prompt template: expected exactly one {INPUT_PLACEHOLDER}, found {n} \
-                 in {template:?}"
-            )));
-        }
+        check_placeholder(template)?;
         Ok(Self {
             style: Style::Plain {
                 template: template.to_owned(),
@@ -278,13 +305,21 @@ impl TeacherView {
     pub fn describe(&self) -> String {
         match &self.style {
             Style::Raw => "raw".into(),
-            Style::Chat { template, system } => format!(
-                "chat (template sha256 {}, from {}{})",
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => format!(
+                "chat (template sha256 {}, from {}{}{})",
                 &template.sha256()[..16],
                 template.origin.display(),
                 system
                     .as_ref()
                     .map(|s| format!(", system prompt {s:?}"))
+                    .unwrap_or_default(),
+                content
+                    .as_ref()
+                    .map(|c| format!(", user turn {c:?}"))
                     .unwrap_or_default()
             ),
             Style::Plain { template } => format!("plain {template:?}"),
@@ -299,11 +334,21 @@ impl TeacherView {
         let short = |s: &str| sha256_hex(s.as_bytes())[..16].to_owned();
         match &self.style {
             Style::Raw => "raw".into(),
-            Style::Chat { template, system } => format!(
-                "chat:{}:{}",
-                &template.sha256()[..16],
-                system.as_deref().map_or("-".into(), short)
-            ),
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => {
+                let mut key = format!(
+                    "chat:{}:{}",
+                    &template.sha256()[..16],
+                    system.as_deref().map_or("-".into(), short)
+                );
+                if let Some(c) = content {
+                    key += &format!(":{}", short(c));
+                }
+                key
+            }
             Style::Plain { template } => format!("plain:{}", short(template)),
         }
     }
@@ -312,7 +357,17 @@ impl TeacherView {
     pub fn render(&self, input: &str) -> Result<String> {
         match &self.style {
             Style::Raw => Ok(input.to_owned()),
-            Style::Chat { template, system } => template.render_user_turn(system.as_deref(), input),
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => {
+                let user = match content {
+                    Some(c) => c.replacen(INPUT_PLACEHOLDER, input, 1),
+                    None => input.to_owned(),
+                };
+                template.render_user_turn(system.as_deref(), &user)
+            }
             Style::Plain { template } => Ok(template.replacen(INPUT_PLACEHOLDER, input, 1)),
         }
     }
@@ -386,13 +441,12 @@ mod tests {
     }
 
     #[test]
-    fn plain_templates_need_exactly_one_placeholder() {
-        let tok_err = |t: &str| {
-            let n = t.matches(INPUT_PLACEHOLDER).count();
-            n != 1
-        };
-        assert!(tok_err("no placeholder"));
-        assert!(tok_err("{input} and {input}"));
-        assert!(!tok_err("Summarize:\n{input}\nSummary:"));
+    fn templates_need_exactly_one_placeholder() {
+        assert!(check_placeholder("no placeholder").is_err());
+        let e = check_placeholder("{input} and {input}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("found 2"), "{e}");
+        assert!(check_placeholder("Summarize:\n{input}\nSummary:").is_ok());
     }
 }

@@ -178,7 +178,8 @@ pub struct TeacherSection {
     pub retry_for_s: f64,
     /// The teacher's view of each input: `raw`, `chat` or `plain`.
     pub prompt: TeacherPrompt,
-    /// `plain`: the template, with exactly one `{input}`.
+    /// `plain`: the template, with exactly one `{input}`; `chat`: when not empty, the user
+    /// turn's text around the input (an instruction), also with one `{input}`.
     pub prompt_template: String,
     /// `chat`: a system turn before the user turn (default: the template's own).
     pub system_prompt: Option<String>,
