@@ -52,7 +52,10 @@ mod tests {
         let block = std::hint::black_box(vec![1u8; BLOCK]);
         let now = rss().unwrap();
         let peak = peak_rss().unwrap();
-        assert!(now >= BLOCK as u64, "rss {now} below the {BLOCK}-byte block");
+        assert!(
+            now >= BLOCK as u64,
+            "rss {now} below the {BLOCK}-byte block"
+        );
         assert!(peak >= now, "peak {peak} below rss {now}");
         drop(block);
     }

@@ -51,6 +51,12 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("{field} {value:?}: expected {expected}")]
+    Value {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("unknown preset `{name}`; available: {available}")]
     UnknownPreset { name: String, available: String },
     #[error("torch: {0}")]

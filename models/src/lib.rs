@@ -2,6 +2,7 @@
 //! Hugging Face checkpoints, the encoder-decoder student and its decoder-only twin, KV
 //! caches and generation.
 
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod nn;
