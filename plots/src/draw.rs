@@ -112,8 +112,11 @@ fn span(values: impl Iterator<Item = f64>) -> Range<f64> {
     lo - pad..hi + pad
 }
 
+/// Consecutive drawable points of a series, in axis coordinates.
+type Segment = Vec<(f64, f64)>;
+
 /// A series' points in axis coordinates, split where a point cannot be drawn.
-fn segments(points: &[(f64, f64)], x: Scale, y: Scale) -> Vec<Vec<(f64, f64)>> {
+fn segments(points: &[(f64, f64)], x: Scale, y: Scale) -> Vec<Segment> {
     let mut out = vec![Vec::new()];
     for &(px, py) in points {
         match (on_axis(x, px), on_axis(y, py)) {
@@ -188,7 +191,7 @@ fn draw_panel<DB: DrawingBackend>(p: &Panel, area: &DrawingArea<DB, Shift>) -> R
         (Side::Right, Some(axis)) => axis.scale,
         _ => p.y.scale,
     };
-    let parts: Vec<(Side, Vec<Vec<(f64, f64)>>)> = p
+    let parts: Vec<(Side, Vec<Segment>)> = p
         .series
         .iter()
         .map(|s| {
@@ -291,7 +294,7 @@ fn draw_series<'a, DB: DrawingBackend + 'a>(
     chart: &mut DualChart<'a, DB>,
     s: &Series,
     side: Side,
-    segs: &[Vec<(f64, f64)>],
+    segs: &[Segment],
     rgb: Rgb,
 ) -> Result<()> {
     let c = colour(rgb);
