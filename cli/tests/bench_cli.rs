@@ -40,13 +40,19 @@ fn efficiency_bench_writes_csv_json_and_figure_without_python() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("tiny student") && stdout.contains("paper:"), "{stdout}");
+    assert!(
+        stdout.contains("tiny student") && stdout.contains("paper:"),
+        "{stdout}"
+    );
     assert_eq!(stderr.matches("measuring ").count(), 4, "{stderr}");
 
     let csv = std::fs::read_to_string(dir.path().join("efficiency-tiny.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{csv}");
-    assert!(rows[0].starts_with("8,4,") && rows[1].starts_with("16,4,"), "{csv}");
+    assert!(
+        rows[0].starts_with("8,4,") && rows[1].starts_with("16,4,"),
+        "{csv}"
+    );
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("efficiency-tiny.json")).unwrap(),
     )

@@ -57,7 +57,10 @@ fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
         .map(|l| {
             let v: serde_json::Value =
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
-            assert!(v.is_object() && v["level"].is_string() && v["timestamp"].is_string(), "{v}");
+            assert!(
+                v.is_object() && v["level"].is_string() && v["timestamp"].is_string(),
+                "{v}"
+            );
             v
         })
         .collect()
@@ -116,7 +119,11 @@ fn piped_logs_are_plain_and_json_lines_parse() {
     let d = dir.path();
     let (tr, va) = (d.join("train.jsonl"), d.join("validation.jsonl"));
     synth::write_jsonl(&tr, &synth::generate("mix", Split::Train, 5, 24).unwrap()).unwrap();
-    synth::write_jsonl(&va, &synth::generate("mix", Split::Validation, 5, 4).unwrap()).unwrap();
+    synth::write_jsonl(
+        &va,
+        &synth::generate("mix", Split::Validation, 5, 4).unwrap(),
+    )
+    .unwrap();
     let tokenizer = teacher_dir().join("tokenizer.json");
     let data = d.join("data");
 
@@ -158,10 +165,15 @@ fn piped_logs_are_plain_and_json_lines_parse() {
     assert_plain("train stdout", &stdout);
     assert_plain("train stderr", &stderr);
     assert!(
-        stderr.lines().any(|l| l.contains(" INFO ") && l.contains("eval @ step 2")),
+        stderr
+            .lines()
+            .any(|l| l.contains(" INFO ") && l.contains("eval @ step 2")),
         "no plain INFO line for the evaluation:\n{stderr}"
     );
-    assert!(!stderr.contains("steps ("), "a progress bar was drawn:\n{stderr}");
+    assert!(
+        !stderr.contains("steps ("),
+        "a progress bar was drawn:\n{stderr}"
+    );
     assert!(out.join("loss.png").exists(), "no loss figure");
 
     // The same run with JSON logs: every stderr line an object; the messages are there.
@@ -184,16 +196,24 @@ fn piped_logs_are_plain_and_json_lines_parse() {
     let lines = json_lines(&stderr);
     assert!(
         lines.iter().any(|v| v["level"] == "INFO"
-            && v["message"].as_str().is_some_and(|m| m.starts_with("eval @ step 2"))),
+            && v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("eval @ step 2"))),
         "no INFO evaluation line in {lines:?}"
     );
 
     // A failure through the environment variable is one JSON line too, naming the file.
     let missing = d.join("missing.toml");
-    let out = edkd(&["train", "--config", &path(&missing), "--out", &path(&d.join("x"))])
-        .env("EDKD_LOG_FORMAT", "json")
-        .output()
-        .unwrap();
+    let out = edkd(&[
+        "train",
+        "--config",
+        &path(&missing),
+        "--out",
+        &path(&d.join("x")),
+    ])
+    .env("EDKD_LOG_FORMAT", "json")
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let (_, stderr) = text(&out);
     let lines = json_lines(&stderr);
@@ -202,12 +222,17 @@ fn piped_logs_are_plain_and_json_lines_parse() {
         .find(|v| v["level"] == "ERROR")
         .unwrap_or_else(|| panic!("no ERROR line in {stderr}"));
     assert!(
-        error["error"].as_str().is_some_and(|e| e.contains("missing.toml")),
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing.toml")),
         "{error}"
     );
 
     // A bad value is refused by clap, naming the choices.
     let out = edkd(&["--log-format", "xml", "info"]).output().unwrap();
     let (_, stderr) = text(&out);
-    assert!(!out.status.success() && stderr.contains("text") && stderr.contains("json"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("text") && stderr.contains("json"),
+        "{stderr}"
+    );
 }

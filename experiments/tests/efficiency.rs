@@ -106,7 +106,11 @@ fn tiny_run_writes_csv_and_png() {
     for (name, colour) in [("student", STUDENT_COLOUR), ("twin", TWIN_COLOUR)] {
         for left in [true, false] {
             let n = count(colour, left);
-            assert!(n > 100, "{name} in the {} panel: {n} pixels", if left { "left" } else { "right" });
+            assert!(
+                n > 100,
+                "{name} in the {} panel: {n} pixels",
+                if left { "left" } else { "right" }
+            );
         }
     }
 }

@@ -1,10 +1,12 @@
-//! plotters' bitmap backend with text drawn by ab_glyph directly.
+//! plotters' bitmap backend with text and wide lines drawn here.
 //!
 //! plotters 0.3.7's own ab_glyph text path places every glyph at the pen position without
-//! its left side bearing, so narrow letters drift ("l oss"). This backend delegates all
-//! shapes to [`BitMapBackend`] and rasterises text itself: glyphs at pen position plus
-//! bearing, kerning, anchors and the quarter-turn rotations plotters asks for (the y-axis
-//! descriptions).
+//! its left side bearing, so narrow letters drift ("l oss"), and its polygons for lines
+//! wider than a pixel come out between one and three pixels wide depending on the slope.
+//! This backend delegates all other shapes to [`BitMapBackend`], rasterises text itself
+//! (glyphs at pen position plus bearing, kerning, anchors and the quarter-turn rotations
+//! plotters asks for: the y-axis descriptions) and draws wide lines from the distance of
+//! each pixel to the path: the same width at every slope, edges anti-aliased.
 
 use std::sync::OnceLock;
 
@@ -85,7 +87,21 @@ impl DrawingBackend for Canvas<'_> {
         path: I,
         style: &S,
     ) -> Result<(), Failure> {
-        self.inner.draw_path(path, style)
+        let width = style.stroke_width() as i32;
+        if width <= 1 {
+            return self.inner.draw_path(path, style);
+        }
+        let points: Vec<BackendCoord> = path.into_iter().collect();
+        let (w, h) = self.get_size();
+        let color = style.color();
+        for ((x, y), coverage) in stroke(&points, f64::from(width), (w as i32, h as i32)) {
+            let px = BackendColor {
+                alpha: color.alpha * coverage,
+                rgb: color.rgb,
+            };
+            self.inner.draw_pixel((x, y), px)?;
+        }
+        Ok(())
     }
 
     fn draw_circle<S: BackendStyle>(
@@ -171,6 +187,48 @@ impl DrawingBackend for Canvas<'_> {
         }
         Ok(())
     }
+}
+
+/// Coverage of the pixels within `width / 2` of the polyline `points` (round caps and
+/// joins), anti-aliased over the outermost half pixel, each pixel once (the largest
+/// coverage any segment gives it), clipped to `size`.
+fn stroke(points: &[BackendCoord], width: f64, size: (i32, i32)) -> Vec<(BackendCoord, f64)> {
+    let r = width / 2.0;
+    let reach = (r + 1.0).ceil() as i32;
+    let mut coverage: std::collections::HashMap<BackendCoord, f64> = Default::default();
+    let segments = points.windows(2).map(|s| (s[0], s[1]));
+    // A lone point is a dot.
+    let dots = (points.len() == 1).then(|| (points[0], points[0]));
+    for (a, b) in segments.chain(dots) {
+        let (x0, x1) = (a.0.min(b.0) - reach, a.0.max(b.0) + reach);
+        let (y0, y1) = (a.1.min(b.1) - reach, a.1.max(b.1) + reach);
+        for y in y0.max(0)..=y1.min(size.1 - 1) {
+            for x in x0.max(0)..=x1.min(size.0 - 1) {
+                let c = (r + 0.5 - distance((x, y), a, b)).clamp(0.0, 1.0);
+                if c > 0.0 {
+                    let e = coverage.entry((x, y)).or_insert(0.0);
+                    *e = e.max(c);
+                }
+            }
+        }
+    }
+    let mut out: Vec<_> = coverage.into_iter().collect();
+    out.sort_by_key(|&((x, y), _)| (y, x));
+    out
+}
+
+/// Distance from pixel `p` to the segment `a`-`b`.
+fn distance(p: BackendCoord, a: BackendCoord, b: BackendCoord) -> f64 {
+    let (px, py) = (f64::from(p.0), f64::from(p.1));
+    let (ax, ay) = (f64::from(a.0), f64::from(a.1));
+    let (dx, dy) = (f64::from(b.0) - ax, f64::from(b.1) - ay);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 == 0.0 {
+        0.0
+    } else {
+        (((px - ax) * dx + (py - ay) * dy) / len2).clamp(0.0, 1.0)
+    };
+    ((px - ax - t * dx).powi(2) + (py - ay - t * dy).powi(2)).sqrt()
 }
 
 /// Glyphs of one line of text placed from the top-left of its box (baseline at the ascent).

@@ -206,3 +206,48 @@ fn bad_sizes_and_empty_figures_are_refused_by_name() {
     let err = Figure::new("t", 640, 400).render().unwrap_err().to_string();
     assert!(err.contains("no panel"), "{err}");
 }
+
+#[test]
+fn wide_lines_have_one_width_at_every_slope() {
+    // A steep rise, then shallow and flat segments near the top. Every column crossing the
+    // shallow or flat part holds a core of one or two pixels in the exact colour and two to
+    // four tinted by it (the anti-aliased edges), whatever the slope.
+    let pts = vec![(0.0, 0.0), (1.0, 10.0), (5.0, 11.0), (9.0, 11.0)];
+    let img = Figure::new("widths", 800, 500)
+        .with(
+            Panel::new(Axis::linear("x"), Axis::linear("y"))
+                .legend_at(Corner::LowerRight)
+                .with(Series::line("l", pts)),
+        )
+        .render()
+        .unwrap();
+    let band = img.height / 3; // the shallow and flat parts, above the legend
+    let exact: Vec<(u32, u32)> = pixels_of(&img, PALETTE[0])
+        .into_iter()
+        .filter(|p| p.1 < band)
+        .collect();
+    let (lo, hi) = (
+        exact.iter().map(|p| p.0).min().unwrap(),
+        exact.iter().map(|p| p.0).max().unwrap(),
+    );
+    let bluish = |x: u32| {
+        (0..band)
+            .filter(|&y| {
+                let [r, _, b] = img.pixel(x, y);
+                b as i32 - r as i32 > 20
+            })
+            .count()
+    };
+    // Skip the steep part's columns (x < 1.5 of 9) and the round cap at the end.
+    let columns = lo + (hi - lo) / 6..hi - 2;
+    assert!(columns.len() > 300, "{columns:?}");
+    for x in columns {
+        let core = exact.iter().filter(|p| p.0 == x).count();
+        let tinted = bluish(x);
+        assert!((1..=2).contains(&core), "column {x}: {core} exact pixels");
+        assert!(
+            (2..=4).contains(&tinted),
+            "column {x}: {tinted} tinted pixels"
+        );
+    }
+}

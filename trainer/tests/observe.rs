@@ -261,7 +261,12 @@ fn training_figure_puts_validation_on_its_own_axis() {
     // A KD loss of ~10 falling to 2 and a validation CE between 0.50 and 0.45: on one axis
     // the validation line would be flat; on its own it spans much of the height.
     let train: Vec<(f64, f64)> = (1..=300)
-        .map(|s| (s as f64, 2.0 + 8.0 / (1.0 + 0.05 * s as f64) + 0.3 * ((s % 7) as f64 - 3.0) / 3.0))
+        .map(|s| {
+            (
+                s as f64,
+                2.0 + 8.0 / (1.0 + 0.05 * s as f64) + 0.3 * ((s % 7) as f64 - 3.0) / 3.0,
+            )
+        })
         .collect();
     let val: Vec<(f64, f64)> = (1..=6)
         .map(|i| (50.0 * i as f64, 0.5 - 0.01 * i as f64))
@@ -277,7 +282,10 @@ fn training_figure_puts_validation_on_its_own_axis() {
     let path = dir.join("loss-no-eval.png");
     plot_training(&path, &train, &[], "no eval").unwrap();
     let (_, _, px) = read_png(&path);
-    assert!(!px.contains(&PALETTE[1]), "a validation series without evaluations");
+    assert!(
+        !px.contains(&PALETTE[1]),
+        "a validation series without evaluations"
+    );
 }
 
 #[test]
@@ -290,11 +298,22 @@ fn runs_figure_reads_metrics_and_evals_of_each_run() {
     };
     let metrics = |scale: f64| -> Vec<String> {
         (1..=120)
-            .map(|s| format!(r#"{{"step":{s},"ce":{},"loss":9.0}}"#, scale / (1.0 + 0.05 * s as f64)))
+            .map(|s| {
+                format!(
+                    r#"{{"step":{s},"ce":{},"loss":9.0}}"#,
+                    scale / (1.0 + 0.05 * s as f64)
+                )
+            })
             .collect()
     };
     let evals: Vec<String> = (1..=4)
-        .map(|i| format!(r#"{{"step":{},"val_loss":{}}}"#, 30 * i, 3.0 - 0.2 * i as f64))
+        .map(|i| {
+            format!(
+                r#"{{"step":{},"val_loss":{}}}"#,
+                30 * i,
+                3.0 - 0.2 * i as f64
+            )
+        })
         .collect();
     write("a", "metrics.jsonl", &metrics(4.0));
     write("a", "eval.jsonl", &evals);

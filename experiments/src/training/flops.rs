@@ -84,3 +84,40 @@ pub fn matmul_peak() -> f64 {
         .fold(f64::INFINITY, f64::min);
     2.0 * (PEAK_N as f64).powi(3) / best / 1e9
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edkd_trainer::model::Vocab;
+
+    #[test]
+    fn parameter_groups_cover_the_student_and_the_formula_adds_up() {
+        let section = crate::training::student_section().unwrap();
+        let vocab = Vocab {
+            size: 64,
+            pad: 0,
+            bos: 1,
+            eos: 2,
+        };
+        let net = Net::build(&section, vocab, Device::Cpu, 0).unwrap();
+        let Net::EncoderDecoder(s) = &net else {
+            panic!("the bench student is an encoder-decoder");
+        };
+        let c = &s.model.config;
+        let (b, li, lo) = (2, 10, 3);
+        let f = Flops::of(c, &net, b, li, lo);
+        // Everything but the (tied) embedding falls in one of the three groups.
+        let embedding = c.vocab_size * c.d_model;
+        assert_eq!(
+            f.p_enc + f.p_xkv + f.p_dec + embedding,
+            net.num_parameters()
+        );
+        assert!(f.p_xkv > 0 && f.p_enc > f.p_xkv);
+        let weights = 6.0 * ((f.p_enc + f.p_xkv) * b * li + (f.p_dec + f.head) * b * lo) as f64;
+        let attn = 12.0
+            * (c.attn_dim * b) as f64
+            * (c.encoder_layers * li * li + c.decoder_layers * (lo * lo + lo * li)) as f64;
+        assert_eq!(f.per_step, weights + attn);
+        assert!((f.mfu(2.0, f.per_step / 1e9) - 0.5).abs() < 1e-12);
+    }
+}

@@ -302,3 +302,33 @@ fn teacher_latency(opts: &Options, p: &Prepared, addr: &str) -> Result<f64> {
     }
     Ok(mean(&times))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_means_skip_the_warm_up_and_name_missing_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let line = |step: u64, s: f64| {
+            format!(
+                r#"{{"step":{step},"step_s":{s},"wait_s":{},"tokens_per_s":{}}}"#,
+                s / 10.0,
+                1.0 / s
+            )
+        };
+        let text = [line(1, 100.0), line(2, 1.0), line(3, 3.0)].join("\n");
+        std::fs::write(&path, text).unwrap();
+        let run = read_metrics(&path, 1).unwrap();
+        assert_eq!(run.step_s, 2.0);
+        assert!((run.wait_s - 0.2).abs() < 1e-12);
+        assert!((run.tokens_per_s - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+
+        let err = read_metrics(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("no steps after the warm-up"), "{err}");
+        std::fs::write(&path, r#"{"step":5,"step_s":1.0}"#).unwrap();
+        let err = read_metrics(&path, 0).unwrap_err().to_string();
+        assert!(err.contains("line 1 lacks wait_s"), "{err}");
+    }
+}
