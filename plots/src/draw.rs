@@ -169,10 +169,38 @@ fn ticks(scale: Scale, range: &Range<f64>) -> usize {
     }
 }
 
+/// Fraction of the plot's width and height a legend box is taken to cover when choosing
+/// [`Corner::Best`].
+const LEGEND_SHARE: (f64, f64) = (0.4, 0.3);
+
+/// The corner whose legend-sized box holds the fewest points (upper corners first on a
+/// tie); `points` are (x, y) fractions of the plotting area, y upwards.
+fn best_corner(points: impl Iterator<Item = (f64, f64)>) -> Corner {
+    let corners = [
+        Corner::UpperRight,
+        Corner::UpperLeft,
+        Corner::LowerRight,
+        Corner::LowerLeft,
+    ];
+    let (w, h) = LEGEND_SHARE;
+    let mut counts = [0usize; 4];
+    for (x, y) in points {
+        let (left, right, low, high) = (x < w, x > 1.0 - w, y < h, y > 1.0 - h);
+        for (i, hit) in [high && right, high && left, low && right, low && left]
+            .into_iter()
+            .enumerate()
+        {
+            counts[i] += usize::from(hit);
+        }
+    }
+    let best = (0..4).min_by_key(|&i| counts[i]).unwrap_or(0);
+    corners[best]
+}
+
 fn legend_position(c: Corner) -> SeriesLabelPosition {
     match c {
+        Corner::Best | Corner::UpperRight => SeriesLabelPosition::UpperRight,
         Corner::UpperLeft => SeriesLabelPosition::UpperLeft,
-        Corner::UpperRight => SeriesLabelPosition::UpperRight,
         Corner::LowerLeft => SeriesLabelPosition::LowerLeft,
         Corner::LowerRight => SeriesLabelPosition::LowerRight,
     }
@@ -262,9 +290,22 @@ fn draw_panel<DB: DrawingBackend>(p: &Panel, area: &DrawingArea<DB, Shift>) -> R
     for (i, (s, (side, segs))) in p.series.iter().zip(&parts).enumerate() {
         draw_series(&mut chart, s, *side, segs, p.colour(i))?;
     }
+    let corner = match p.legend {
+        Corner::Best => {
+            let frac = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
+            let x = &x;
+            best_corner(parts.iter().flat_map(|(side, segs)| {
+                let y = if *side == Side::Right { &right } else { &left };
+                segs.iter()
+                    .flatten()
+                    .map(move |q| (frac(q.0, x), frac(q.1, y)))
+            }))
+        }
+        fixed => fixed,
+    };
     chart
         .configure_series_labels()
-        .position(legend_position(p.legend))
+        .position(legend_position(corner))
         .background_style(WHITE.mix(LEGEND_BACKGROUND_ALPHA))
         .border_style(ink.mix(0.4))
         .label_font(label_style)
@@ -379,6 +420,17 @@ mod tests {
         // log2(0) cannot be drawn: the last point goes, and x becomes the exponent.
         let log = segments(&pts, Scale::Log2, Scale::Linear);
         assert_eq!(log[1], vec![(3f64.log2(), 3.0), (2.0, 4.0)]);
+    }
+
+    #[test]
+    fn the_best_legend_corner_is_the_emptiest() {
+        // A falling curve leaves the upper right free; a rising one the upper left.
+        let falling = (0..20).map(|i| (i as f64 / 19.0, 1.0 - i as f64 / 19.0));
+        assert_eq!(best_corner(falling), Corner::UpperRight);
+        let rising = (0..20).map(|i| (i as f64 / 19.0, i as f64 / 19.0));
+        assert_eq!(best_corner(rising), Corner::UpperLeft);
+        let top = (0..20).map(|i| (i as f64 / 19.0, 0.95));
+        assert_eq!(best_corner(top), Corner::LowerRight);
     }
 
     #[test]

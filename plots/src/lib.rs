@@ -63,6 +63,8 @@ pub enum Side {
 /// Where the legend goes inside the plotting area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Corner {
+    /// The corner with the fewest data points under the legend's box.
+    Best,
     UpperLeft,
     UpperRight,
     LowerLeft,
@@ -169,7 +171,7 @@ impl Panel {
             y,
             y_right: None,
             series: Vec::new(),
-            legend: Corner::UpperRight,
+            legend: Corner::Best,
         }
     }
 

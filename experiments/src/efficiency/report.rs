@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use edkd_plot::{Axis, Corner, Figure, PALETTE, Panel, Series};
+use edkd_plot::{Axis, Figure, PALETTE, Panel, Series};
 
 use super::Measurement;
 use crate::error::{Error, Result};
@@ -194,9 +194,7 @@ pub fn figure(rows: &[Row], title: &str) -> Figure {
     };
     let new_tokens = rows.first().map_or(0, |r| r.new_tokens);
     let latency = pair(
-        Panel::new(x(), Axis::linear("first-token latency (ms)"))
-            .titled("first-token latency")
-            .legend_at(Corner::UpperLeft),
+        Panel::new(x(), Axis::linear("first-token latency (ms)")).titled("first-token latency"),
         &|r| r.twin.first_token_ms,
         &|r| r.student.first_token_ms,
     );

@@ -77,11 +77,14 @@ pub fn plot_runs(
     metric: &str,
     title: &str,
 ) -> io::Result<()> {
+    let name = if metric == "ce" { "CE" } else { metric };
     let mut train = Panel::new(
         Axis::linear(STEP_AXIS),
-        Axis::linear(format!("train {metric} (nats/token)")),
+        Axis::linear(format!("train {name} (nats/token)")),
     )
-    .titled(format!("training ({metric}, smoothed over raw)"));
+    .titled(format!(
+        "training {name} (smoothed over the faint raw values)"
+    ));
     let mut validation =
         Panel::new(Axis::linear(STEP_AXIS), Axis::linear(VALIDATION_AXIS)).titled("validation");
     for (name, dir) in runs {
