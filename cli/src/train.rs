@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
+use edkd_models::device::parse_device;
 use edkd_trainer::config::{EvalSection, TrainConfig};
 use edkd_trainer::dist::{Collective, Single};
 use edkd_trainer::eval::{EvalReport, evaluate_folder};
 use edkd_trainer::mpi::{Mpi, local_rank};
 use edkd_trainer::nccl::{Nccl, NcclUnavailable};
-use edkd_trainer::train::parse_device;
 use edkd_trainer::{RunOptions, train};
 
 #[derive(clap::Args)]
