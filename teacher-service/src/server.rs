@@ -1,5 +1,6 @@
-//! The gRPC server: `Teacher` service handlers, health, reflection, bearer-token auth, TLS,
-//! message size limits, metrics endpoint and graceful shutdown.
+//! The gRPC server: `Teacher` service handlers, health, reflection (v1 and v1alpha),
+//! bearer-token auth, TLS, message size limits, connection and in-flight byte limits
+//! ([`crate::conn`], [`crate::policy`]), metrics endpoint and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,8 +24,10 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::conn::{ConnLimits, LogLimiter};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::policy::PolicyLayer;
 use crate::scoring::{Scorer, SeqScores};
 use crate::validate::{Limits, validate};
 use crate::wire;
@@ -32,6 +35,12 @@ use crate::wire;
 /// Requests of one ScoreStream being scored at once; the client's window beyond this waits
 /// in HTTP/2 flow control.
 const STREAM_WINDOW: usize = 64;
+/// HTTP/2 flow-control windows: what a peer may send before the server has taken it in.
+const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+
+/// Bytes of the gRPC message prefix (flag + length) counted against the in-flight budget.
+const GRPC_PREFIX_BYTES: usize = 5;
 
 /// PEM-encoded certificate chain and private key.
 #[derive(Debug, Clone)]
@@ -59,8 +68,23 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub tls: Option<TlsPem>,
-    /// Required bearer token on every RPC.
+    /// Required bearer token on every RPC (and on `/metrics`).
     pub auth_token: Option<String>,
+    /// Most connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Concurrent calls (HTTP/2 streams) per connection.
+    pub max_streams_per_connection: u32,
+    /// Bytes of request messages being received at once, over all connections.
+    pub max_inflight_request_bytes: usize,
+    /// A connection must send its first bytes (HTTP/2 preface, TLS hello) within this; also
+    /// the TLS handshake's deadline.
+    pub handshake_timeout: Duration,
+    /// A connection with no call in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 keepalive: a ping after this much silence...
+    pub keepalive_interval: Duration,
+    /// ...must be answered within this, or the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -78,7 +102,47 @@ impl Default for ServerConfig {
             max_response_bytes: 64 << 20,
             tls: None,
             auth_token: None,
+            max_connections: 256,
+            max_streams_per_connection: 32,
+            max_inflight_request_bytes: 64 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the limits that must be positive and consistent.
+    pub fn check(&self) -> Result<()> {
+        let positive = [
+            ("max_top_k", self.max_top_k),
+            ("max_request_tokens", self.max_request_tokens),
+            ("max_sequences", self.max_sequences),
+            ("queue_capacity", self.queue_capacity),
+            ("max_connections", self.max_connections),
+            ("max_streams_per_connection", self.max_streams_per_connection as usize),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::Config(format!("{name} must be >= 1")));
+        }
+        let timeouts = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, v)| v.is_zero()) {
+            return Err(Error::Config(format!("{name} must be > 0")));
+        }
+        if self.max_inflight_request_bytes < self.max_request_bytes + GRPC_PREFIX_BYTES {
+            return Err(Error::Config(format!(
+                "max_inflight_request_bytes {} must hold one largest request ({} + {GRPC_PREFIX_BYTES} bytes)",
+                self.max_inflight_request_bytes, self.max_request_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +169,7 @@ struct Inner {
     limits: Limits,
     info: InfoResponse,
     metrics: Arc<Metrics>,
+    rejections: LogLimiter,
 }
 
 impl Inner {
@@ -126,8 +191,10 @@ impl Inner {
         })
     }
 
-    /// Scores `req` and records its latency and outcome.
-    async fn score_recorded(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+    /// Scores `req` and records its latency and outcome. A failed unary call is counted
+    /// in `errors_total` by the policy layer (from its trailers-only answer), so only
+    /// stream messages (`count_error`) are counted here.
+    async fn score_recorded(&self, req: ScoreRequest, count_error: bool) -> Result<ScoreResponse> {
         let _in_flight = InFlight::new(&self.metrics);
         let started = Instant::now();
         let result = self.score(req).await;
@@ -135,14 +202,20 @@ impl Inner {
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.requests.inc();
-        if let Err(e) = &result {
-            let code = format!("{:?}", e.code());
-            self.metrics
-                .errors
-                .with_label_values(&[code.as_str()])
-                .inc();
+        if let Err(e) = &result
+            && count_error
+        {
+            self.count_error(e.code());
         }
         result
+    }
+
+    fn count_error(&self, code: tonic::Code) {
+        let code = format!("{code:?}");
+        self.metrics
+            .errors
+            .with_label_values(&[code.as_str()])
+            .inc();
     }
 }
 
@@ -155,9 +228,9 @@ fn encode(
         id,
         num_positions: s.tail_logmass.len() as u32,
         topk_ids: wire::encode_ids(&s.topk_ids),
-        topk_logprobs: wire::encode_values(&s.topk_logprobs, format),
-        tail_logmass: wire::encode_values(&s.tail_logmass, format),
-        gold_logprob: wire::encode_values(&s.gold_logprob, format),
+        topk_logprobs: wire::encode_logprobs(&s.topk_logprobs, format),
+        tail_logmass: wire::encode_tail(&s.tail_logmass, format),
+        gold_logprob: wire::encode_logprobs(&s.gold_logprob, format),
     }
 }
 
@@ -206,7 +279,7 @@ impl teacher_server::Teacher for TeacherService {
         &self,
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        let result = self.inner.score_recorded(request.into_inner()).await;
+        let result = self.inner.score_recorded(request.into_inner(), false).await;
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -221,13 +294,26 @@ impl teacher_server::Teacher for TeacherService {
         let (pending_tx, mut pending_rx) = mpsc::channel::<AbortOnDrop>(STREAM_WINDOW);
         let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
         let inner = self.inner.clone();
-        // Reader: submits every request at once (so they batch), in arrival order.
+        // Reader: submits every request at once (so they batch), in arrival order. A message
+        // that cannot be received (over the size limit, no budget left) ends the stream with
+        // its status after the answers before it.
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
-                let Ok(req) = message else { break };
-                let inner = inner.clone();
-                let task = tokio::spawn(async move { inner.score_recorded(req).await });
-                if pending_tx.send(AbortOnDrop(task)).await.is_err() {
+                let failed = message.is_err();
+                let task = match message {
+                    Ok(req) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.score_recorded(req, true).await })
+                    }
+                    Err(status) => {
+                        inner.count_error(status.code());
+                        if let Some(suppressed) = inner.rejections.allow() {
+                            tracing::warn!(code = ?status.code(), message = status.message(), suppressed, "ScoreStream message rejected");
+                        }
+                        tokio::spawn(async move { Err(Error::from(status)) })
+                    }
+                };
+                if pending_tx.send(AbortOnDrop(task)).await.is_err() || failed {
                     break;
                 }
             }
@@ -269,7 +355,7 @@ impl BearerAuth {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -337,10 +423,12 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
         max_sequences: config.max_sequences,
         max_response_bytes: config.max_response_bytes,
     };
-    if limits.max_top_k == 0 || limits.max_request_tokens == 0 || config.queue_capacity == 0 {
-        return Err(Error::Config(
-            "max_top_k, max_request_tokens and queue_capacity must be positive".into(),
-        ));
+    config.check()?;
+    if limits.max_top_k == 0 {
+        return Err(Error::Config("max_top_k must be >= 1".into()));
+    }
+    if let Some(tls) = &config.tls {
+        crate::tls::check_identity(&tls.cert, &tls.key, "TLS certificate", "TLS key")?;
     }
     let model_id = config.model_id.clone().unwrap_or_else(|| {
         teacher
@@ -388,6 +476,7 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             limits,
             info: info.clone(),
             metrics: metrics.clone(),
+            rejections: LogLimiter::default(),
         }),
     };
 
@@ -401,16 +490,24 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
     let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
     let mut metrics_addr = None;
     if let Some(listen) = config.metrics_listen {
+        if !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                token = config.auth_token.is_some(),
+                "metrics endpoint beyond loopback (plain HTTP): it shows who uses the teacher and how much"
+            );
+        }
         let ml = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(Error::io(format!("binding metrics {listen}")))?;
         metrics_addr = ml.local_addr().ok();
         let m = metrics.clone();
+        let token = config.auth_token.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = metrics_stop_rx.await;
             };
-            if let Err(e) = crate::metrics::serve(ml, m, stop).await {
+            if let Err(e) = crate::metrics::serve(ml, m, token, stop).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -418,28 +515,55 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TeacherServer<TeacherService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(edkd_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // v1 for current clients, v1alpha for stock Python reflection clients and older grpcurl.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(edkd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
     let teacher_service = TeacherServer::new(service)
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
 
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
     if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
+        let tls_config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(config.handshake_timeout);
+        builder = builder.tls_config(tls_config)?;
     }
     let router = builder
+        .layer(PolicyLayer::new(
+            config.max_inflight_request_bytes,
+            metrics.clone(),
+        ))
         .layer(InterceptorLayer::new(BearerAuth::new(
             config.auth_token.as_deref(),
         )))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(teacher_service);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::conn::guard(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ConnLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+        },
+        metrics.clone(),
+    );
     let task = tokio::spawn(async move {
         let signal = async move {
             let _ = shutdown_rx.await;
