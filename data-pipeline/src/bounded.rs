@@ -41,6 +41,8 @@ pub struct Encoded {
     pub truncated: bool,
     /// Tokens seen: the exact count when not truncated, a lower bound (> limit) otherwise.
     pub counted: usize,
+    /// Largest piece of the text tokenised at once, in bytes (what memory follows).
+    pub widest_bytes: usize,
 }
 
 /// One window's tokens with absolute byte offsets.
@@ -85,8 +87,8 @@ pub fn encode_bounded(
     limit: Option<usize>,
     keep: Keep,
 ) -> Result<Encoded> {
-    let mut ids = if text.len() <= WINDOW_BYTES {
-        tokenizer.encode(text)?
+    let (mut ids, widest_bytes) = if text.len() <= WINDOW_BYTES {
+        (tokenizer.encode(text)?, text.len())
     } else {
         match keep {
             Keep::Start => walk_forward(tokenizer, text, limit)?,
@@ -107,6 +109,7 @@ pub fn encode_bounded(
         ids,
         truncated,
         counted,
+        widest_bytes,
     })
 }
 
@@ -133,8 +136,13 @@ fn continues(w: &Window, pos: usize, taken_edge: Tok, forward: bool) -> Option<u
 }
 
 /// Ids from the start until more than `limit` are known (or the text ends).
-fn walk_forward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
+fn walk_forward(
+    tokenizer: &Tokenizer,
+    text: &str,
+    limit: Option<usize>,
+) -> Result<(Vec<u32>, usize)> {
     let mut ids = Vec::new();
+    let mut widest = 0;
     // Bytes `..pos` are tokenised; `edge` is the last token taken.
     let (mut pos, mut edge): (usize, Option<Tok>) = (0, None);
     let (mut window, mut margin) = (WINDOW_BYTES, MARGIN_BYTES);
@@ -142,6 +150,7 @@ fn walk_forward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Resu
         let start = floor_boundary(text, pos.saturating_sub(margin));
         let end = ceil_boundary(text, pos + window);
         let last = end == text.len();
+        widest = widest.max(end - start);
         let w = encode_window(tokenizer, text, start..end)?;
         let first = match edge {
             None => Some(0),
@@ -175,11 +184,16 @@ fn walk_forward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Resu
             }
         }
     }
-    Ok(ids)
+    Ok((ids, widest))
 }
 
 /// Ids from the end until more than `limit` are known (or the text starts), in text order.
-fn walk_backward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Result<Vec<u32>> {
+fn walk_backward(
+    tokenizer: &Tokenizer,
+    text: &str,
+    limit: Option<usize>,
+) -> Result<(Vec<u32>, usize)> {
+    let mut widest = 0;
     // Collected back to front; bytes `pos..` are tokenised, `edge` is the last token taken.
     let mut rev: Vec<u32> = Vec::new();
     let (mut pos, mut edge): (usize, Option<Tok>) = (text.len(), None);
@@ -188,6 +202,7 @@ fn walk_backward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Res
         let end = ceil_boundary(text, pos + margin);
         let start = floor_boundary(text, pos.saturating_sub(window));
         let first = start == 0;
+        widest = widest.max(end - start);
         let w = encode_window(tokenizer, text, start..end)?;
         // One past the last token to take.
         let stop = match edge {
@@ -222,5 +237,5 @@ fn walk_backward(tokenizer: &Tokenizer, text: &str, limit: Option<usize>) -> Res
         }
     }
     rev.reverse();
-    Ok(rev)
+    Ok((rev, widest))
 }
