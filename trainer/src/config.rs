@@ -686,6 +686,18 @@ mod tests {
     }
 
     #[test]
+    fn data_verify_switch() {
+        let cfg = TrainConfig::from_overrides(&["data.manifest=x".into()]).unwrap();
+        assert_eq!(cfg.data.verify.mode(), edkd_data::Verify::Full);
+        let cfg =
+            TrainConfig::from_overrides(&["data.manifest=x".into(), "data.verify=rows".into()])
+                .unwrap();
+        assert_eq!(cfg.data.verify.mode(), edkd_data::Verify::RowCounts);
+        let err = TrainConfig::from_overrides(&["data.verify=md5".into()]).unwrap_err();
+        assert!(err.to_string().contains("md5"), "{err}");
+    }
+
+    #[test]
     fn resolved_config_round_trips() {
         let cfg = TrainConfig::from_overrides(&["data.manifest=/d".into()]).unwrap();
         let back: TrainConfig = toml::from_str(&cfg.to_toml()).unwrap();

@@ -63,6 +63,13 @@ fn within(name: &str, value: f64, lo: End, hi: End) -> Result<(), ConfigError> {
     }
 }
 
+/// An f32 limit given as a short decimal (0.01, 1000) as that decimal in f64, not as the
+/// f32's binary value (0.01f32 is 0.0099999998): what the service compares in f32 is then
+/// what is compared here.
+fn decimal(limit: f32) -> f64 {
+    (f64::from(limit) * 1e6).round() / 1e6
+}
+
 /// Cores of this machine (1 if unknown).
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -72,7 +79,7 @@ impl TrainConfig {
     /// Checks every number against its range; see the module docs.
     pub(super) fn check_numbers(&self) -> Result<(), ConfigError> {
         use End::{In, Out};
-        let (min_t, max_t) = (f64::from(MIN_TEMPERATURE), f64::from(MAX_TEMPERATURE));
+        let (min_t, max_t) = (decimal(MIN_TEMPERATURE), decimal(MAX_TEMPERATURE));
         let l = &self.loss;
         within("loss.temperature", l.temperature, In(min_t), In(max_t))?;
         within("loss.alpha", l.alpha, In(0.0), In(1.0))?;
