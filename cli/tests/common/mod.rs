@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 pub struct Measured {
     /// Exit code; `None` when a signal ended it.
     pub code: Option<i32>,
-    /// Peak resident set, KiB.
+    /// Peak resident set, KiB (the kernel's high-water mark: includes the file-backed
+    /// pages of libtorch's shared libraries, ~0.5 GB).
     pub peak_kib: u64,
+    /// Largest anonymous resident set seen (sampled every 5 ms), KiB: the process's own
+    /// allocations, where data-dependent memory shows.
+    pub peak_anon_kib: u64,
     /// Killed for passing the cap (or the time limit).
     pub killed: bool,
     pub stdout: String,
@@ -23,6 +27,11 @@ pub struct Measured {
 /// `VmHWM` (peak resident set) of a running process, KiB.
 pub fn hwm_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
+}
+
+/// `RssAnon` (anonymous resident memory now) of a running process, KiB.
+pub fn anon_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "RssAnon:")
 }
 
 /// `VmRSS` (resident set now) of a running process, KiB.
@@ -56,6 +65,7 @@ pub fn run_measured(mut cmd: Command, cap_kib: u64, limit: Duration) -> Measured
     let err = drain(child.stderr.take().unwrap());
     let started = Instant::now();
     let mut killed = false;
+    let mut peak_anon_kib = 0;
     let (status, peak_kib) = loop {
         let mut status = 0;
         // SAFETY: plain syscalls on our own child; `usage` is a valid out-pointer.
@@ -65,6 +75,7 @@ pub fn run_measured(mut cmd: Command, cap_kib: u64, limit: Duration) -> Measured
             break (status, usage.ru_maxrss as u64);
         }
         assert!(r == 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        peak_anon_kib = peak_anon_kib.max(anon_kib(pid).unwrap_or(0));
         let over = hwm_kib(pid).is_some_and(|k| k > cap_kib);
         if !killed && (over || started.elapsed() > limit) {
             // SAFETY: signalling our own child, which has not been reaped yet.
@@ -77,6 +88,7 @@ pub fn run_measured(mut cmd: Command, cap_kib: u64, limit: Duration) -> Measured
     Measured {
         code,
         peak_kib,
+        peak_anon_kib,
         killed,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
