@@ -15,7 +15,10 @@ fn edkd(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_refused(args: &[&str], needles: &[&str]) {
@@ -32,20 +35,44 @@ fn time_values_are_validated_not_panicked_on() {
     let model = teacher().display().to_string();
     for value in ["-1", "NaN", "1e300", "inf"] {
         let flag = format!("--max-wait-ms={value}");
-        let args = ["teacher", "serve", "--model", &model, "--listen", "127.0.0.1:0", &flag];
+        let args = [
+            "teacher",
+            "serve",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            &flag,
+        ];
         assert_refused(&args, &["--max-wait-ms", "milliseconds in [0, 10000]"]);
     }
     for value in ["-1", "NaN", "0", "1e300"] {
         let flag = format!("--timeout={value}");
         let tokenizer = teacher().join("tokenizer.json").display().to_string();
-        let args = ["teacher", "query", &flag, "--text", "a b c", "--tokenizer", &tokenizer];
+        let args = [
+            "teacher",
+            "query",
+            &flag,
+            "--text",
+            "a b c",
+            "--tokenizer",
+            &tokenizer,
+        ];
         assert_refused(&args, &["--timeout", "seconds in (0, 86400]"]);
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run").display().to_string();
     for value in ["-1", "nan", "inf"] {
         let set = format!("teacher.timeout_s={value}");
-        let args = ["train", "--out", &out, "--set", "data.manifest=x", "--set", &set];
+        let args = [
+            "train",
+            "--out",
+            &out,
+            "--set",
+            "data.manifest=x",
+            "--set",
+            &set,
+        ];
         assert_refused(&args, &["`teacher.timeout_s`", "(0, 86400]"]);
     }
     for value in ["-1", "nan"] {
@@ -65,7 +92,15 @@ fn thread_counts_are_capped_by_the_cores() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run").display().to_string();
     assert_refused(
-        &["train", "--out", &out, "--set", "data.manifest=x", "--set", "threads=100000"],
+        &[
+            "train",
+            "--out",
+            &out,
+            "--set",
+            "data.manifest=x",
+            "--set",
+            "threads=100000",
+        ],
         &["`threads`", "cores of this machine"],
     );
 }
@@ -85,8 +120,23 @@ fn bad_tls_files_are_named() {
     let path = |p: &PathBuf| p.display().to_string();
     let serve = |c: &PathBuf, k: &PathBuf| {
         let (c, k) = (path(c), path(k));
-        let args = ["teacher", "serve", "--model", &model, "--tls-cert", &c, "--tls-key", &k];
-        edkd(&args.map(str::to_owned).iter().map(String::as_str).collect::<Vec<_>>())
+        let args = [
+            "teacher",
+            "serve",
+            "--model",
+            &model,
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+        ];
+        edkd(
+            &args
+                .map(str::to_owned)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        )
     };
     let (code, stderr) = serve(&cert, &key);
     assert_eq!(code, Some(1), "{stderr}");
@@ -97,14 +147,26 @@ fn bad_tls_files_are_named() {
     );
     let (code, stderr) = serve(&junk, &key);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("junk.pem: holds no `-----BEGIN CERTIFICATE-----`"), "{stderr}");
+    assert!(
+        stderr.contains("junk.pem: holds no `-----BEGIN CERTIFICATE-----`"),
+        "{stderr}"
+    );
     let (code, stderr) = serve(&cert, &junk);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("junk.pem: no PEM private key"), "{stderr}");
     let tokenizer = teacher().join("tokenizer.json").display().to_string();
     let junk = path(&junk);
     assert_refused(
-        &["teacher", "query", "--tls-ca", &junk, "--text", "a b", "--tokenizer", &tokenizer],
+        &[
+            "teacher",
+            "query",
+            "--tls-ca",
+            &junk,
+            "--text",
+            "a b",
+            "--tokenizer",
+            &tokenizer,
+        ],
         &["junk.pem: holds no"],
     );
 }

@@ -34,11 +34,12 @@ fn edkd() -> Command {
 }
 
 fn tokenizer(dir: &Path) -> PathBuf {
-    let texts: Vec<String> = edkd_data::synth::generate("mix", edkd_data::synth::Split::Train, 9, 80)
-        .unwrap()
-        .into_iter()
-        .flat_map(|e| [e.input, e.target])
-        .collect();
+    let texts: Vec<String> =
+        edkd_data::synth::generate("mix", edkd_data::synth::Split::Train, 9, 80)
+            .unwrap()
+            .into_iter()
+            .flat_map(|e| [e.input, e.target])
+            .collect();
     let path = dir.join("tokenizer.json");
     edkd_data::tokenizer::train_bpe_to_file(texts, 400, 2, &path).unwrap();
     path
@@ -51,7 +52,8 @@ fn jsonl(path: &Path, huge: usize) -> PathBuf {
     edkd_data::synth::write_jsonl(path, &examples).unwrap();
     if huge > 0 {
         let mut f = BufWriter::new(std::fs::OpenOptions::new().append(true).open(path).unwrap());
-        f.write_all(br#"{"id": "huge", "target": "42", "input": ""#).unwrap();
+        f.write_all(br#"{"id": "huge", "target": "42", "input": ""#)
+            .unwrap();
         let words = b"amber falcon 417 reads the record; ";
         for _ in 0..huge / words.len() {
             f.write_all(words).unwrap();
@@ -116,11 +118,18 @@ fn one_huge_record_stays_within_a_multiple_of_its_size() {
 
     let big = jsonl(&tmp.path().join("big.jsonl"), HUGE_BYTES);
     let line = std::fs::metadata(&big).unwrap().len()
-        - std::fs::metadata(tmp.path().join("small.jsonl")).unwrap().len();
+        - std::fs::metadata(tmp.path().join("small.jsonl"))
+            .unwrap()
+            .len();
     let out = tmp.path().join("big");
     let cut = prepare(&big, &tok, &out, &["--max-input-tokens", "40"], cap);
     let (rss, anon) = report("50 MB record cut to 40 tokens", &cut, &small, line);
-    assert!(!cut.killed, "killed past {} MiB: peak {} KiB", cap / 1024, cut.peak_kib);
+    assert!(
+        !cut.killed,
+        "killed past {} MiB: peak {} KiB",
+        cap / 1024,
+        cut.peak_kib
+    );
     assert_eq!(cut.code, Some(0), "{}", cut.stderr);
     let train = &manifest(&out)["splits"]["train"];
     assert_eq!(train["rows"], 201);
@@ -134,7 +143,12 @@ fn one_huge_record_stays_within_a_multiple_of_its_size() {
         );
     }
     // The record's own bytes do show: the line and its parsed text.
-    assert!(anon >= line, "only {} MiB for a {} MiB line?", anon / MIB, line / MIB);
+    assert!(
+        anon >= line,
+        "only {} MiB for a {} MiB line?",
+        anon / MIB,
+        line / MIB
+    );
 
     // Over the byte limit: a clear error naming file and line, before the line is held.
     let refused = prepare(
@@ -152,7 +166,12 @@ fn one_huge_record_stays_within_a_multiple_of_its_size() {
         "{}",
         refused.stderr
     );
-    let (_, anon) = report("50 MB record over --max-record-bytes", &refused, &small, line);
+    let (_, anon) = report(
+        "50 MB record over --max-record-bytes",
+        &refused,
+        &small,
+        line,
+    );
     assert!(anon <= 32 * MIB, "refusing took {} MiB", anon / MIB);
 }
 
@@ -170,9 +189,17 @@ fn a_record_tokenised_in_full_is_streamed_in_windows() {
     assert_eq!(small.code, Some(0), "{}", small.stderr);
     let big = jsonl(&tmp.path().join("big.jsonl"), FULL_BYTES);
     let line = std::fs::metadata(&big).unwrap().len()
-        - std::fs::metadata(tmp.path().join("small.jsonl")).unwrap().len();
+        - std::fs::metadata(tmp.path().join("small.jsonl"))
+            .unwrap()
+            .len();
     let out = tmp.path().join("big");
-    let full = prepare(&big, &tok, &out, &[], small.peak_kib + CAP_ABOVE_BASELINE / 1024);
+    let full = prepare(
+        &big,
+        &tok,
+        &out,
+        &[],
+        small.peak_kib + CAP_ABOVE_BASELINE / 1024,
+    );
     let (rss, anon) = report("10 MB record, no limit", &full, &small, line);
     assert!(!full.killed && full.code == Some(0), "{}", full.stderr);
     let tokens = manifest(&out)["splits"]["train"]["input_tokens"]["max"]

@@ -51,18 +51,20 @@ impl Drop for Guard {
 }
 
 fn serve() -> (Guard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edkd"))
-        .env("RUST_LOG", "warn")
-        .args(["teacher", "serve", "--model"])
-        .arg(teacher())
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--handshake-timeout-s", &HANDSHAKE_S.to_string()])
-        .args(["--idle-timeout-s", &IDLE_S.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Guard(
+        Command::new(env!("CARGO_BIN_EXE_edkd"))
+            .env("RUST_LOG", "warn")
+            .args(["teacher", "serve", "--model"])
+            .arg(teacher())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--handshake-timeout-s", &HANDSHAKE_S.to_string()])
+            .args(["--idle-timeout-s", &IDLE_S.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -82,7 +84,7 @@ fn serve() -> (Guard, String) {
         {
             // Keep draining stderr so the server never blocks on a full pipe.
             std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (Guard(child), addr);
+            return (child, addr);
         }
     }
 }
@@ -115,11 +117,7 @@ fn attack_message(bytes: usize) -> Bytes {
 }
 
 /// The gRPC status of one call (from the headers or the trailers), or how it failed.
-async fn call(
-    mut client: h2::client::SendRequest<Bytes>,
-    addr: String,
-    message: Bytes,
-) -> String {
+async fn call(mut client: h2::client::SendRequest<Bytes>, addr: String, message: Bytes) -> String {
     let request = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}/edkd.teacher.v1.Teacher/Score"))
@@ -147,7 +145,10 @@ async fn call(
     };
     match result.await {
         Ok(code) => format!("grpc-status {code}"),
-        Err(e) => format!("h2 error: {}", e.reason().map_or("io".into(), |r| format!("{r:?}"))),
+        Err(e) => format!(
+            "h2 error: {}",
+            e.reason().map_or("io".into(), |r| format!("{r:?}"))
+        ),
     }
 }
 
@@ -160,8 +161,11 @@ async fn closed_after(mut stream: TcpStream, limit: Duration) -> Option<Duration
     let started = Instant::now();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout_at(tokio::time::Instant::from_std(started + limit), stream.read(&mut buf))
-            .await
+        match tokio::time::timeout_at(
+            tokio::time::Instant::from_std(started + limit),
+            stream.read(&mut buf),
+        )
+        .await
         {
             Err(_) => return None,
             Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
@@ -207,7 +211,9 @@ fn server_memory_and_connections_stay_bounded_under_abuse() {
         let stop = watch_stop.clone();
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if common::hwm_kib(pid).is_some_and(|k| mib(k.saturating_sub(base)) > CAP_GROWTH_MIB) {
+                if common::hwm_kib(pid)
+                    .is_some_and(|k| mib(k.saturating_sub(base)) > CAP_GROWTH_MIB)
+                {
                     // SAFETY: signalling our own child.
                     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                     return true;
@@ -231,7 +237,10 @@ fn server_memory_and_connections_stay_bounded_under_abuse() {
         out
     });
     watch_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(!watcher.join().unwrap(), "server killed: grew by more than {CAP_GROWTH_MIB} MiB");
+    assert!(
+        !watcher.join().unwrap(),
+        "server killed: grew by more than {CAP_GROWTH_MIB} MiB"
+    );
     let peak = common::hwm_kib(pid).expect("server still running");
     let growth = mib(peak.saturating_sub(base));
     let mut tally = std::collections::BTreeMap::<&str, usize>::new();
@@ -297,7 +306,10 @@ fn server_memory_and_connections_stay_bounded_under_abuse() {
         SILENT,
         HANDSHAKE_S + 8
     );
-    assert_eq!(open, 0, "connections outlived the {HANDSHAKE_S} s handshake timeout");
+    assert_eq!(
+        open, 0,
+        "connections outlived the {HANDSHAKE_S} s handshake timeout"
+    );
     assert!(slowest >= Duration::from_secs(HANDSHAKE_S) - Duration::from_millis(200));
     let idle = rt.block_on(async {
         let mut s = TcpStream::connect(&addr).await.unwrap();

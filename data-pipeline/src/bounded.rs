@@ -168,7 +168,11 @@ fn walk_forward(
             Some(f) if n > 0 => {
                 ids.extend_from_slice(&w.ids[f..f + n]);
                 edge = Some((w.ids[f + n - 1], w.offsets[f + n - 1]));
-                pos = if last { text.len() } else { w.offsets[f + n - 1].1 };
+                pos = if last {
+                    text.len()
+                } else {
+                    w.offsets[f + n - 1].1
+                };
                 (window, margin) = (WINDOW_BYTES, MARGIN_BYTES);
             }
             Some(_) if last => break,

@@ -50,11 +50,13 @@ impl Dataset {
         if let Some(expected) = &options.expect_tokenizer_sha256 {
             manifest.check_tokenizer(expected, dir)?;
         }
-        let vocab_limit = options
-            .vocab_limit
-            .unwrap_or(manifest.tokenizer.vocab_size);
+        let vocab_limit = options.vocab_limit.unwrap_or(manifest.tokenizer.vocab_size);
         let specials = manifest.tokenizer.special_ids;
-        for (name, id) in [("bos", specials.bos), ("eos", specials.eos), ("pad", specials.pad)] {
+        for (name, id) in [
+            ("bos", specials.bos),
+            ("eos", specials.eos),
+            ("pad", specials.pad),
+        ] {
             if id as usize >= vocab_limit {
                 return Err(Error::Manifest {
                     path: Manifest::path(dir),

@@ -383,9 +383,7 @@ fn read_csv(
         limit: max_record_bytes,
     };
     let csv_err = |fallback_line: usize, e: csv::Error| {
-        let line = e
-            .position()
-            .map_or(fallback_line, |p| p.line() as usize);
+        let line = e.position().map_or(fallback_line, |p| p.line() as usize);
         if let csv::ErrorKind::Io(io) = e.kind()
             && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<LongLine>())
         {
@@ -395,11 +393,7 @@ fn read_csv(
             return Error::InvalidUtf8 {
                 path: path.to_owned(),
                 line,
-                detail: format!(
-                    "field {} after byte {}",
-                    err.field() + 1,
-                    err.valid_up_to()
-                ),
+                detail: format!("field {} after byte {}", err.field() + 1, err.valid_up_to()),
             };
         }
         Error::Csv {

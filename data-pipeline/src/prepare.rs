@@ -4,6 +4,13 @@
 //! the validation split is chosen by a hash of the example id, and no file holds a timestamp.
 //! Everything is written into a hidden folder next to `--out` and renamed into place at the
 //! end, so a failure leaves nothing partial behind.
+//!
+//! Memory follows the largest record: a record is at most `max_record_bytes` (checked as it
+//! is read), chunks are handed on after 16 MiB of text, and texts are tokenised in bounded
+//! windows, only as far as a token limit keeps them ([`crate::bounded`]). Above a small run,
+//! the peak stays within 4x the largest record with a token limit and 10x without (its ids
+//! are kept and copied into the shard), plus up to four chunks of ordinary records
+//! (measured in `cli/tests/prepare_memory.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -187,7 +194,8 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
                         ingest::read_file(file, fields, cfg.max_record_bytes, &mut |record| {
                             chunk_bytes += record.input.len() + record.target.len();
                             chunk.push((record, forced));
-                            if chunk.len() == TOKENIZE_CHUNK || chunk_bytes >= TOKENIZE_CHUNK_BYTES {
+                            if chunk.len() == TOKENIZE_CHUNK || chunk_bytes >= TOKENIZE_CHUNK_BYTES
+                            {
                                 chunk_bytes = 0;
                                 let full = std::mem::replace(
                                     &mut chunk,

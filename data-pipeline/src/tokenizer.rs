@@ -51,6 +51,9 @@ pub struct SpecialIds {
     pub unk: Option<u32>,
 }
 
+/// A token's byte range in its text: `start..end`.
+pub type Span = (usize, usize);
+
 /// A tokenizer plus the sha256 of the file it came from.
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
@@ -107,7 +110,7 @@ impl Tokenizer {
     }
 
     /// Token ids of `text` and each token's byte range in `text`, without special tokens.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
         let raw = self.untrimmed.get_or_init(|| {
             let mut t = self.inner.clone();
             t.with_post_processor(None::<tokenizers::processors::PostProcessorWrapper>);
@@ -205,10 +208,11 @@ pub fn training_texts(
                     &fields,
                     crate::ingest::DEFAULT_MAX_RECORD_BYTES,
                     &mut |r| {
-                    texts.push(r.input);
-                    texts.push(r.target);
-                    Ok(())
-                })?;
+                        texts.push(r.input);
+                        texts.push(r.target);
+                        Ok(())
+                    },
+                )?;
             }
             _ => {
                 let text = std::fs::read_to_string(file).map_err(Error::io(file))?;

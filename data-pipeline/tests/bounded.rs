@@ -43,7 +43,10 @@ fn check(tokenizer: &Tokenizer, what: &str) {
     let whole = tokenizer.encode(&text).unwrap();
     let all = encode_bounded(tokenizer, &text, None, Keep::Start).unwrap();
     assert_eq!(all.ids.len(), whole.len(), "{what}: token count");
-    assert!(all.ids == whole, "{what}: windowed ids differ from whole-text ids");
+    assert!(
+        all.ids == whole,
+        "{what}: windowed ids differ from whole-text ids"
+    );
     assert!(!all.truncated);
     // Memory follows the window, not the text (a cut inside the 100 KB word may widen one).
     assert!(
@@ -55,7 +58,11 @@ fn check(tokenizer: &Tokenizer, what: &str) {
     assert!(back.ids == whole, "{what}: backward windows differ");
     assert!(back.widest_bytes <= 4 * WINDOW_BYTES + 8 * MARGIN_BYTES);
     let short = encode_bounded(tokenizer, &text, Some(40), Keep::Start).unwrap();
-    assert!(short.widest_bytes <= WINDOW_BYTES + MARGIN_BYTES, "{what}: {}", short.widest_bytes);
+    assert!(
+        short.widest_bytes <= WINDOW_BYTES + MARGIN_BYTES,
+        "{what}: {}",
+        short.widest_bytes
+    );
     for limit in [1, 40, 5_000, whole.len() - 1, whole.len()] {
         let start = encode_bounded(tokenizer, &text, Some(limit), Keep::Start).unwrap();
         let n = limit.min(whole.len());
@@ -105,5 +112,8 @@ fn windows_equal_whole_text_with_a_prepending_normalizer_and_trimmed_offsets() {
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
     });
     std::fs::write(&path, json.to_string()).unwrap();
-    check(&Tokenizer::load(&path).unwrap(), "prepend + trimmed offsets");
+    check(
+        &Tokenizer::load(&path).unwrap(),
+        "prepend + trimmed offsets",
+    );
 }

@@ -169,7 +169,10 @@ fn record_over_the_byte_limit_names_file_and_line() {
             "long.jsonl",
             format!("{GOOD}\n{{\"id\": \"b\", \"input\": \"{long}\", \"target\": \"1\"}}\n"),
         ),
-        ("long.csv", format!("id,input,target\na,red box,1\nb,{long},2\n")),
+        (
+            "long.csv",
+            format!("id,input,target\na,red box,1\nb,{long},2\n"),
+        ),
     ] {
         let input = tmp.path().join(name);
         std::fs::write(&input, contents).unwrap();
@@ -185,7 +188,9 @@ fn record_over_the_byte_limit_names_file_and_line() {
             matches!(err, Error::RecordTooLarge { line: l, limit: 1_000, .. } if l == line),
             "{name}: {text}"
         );
-        assert!(text.contains(&format!("{name}:{line}: record is over the limit of 1000 bytes")));
+        assert!(text.contains(&format!(
+            "{name}:{line}: record is over the limit of 1000 bytes"
+        )));
         assert!(text.contains("--max-record-bytes"), "{text}");
         // Under the default limit the same file is fine.
         prepare(&common::config(&[&input], &tok, &out)).unwrap();
@@ -233,7 +238,10 @@ fn temporaries_of_stopped_processes_are_removed_at_start() {
     // A process that has exited, and one that still runs.
     let mut dead = std::process::Command::new("true").spawn().unwrap();
     dead.wait().unwrap();
-    let mut alive = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut alive = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     let name = |tag: &str, pid: u32| tmp.path().join(format!(".ds.{tag}-{pid}"));
     let stale = [name("partial", dead.id()), name("tmp", dead.id())];
     std::fs::create_dir(&stale[0]).unwrap();

@@ -119,8 +119,14 @@ fn a_smaller_vocabulary_limit_is_enforced() {
     // The special ids (0..4) fit under 10; the data's ids do not.
     options.vocab_limit = Some(10);
     let err = read_epoch(Dataset::open(&out, &options).unwrap()).unwrap_err();
-    assert!(matches!(err, Error::TokenOutOfRange { vocab: 10, .. }), "{err}");
+    assert!(
+        matches!(err, Error::TokenOutOfRange { vocab: 10, .. }),
+        "{err}"
+    );
     options.vocab_limit = Some(2);
     let err = Dataset::open(&out, &options).unwrap_err().to_string();
-    assert!(err.contains("special_ids.eos = 2 is not below the vocabulary size 2"), "{err}");
+    assert!(
+        err.contains("special_ids.eos = 2 is not below the vocabulary size 2"),
+        "{err}"
+    );
 }

@@ -122,10 +122,12 @@ where
                     tracing::warn!(%method, ?peer, code = %label, %message, suppressed, "rpc rejected");
                 }
             }
-            Ok(response.map(|body| tonic::body::Body::new(Tracked {
+            Ok(response.map(|body| {
+                tonic::body::Body::new(Tracked {
                     inner: Box::pin(body),
                     active,
-                })))
+                })
+            }))
         })
     }
 }

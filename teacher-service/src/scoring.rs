@@ -304,8 +304,16 @@ fn check_finite(out: &(Vec<i64>, Vec<f32>, Vec<f32>, Vec<f32>), temps: &[f32]) -
         .iter()
         .position(bad)
         .map(|i| (i / k.max(1), "top-k log-prob", topk[i]))
-        .or_else(|| tail.iter().position(bad).map(|i| (i, "tail log-mass", tail[i])))
-        .or_else(|| gold.iter().position(bad).map(|i| (i, "gold log-prob", gold[i])));
+        .or_else(|| {
+            tail.iter()
+                .position(bad)
+                .map(|i| (i, "tail log-mass", tail[i]))
+        })
+        .or_else(|| {
+            gold.iter()
+                .position(bad)
+                .map(|i| (i, "gold log-prob", gold[i]))
+        });
     match first {
         None => Ok(()),
         Some((row, what, value)) => Err(Error::Model(format!(

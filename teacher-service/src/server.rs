@@ -122,7 +122,10 @@ impl ServerConfig {
             ("max_sequences", self.max_sequences),
             ("queue_capacity", self.queue_capacity),
             ("max_connections", self.max_connections),
-            ("max_streams_per_connection", self.max_streams_per_connection as usize),
+            (
+                "max_streams_per_connection",
+                self.max_streams_per_connection as usize,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be >= 1")));

@@ -42,7 +42,9 @@ pub fn check_identity(cert: &[u8], key: &[u8], cert_name: &str, key_name: &str) 
         }
         // The key type cannot tell its public key: the handshake will be the judge.
         Err(rustls::Error::InconsistentKeys(_)) => Ok(()),
-        Err(e) => Err(Error::Tls(format!("{cert_name}: unusable certificate: {e}"))),
+        Err(e) => Err(Error::Tls(format!(
+            "{cert_name}: unusable certificate: {e}"
+        ))),
     }
 }
 

@@ -212,7 +212,10 @@ mod tests {
             assert_eq!(back[0], lowest(format), "{format:?}");
             let tail = decode_values(&encode_tail(&v, format), format);
             assert_eq!(tail[0], f32::NEG_INFINITY, "{format:?}: -inf tail kept");
-            assert!(tail[1..].iter().all(|x| x.is_finite()), "{format:?}: {tail:?}");
+            assert!(
+                tail[1..].iter().all(|x| x.is_finite()),
+                "{format:?}: {tail:?}"
+            );
         }
         assert_eq!(lowest(ValueFormat::F16), -65504.0);
     }

@@ -52,14 +52,20 @@ async fn rejected_calls_are_counted_and_metrics_need_the_token() {
     let addr = server.addr.to_string();
     for token in [None, Some("wrong")] {
         let client = plain_client(&addr, token);
-        assert_eq!(code(client.score(good()).await.unwrap_err()), Code::Unauthenticated);
+        assert_eq!(
+            code(client.score(good()).await.unwrap_err()),
+            Code::Unauthenticated
+        );
         let err = client.score_all(vec![good()], 1).await.unwrap_err();
         assert_eq!(code(err), Code::Unauthenticated);
     }
     // A message over the size limit: OUT_OF_RANGE on both paths.
     let client = plain_client(&addr, Some("s3cret"));
     let big = request(vec![sequence("b", vec![1; 3_000], vec![2])], 4, 1.0);
-    assert_eq!(code(client.score(big.clone()).await.unwrap_err()), Code::OutOfRange);
+    assert_eq!(
+        code(client.score(big.clone()).await.unwrap_err()),
+        Code::OutOfRange
+    );
     let err = client.score_all(vec![big], 1).await.unwrap_err();
     assert_eq!(code(err), Code::OutOfRange);
     client.score(good()).await.unwrap();
@@ -129,9 +135,7 @@ async fn reflection_answers_v1_and_v1alpha_clients() {
             v1alpha::ServerReflectionRequest {
                 host: String::new(),
                 message_request: Some(
-                    v1alpha::server_reflection_request::MessageRequest::ListServices(
-                        String::new(),
-                    ),
+                    v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
                 ),
             },
         ]))
@@ -153,8 +157,14 @@ async fn reflection_answers_v1_and_v1alpha_clients() {
     };
     let alpha_names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for names in [&v1_names, &alpha_names] {
-        assert!(names.contains(&"edkd.teacher.v1.Teacher".to_string()), "{names:?}");
-        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"edkd.teacher.v1.Teacher".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
     }
     server.shutdown().await.unwrap();
 }
@@ -181,7 +191,11 @@ async fn connections_over_the_limit_are_closed_until_a_slot_frees() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut config = ClientConfig::new(addr);
     config.retries = 5;
-    Client::connect(config).unwrap().score(good()).await.unwrap();
+    Client::connect(config)
+        .unwrap()
+        .score(good())
+        .await
+        .unwrap();
     drop((a, b));
     server.shutdown().await.unwrap();
 }
@@ -248,6 +262,9 @@ async fn non_finite_logits_are_an_internal_error_not_an_answer() {
         panic!("not a status");
     };
     assert_eq!(status.code(), Code::Internal, "{status:?}");
-    assert!(status.message().contains("its logits are not finite"), "{status:?}");
+    assert!(
+        status.message().contains("its logits are not finite"),
+        "{status:?}"
+    );
     server.shutdown().await.unwrap();
 }

@@ -40,7 +40,12 @@ pub struct ConnectArgs {
     #[arg(long, env = "EDKD_TEACHER_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// Deadline of each call, in seconds (at most a day).
-    #[arg(long, default_value_t = 120.0, env = "EDKD_TEACHER_TIMEOUT", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 120.0,
+        env = "EDKD_TEACHER_TIMEOUT",
+        allow_negative_numbers = true
+    )]
     pub timeout: f64,
 }
 
@@ -85,7 +90,14 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 impl ConnectArgs {
     pub fn client(&self) -> anyhow::Result<edkd_teacher::Client> {
         let mut config = edkd_teacher::ClientConfig::new(self.addr.clone());
-        config.timeout = seconds_flag("--timeout", self.timeout, "seconds", 1.0, false, MAX_TIMEOUT_S)?;
+        config.timeout = seconds_flag(
+            "--timeout",
+            self.timeout,
+            "seconds",
+            1.0,
+            false,
+            MAX_TIMEOUT_S,
+        )?;
         if let Some(ca) = &self.tls_ca {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             edkd_teacher::tls::check_ca(&pem, &ca.display().to_string())?;

@@ -43,7 +43,12 @@ pub struct Args {
     #[arg(long, default_value_t = 256, env = "EDKD_TEACHER_QUEUE_CAPACITY")]
     queue_capacity: usize,
     /// How long a batch waits for more requests, in milliseconds (0 to 10000).
-    #[arg(long, default_value_t = 2.0, env = "EDKD_TEACHER_MAX_WAIT_MS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 2.0,
+        env = "EDKD_TEACHER_MAX_WAIT_MS",
+        allow_negative_numbers = true
+    )]
     max_wait_ms: f64,
     /// Largest request message, in bytes.
     #[arg(long, default_value_t = 16 << 20, env = "EDKD_TEACHER_MAX_REQUEST_BYTES")]
@@ -67,7 +72,11 @@ pub struct Args {
     #[arg(long, default_value_t = 256, env = "EDKD_TEACHER_MAX_CONNECTIONS")]
     max_connections: usize,
     /// Concurrent calls (HTTP/2 streams) per connection.
-    #[arg(long, default_value_t = 32, env = "EDKD_TEACHER_MAX_STREAMS_PER_CONNECTION")]
+    #[arg(
+        long,
+        default_value_t = 32,
+        env = "EDKD_TEACHER_MAX_STREAMS_PER_CONNECTION"
+    )]
     max_streams_per_connection: u32,
     /// Bytes of request messages being received at once, over all connections (at least
     /// --max-request-bytes + 5); a message beyond it gets RESOURCE_EXHAUSTED.
@@ -75,17 +84,37 @@ pub struct Args {
     max_inflight_request_bytes: usize,
     /// Seconds a new connection has to send its first bytes (HTTP/2 preface or TLS hello)
     /// and to finish a TLS handshake.
-    #[arg(long, default_value_t = 10.0, env = "EDKD_TEACHER_HANDSHAKE_TIMEOUT", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 10.0,
+        env = "EDKD_TEACHER_HANDSHAKE_TIMEOUT",
+        allow_negative_numbers = true
+    )]
     handshake_timeout_s: f64,
     /// Seconds a connection may stay open with no call in flight.
-    #[arg(long, default_value_t = 300.0, env = "EDKD_TEACHER_IDLE_TIMEOUT", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        env = "EDKD_TEACHER_IDLE_TIMEOUT",
+        allow_negative_numbers = true
+    )]
     idle_timeout_s: f64,
     /// Seconds of silence before an HTTP/2 keepalive ping; an unanswered ping closes the
     /// connection after --keepalive-timeout-s.
-    #[arg(long, default_value_t = 30.0, env = "EDKD_TEACHER_KEEPALIVE", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        env = "EDKD_TEACHER_KEEPALIVE",
+        allow_negative_numbers = true
+    )]
     keepalive_s: f64,
     /// Seconds a keepalive ping may go unanswered.
-    #[arg(long, default_value_t = 20.0, env = "EDKD_TEACHER_KEEPALIVE_TIMEOUT", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 20.0,
+        env = "EDKD_TEACHER_KEEPALIVE_TIMEOUT",
+        allow_negative_numbers = true
+    )]
     keepalive_timeout_s: f64,
 }
 
@@ -129,12 +158,27 @@ fn threads(requested: usize) -> anyhow::Result<usize> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let max_wait = seconds_flag("--max-wait-ms", args.max_wait_ms, "milliseconds", 1000.0, true, MAX_WAIT_MS / 1000.0)?;
+    let max_wait = seconds_flag(
+        "--max-wait-ms",
+        args.max_wait_ms,
+        "milliseconds",
+        1000.0,
+        true,
+        MAX_WAIT_MS / 1000.0,
+    )?;
     let second = |flag: &str, v: f64, max: f64| seconds_flag(flag, v, "seconds", 1.0, false, max);
-    let handshake_timeout = second("--handshake-timeout-s", args.handshake_timeout_s, MAX_CONNECTION_TIMEOUT_S)?;
+    let handshake_timeout = second(
+        "--handshake-timeout-s",
+        args.handshake_timeout_s,
+        MAX_CONNECTION_TIMEOUT_S,
+    )?;
     let idle_timeout = second("--idle-timeout-s", args.idle_timeout_s, MAX_IDLE_TIMEOUT_S)?;
     let keepalive_interval = second("--keepalive-s", args.keepalive_s, MAX_CONNECTION_TIMEOUT_S)?;
-    let keepalive_timeout = second("--keepalive-timeout-s", args.keepalive_timeout_s, MAX_CONNECTION_TIMEOUT_S)?;
+    let keepalive_timeout = second(
+        "--keepalive-timeout-s",
+        args.keepalive_timeout_s,
+        MAX_CONNECTION_TIMEOUT_S,
+    )?;
     let threads = threads(args.threads)?;
     let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let tls = match (&args.tls_cert, &args.tls_key) {

@@ -54,6 +54,8 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 }
 
 /// Runs `cmd` to its end and returns its peak memory; kills it past `cap_kib` or `limit`.
+// The child is reaped by `wait4`, which also reports its peak; `Child::wait` cannot.
+#[allow(clippy::zombie_processes)]
 pub fn run_measured(mut cmd: Command, cap_kib: u64, limit: Duration) -> Measured {
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -84,7 +84,12 @@ impl TrainConfig {
         within("loss.temperature", l.temperature, In(min_t), In(max_t))?;
         within("loss.alpha", l.alpha, In(0.0), In(1.0))?;
         within("loss.label_smoothing", l.label_smoothing, In(0.0), Out(1.0))?;
-        within("loss.on_policy_fraction", l.on_policy_fraction, In(0.0), In(1.0))?;
+        within(
+            "loss.on_policy_fraction",
+            l.on_policy_fraction,
+            In(0.0),
+            In(1.0),
+        )?;
         within(
             "loss.sample_temperature",
             l.sample_temperature,
@@ -101,7 +106,12 @@ impl TrainConfig {
         }
         let o = &self.optim;
         within("optim.lr", o.lr, Out(0.0), In(MAX_LR))?;
-        within("optim.weight_decay", o.weight_decay, In(0.0), In(MAX_WEIGHT_DECAY))?;
+        within(
+            "optim.weight_decay",
+            o.weight_decay,
+            In(0.0),
+            In(MAX_WEIGHT_DECAY),
+        )?;
         within("optim.beta1", o.beta1, In(0.0), Out(1.0))?;
         within("optim.beta2", o.beta2, In(0.0), Out(1.0))?;
         within("optim.eps", o.eps, Out(0.0), In(MAX_EPS))?;
@@ -164,9 +174,21 @@ mod tests {
             ("loss.temperature=1e-45", "loss.temperature", "[0.01, 1000]"),
             ("loss.alpha=nan", "loss.alpha", "[0, 1]"),
             ("loss.label_smoothing=1", "loss.label_smoothing", "[0, 1)"),
-            ("loss.on_policy_fraction=nan", "loss.on_policy_fraction", "[0, 1]"),
-            ("loss.sample_temperature=0", "loss.sample_temperature", "[0.01"),
-            ("loss.sample_temperature=-inf", "loss.sample_temperature", "[0.01"),
+            (
+                "loss.on_policy_fraction=nan",
+                "loss.on_policy_fraction",
+                "[0, 1]",
+            ),
+            (
+                "loss.sample_temperature=0",
+                "loss.sample_temperature",
+                "[0.01",
+            ),
+            (
+                "loss.sample_temperature=-inf",
+                "loss.sample_temperature",
+                "[0.01",
+            ),
             ("optim.clip=-1", "optim.clip", "[0, "),
             ("optim.clip=nan", "optim.clip", "[0, "),
             ("optim.weight_decay=-10", "optim.weight_decay", "[0, 10]"),
@@ -178,7 +200,11 @@ mod tests {
             ("teacher.timeout_s=-1", "teacher.timeout_s", "(0, 86400]"),
             ("teacher.timeout_s=nan", "teacher.timeout_s", "(0, 86400]"),
             ("teacher.timeout_s=1e300", "teacher.timeout_s", "(0, 86400]"),
-            ("teacher.prefetch=100000000", "teacher.prefetch", "limit of 1024"),
+            (
+                "teacher.prefetch=100000000",
+                "teacher.prefetch",
+                "limit of 1024",
+            ),
             ("threads=100000", "threads", "cores of this machine"),
             (
                 "loss.divergence={ kind = \"jsd\", beta = nan }",
