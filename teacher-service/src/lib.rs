@@ -8,6 +8,7 @@
 pub mod annotate;
 pub mod batcher;
 pub mod client;
+pub mod config;
 pub mod conn;
 pub mod error;
 pub mod metrics;
