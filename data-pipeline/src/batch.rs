@@ -6,7 +6,8 @@
 //! - teacher sequence `input ++ target`; the teacher logit at position
 //!   `target_start - 1 + t` predicts `labels[t]` for `t in 0..=T` (the last one predicts eos).
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, ExampleRef};
+use crate::error::{Error, Result};
 use crate::tokenizer::SpecialIds;
 
 /// Label value at padded positions (what torch's cross-entropy ignores by default).
@@ -56,10 +57,39 @@ impl Batch {
     }
 }
 
-/// Builds a [`Batch`] from examples `indices` of `ds`.
-pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: bool) -> Batch {
+/// Errors unless every token id of `e` is below `vocab`, naming the shard, row, column,
+/// position and value of the first that is not.
+fn check_ids(ds: &Dataset, e: &ExampleRef<'_>, vocab: usize) -> Result<()> {
+    for (column, ids) in [("input_ids", e.input_ids), ("target_ids", e.target_ids)] {
+        if let Some(position) = ids.iter().position(|&id| id as usize >= vocab) {
+            let (shard, row) = ds.locate(e.index);
+            return Err(Error::TokenOutOfRange {
+                shard: shard.path.clone(),
+                row,
+                id: e.id.to_owned(),
+                column,
+                position,
+                value: ids[position],
+                vocab,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds a [`Batch`] from examples `indices` of `ds`; a token id at or above the dataset's
+/// vocabulary ([`Dataset::vocab_limit`]) is an error naming where it is.
+pub fn collate(
+    ds: &Dataset,
+    indices: &[u64],
+    specials: SpecialIds,
+    teacher: bool,
+) -> Result<Batch> {
     let rows = indices.len();
     let examples: Vec<_> = indices.iter().map(|&i| ds.example(i)).collect();
+    for e in &examples {
+        check_ids(ds, e, ds.vocab_limit())?;
+    }
     let enc_len = examples
         .iter()
         .map(|e| e.input_ids.len())
@@ -113,7 +143,7 @@ pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: boo
             teacher_mask[r * teacher_len..r * teacher_len + n + t].fill(true);
         }
     }
-    Batch {
+    Ok(Batch {
         rows,
         indices: indices.to_vec(),
         ids: examples.iter().map(|e| e.id.to_owned()).collect(),
@@ -128,7 +158,7 @@ pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: boo
         teacher_ids,
         teacher_mask,
         target_start,
-    }
+    })
 }
 
 impl Batch {

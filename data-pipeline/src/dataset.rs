@@ -14,14 +14,20 @@ pub struct OpenOptions {
     pub verify: Verify,
     /// sha256 of the tokenizer the consumer uses; data from another tokenizer is refused.
     pub expect_tokenizer_sha256: Option<String>,
+    /// Token ids must be below this (checked as batches are built); default: the manifest's
+    /// tokenizer vocabulary size.
+    pub vocab_limit: Option<usize>,
 }
 
 impl OpenOptions {
+    /// Opens `split` with every shard's sha256 checked, ids checked against the manifest's
+    /// vocabulary, any tokenizer accepted.
     pub fn new(split: &str) -> Self {
         Self {
             split: split.to_owned(),
             verify: Verify::Full,
             expect_tokenizer_sha256: None,
+            vocab_limit: None,
         }
     }
 }
@@ -35,6 +41,7 @@ pub struct Dataset {
     shards: Vec<Shard>,
     /// First global index of each shard, plus the total at the end.
     starts: Vec<u64>,
+    vocab_limit: usize,
 }
 
 impl Dataset {
@@ -42,6 +49,22 @@ impl Dataset {
         let manifest = Manifest::load(dir)?;
         if let Some(expected) = &options.expect_tokenizer_sha256 {
             manifest.check_tokenizer(expected, dir)?;
+        }
+        let vocab_limit = options.vocab_limit.unwrap_or(manifest.tokenizer.vocab_size);
+        let specials = manifest.tokenizer.special_ids;
+        for (name, id) in [
+            ("bos", specials.bos),
+            ("eos", specials.eos),
+            ("pad", specials.pad),
+        ] {
+            if id as usize >= vocab_limit {
+                return Err(Error::Manifest {
+                    path: Manifest::path(dir),
+                    message: format!(
+                        "tokenizer.special_ids.{name} = {id} is not below the vocabulary size {vocab_limit}"
+                    ),
+                });
+            }
         }
         manifest.verify_split(dir, &options.split, options.verify)?;
         let info = manifest.split(&options.split)?;
@@ -66,7 +89,13 @@ impl Dataset {
             manifest,
             shards,
             starts,
+            vocab_limit,
         })
+    }
+
+    /// Token ids of this dataset are below this value.
+    pub fn vocab_limit(&self) -> usize {
+        self.vocab_limit
     }
 
     pub fn len(&self) -> u64 {

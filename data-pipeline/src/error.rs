@@ -23,6 +23,21 @@ pub enum Error {
         line: usize,
         field: String,
     },
+    #[error(
+        "{path}:{line}: record is over the limit of {limit} bytes (raise --max-record-bytes if it is meant to be this long)"
+    )]
+    RecordTooLarge {
+        path: PathBuf,
+        line: usize,
+        limit: usize,
+    },
+    #[error("{path}:{line}: invalid UTF-8 ({detail}); the input must be UTF-8 text")]
+    InvalidUtf8 {
+        path: PathBuf,
+        line: usize,
+        /// Where in the line or record.
+        detail: String,
+    },
     #[error("{path}:{line}: field `{field}` is not a string or number")]
     FieldType {
         path: PathBuf,
@@ -36,7 +51,7 @@ pub enum Error {
         what: &'static str,
     },
     #[error(
-        "{path}:{line}: {what} has {tokens} tokens, over the limit of {limit} (truncation policy `error`)"
+        "{path}:{line}: {what} has {tokens} or more tokens, over the limit of {limit} (truncation policy `error`)"
     )]
     TooLong {
         path: PathBuf,
@@ -88,6 +103,18 @@ pub enum Error {
         shard: PathBuf,
         expected: u64,
         actual: u64,
+    },
+    #[error(
+        "shard {shard} row {row} (example `{id}`): {column}[{position}] = {value}, not below the vocabulary size {vocab} (the shard is corrupt or was made with another tokenizer)"
+    )]
+    TokenOutOfRange {
+        shard: PathBuf,
+        row: usize,
+        id: String,
+        column: &'static str,
+        position: usize,
+        value: u32,
+        vocab: usize,
     },
     #[error("{what} was made with tokenizer sha256 {found}, but this run expects {expected}")]
     TokenizerMismatch {

@@ -2,7 +2,7 @@
 //! `{field}` templates. Every row carries its file and line so errors can point at it.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,6 +15,13 @@ use crate::error::{Error, Result};
 
 /// Rows per Parquet record batch while ingesting.
 const PARQUET_BATCH_ROWS: usize = 4096;
+/// Default cap on one record's bytes (a JSONL or CSV line, or a Parquet row's used cells):
+/// far above any real example, far below what would exhaust a machine's memory.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
+/// A line buffer that grew past this is freed after its line, not kept for the next one.
+const LINE_BUFFER_KEEP: usize = 1 << 20;
+/// The UTF-8 byte order mark, skipped at the start of a JSONL or CSV file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// How a text (input or target) is built from a row: one field, or a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +142,13 @@ pub struct RawRecord {
     pub target: String,
 }
 
-/// Reads one input file and calls `sink` with each record in file order.
+/// Reads one input file and calls `sink` with each record in file order. A record over
+/// `max_record_bytes` is an error naming its line, found before it is held in memory
+/// (JSONL, CSV) or as soon as its row is decoded (Parquet).
 pub fn read_file(
     path: &Path,
     fields: &FieldMap,
+    max_record_bytes: usize,
     sink: &mut dyn FnMut(RawRecord) -> Result<()>,
 ) -> Result<()> {
     let needed = fields.needed();
@@ -152,9 +162,9 @@ pub fn read_file(
         sink(record)
     };
     match extension(path).as_deref() {
-        Some("jsonl" | "json" | "ndjson") => read_jsonl(path, &needed, &mut emit),
-        Some("parquet" | "pq") => read_parquet(path, &needed, &mut emit),
-        Some("csv") => read_csv(path, &needed, &mut emit),
+        Some("jsonl" | "json" | "ndjson") => read_jsonl(path, &needed, max_record_bytes, &mut emit),
+        Some("parquet" | "pq") => read_parquet(path, &needed, max_record_bytes, &mut emit),
+        Some("csv") => read_csv(path, &needed, max_record_bytes, &mut emit),
         _ => Err(Error::UnknownFormat {
             path: path.to_owned(),
         }),
@@ -198,27 +208,51 @@ fn build_record(
     file_name: &str,
     line: usize,
     needed: &[String],
-    values: Vec<Option<String>>,
+    mut values: Vec<Option<String>>,
     fields: &FieldMap,
 ) -> Result<RawRecord> {
-    let get = |name: &str| -> Option<&str> {
-        let i = needed.iter().position(|n| n == name)?;
-        values[i].as_deref()
+    let index = |name: &str| needed.iter().position(|n| n == name);
+    let missing = |field: &str| Error::MissingField {
+        path: file.to_path_buf(),
+        line,
+        field: field.to_owned(),
     };
-    let render = |spec: &TextSpec| -> Result<String> {
-        let missing = |field: &str| Error::MissingField {
-            path: file.to_path_buf(),
-            line,
-            field: field.to_owned(),
-        };
+    // Fields read more than once are copied; the others (the long texts, usually) are moved.
+    let uses = |name: &str| {
+        [&fields.input, &fields.target]
+            .iter()
+            .map(|spec| spec.fields().iter().filter(|&&f| f == name).count())
+            .sum::<usize>()
+            + usize::from(fields.id_field == name)
+            + usize::from(fields.task_field == name)
+    };
+    let id = index(&fields.id_field)
+        .and_then(|i| values[i].clone())
+        .unwrap_or_else(|| format!("{file_name}:{line}"));
+    let task = index(&fields.task_field)
+        .and_then(|i| values[i].clone())
+        .unwrap_or_else(|| fields.default_task.clone());
+    let mut render = |spec: &TextSpec| -> Result<String> {
         match spec {
-            TextSpec::Field(f) => get(f).map(str::to_owned).ok_or_else(|| missing(f)),
+            TextSpec::Field(f) => {
+                let slot = index(f).map(|i| &mut values[i]);
+                let slot = slot.ok_or_else(|| missing(f))?;
+                let value = if uses(f) == 1 {
+                    slot.take()
+                } else {
+                    slot.clone()
+                };
+                value.ok_or_else(|| missing(f))
+            }
             TextSpec::Template(parts) => {
                 let mut out = String::new();
                 for part in parts {
                     match part {
                         TemplatePart::Literal(s) => out.push_str(s),
-                        TemplatePart::Field(f) => out.push_str(get(f).ok_or_else(|| missing(f))?),
+                        TemplatePart::Field(f) => {
+                            let value = index(f).and_then(|i| values[i].as_deref());
+                            out.push_str(value.ok_or_else(|| missing(f))?);
+                        }
                     }
                 }
                 Ok(out)
@@ -227,12 +261,6 @@ fn build_record(
     };
     let input = render(&fields.input)?;
     let target = render(&fields.target)?;
-    let id = get(&fields.id_field)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{file_name}:{line}"));
-    let task = get(&fields.task_field)
-        .map(str::to_owned)
-        .unwrap_or_else(|| fields.default_task.clone());
     Ok(RawRecord {
         file: file.clone(),
         line,
@@ -243,64 +271,144 @@ fn build_record(
     })
 }
 
+/// Opens `path` for reading with a UTF-8 byte order mark at its start skipped.
+fn open_text(path: &Path) -> Result<BufReader<File>> {
+    let mut reader = BufReader::new(File::open(path).map_err(Error::io(path))?);
+    let head = reader.fill_buf().map_err(Error::io(path))?;
+    if head.starts_with(BOM) {
+        reader.consume(BOM.len());
+    }
+    Ok(reader)
+}
+
 fn read_jsonl(
     path: &Path,
     needed: &[String],
+    max_record_bytes: usize,
     emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
 ) -> Result<()> {
-    let reader = BufReader::new(File::open(path).map_err(Error::io(path))?);
-    for (i, line) in reader.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.map_err(Error::io(path))?;
+    let mut reader = open_text(path)?;
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    loop {
+        buf.clear();
+        // At most one byte past the limit is read, so an overlong line never sits in memory.
+        let n = (&mut reader)
+            .take(max_record_bytes as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(Error::io(path))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        }
+        if buf.len() > max_record_bytes {
+            return Err(Error::RecordTooLarge {
+                path: path.to_owned(),
+                line: line_no,
+                limit: max_record_bytes,
+            });
+        }
+        let line = std::str::from_utf8(&buf).map_err(|e| Error::InvalidUtf8 {
+            path: path.to_owned(),
+            line: line_no,
+            detail: format!("after byte {} of the line", e.valid_up_to()),
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| Error::MalformedJson {
-                path: path.to_owned(),
-                line: line_no,
-                message: e.to_string(),
-            })?;
-        let serde_json::Value::Object(mut map) = value else {
-            return Err(Error::MalformedJson {
-                path: path.to_owned(),
-                line: line_no,
-                message: "expected a JSON object".into(),
-            });
-        };
-        let mut values = Vec::with_capacity(needed.len());
-        for name in needed {
-            let v = match map.remove(name) {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(s),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
-                Some(_) => {
-                    return Err(Error::FieldType {
-                        path: path.to_owned(),
-                        line: line_no,
-                        field: name.clone(),
-                    });
-                }
-            };
-            values.push(v);
+        let values = parse_json_line(path, line_no, line, needed)?;
+        if buf.capacity() > LINE_BUFFER_KEEP {
+            buf = Vec::new();
         }
         emit(line_no, values)?;
     }
     Ok(())
 }
 
+/// The `needed` fields of one JSON object line, as text.
+fn parse_json_line(
+    path: &Path,
+    line_no: usize,
+    line: &str,
+    needed: &[String],
+) -> Result<Vec<Option<String>>> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| Error::MalformedJson {
+            path: path.to_owned(),
+            line: line_no,
+            message: e.to_string(),
+        })?;
+    let serde_json::Value::Object(mut map) = value else {
+        return Err(Error::MalformedJson {
+            path: path.to_owned(),
+            line: line_no,
+            message: "expected a JSON object".into(),
+        });
+    };
+    let mut values = Vec::with_capacity(needed.len());
+    for name in needed {
+        let v = match map.remove(name) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::Bool(b)) => Some(b.to_string()),
+            Some(_) => {
+                return Err(Error::FieldType {
+                    path: path.to_owned(),
+                    line: line_no,
+                    field: name.clone(),
+                });
+            }
+        };
+        values.push(v);
+    }
+    Ok(values)
+}
+
 fn read_csv(
     path: &Path,
     needed: &[String],
+    max_record_bytes: usize,
     emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
 ) -> Result<()> {
-    let csv_err = |line: usize, e: csv::Error| Error::Csv {
+    let too_large = |line: usize| Error::RecordTooLarge {
         path: path.to_owned(),
         line,
-        message: e.to_string(),
+        limit: max_record_bytes,
     };
-    let mut reader = csv::Reader::from_path(path).map_err(|e| csv_err(1, e))?;
+    let csv_err = |fallback_line: usize, e: csv::Error| {
+        let line = e.position().map_or(fallback_line, |p| p.line() as usize);
+        if let csv::ErrorKind::Io(io) = e.kind()
+            && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<LongLine>())
+        {
+            return too_large(long.line);
+        }
+        if let csv::ErrorKind::Utf8 { err, .. } = e.kind() {
+            return Error::InvalidUtf8 {
+                path: path.to_owned(),
+                line,
+                detail: format!("field {} after byte {}", err.field() + 1, err.valid_up_to()),
+            };
+        }
+        Error::Csv {
+            path: path.to_owned(),
+            line,
+            message: e.to_string(),
+        }
+    };
+    let source = LineLimit {
+        inner: open_text(path)?,
+        line: 1,
+        since_newline: 0,
+        limit: max_record_bytes,
+    };
+    let mut reader = csv::Reader::from_reader(source);
     let headers = reader.headers().map_err(|e| csv_err(1, e))?.clone();
     let columns: Vec<Option<usize>> = needed
         .iter()
@@ -313,6 +421,10 @@ fn read_csv(
             .and_then(|r| r.position())
             .map_or(i + 2, |p| p.line() as usize);
         let record = record.map_err(|e| csv_err(line, e))?;
+        // A record of many short lines is only measured once read.
+        if record.as_slice().len() > max_record_bytes {
+            return Err(too_large(line));
+        }
         let values = columns
             .iter()
             .map(|c| c.and_then(|c| record.get(c)).map(str::to_owned))
@@ -322,9 +434,55 @@ fn read_csv(
     Ok(())
 }
 
+/// A physical line longer than the record limit (carried inside an `io::Error`).
+#[derive(Debug)]
+struct LongLine {
+    line: usize,
+}
+
+impl std::fmt::Display for LongLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {} is over the record size limit", self.line)
+    }
+}
+
+impl std::error::Error for LongLine {}
+
+/// Fails a read once one physical line exceeds `limit` bytes, so the CSV parser never
+/// buffers an overlong record.
+struct LineLimit<R> {
+    inner: R,
+    /// 1-based number of the line being read.
+    line: usize,
+    since_newline: usize,
+    limit: usize,
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                self.line += 1;
+                self.since_newline = 0;
+            } else {
+                self.since_newline += 1;
+                if self.since_newline > self.limit {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        LongLine { line: self.line },
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 fn read_parquet(
     path: &Path,
     needed: &[String],
+    max_record_bytes: usize,
     emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
 ) -> Result<()> {
     let bad = |message: String| Error::Parquet {
@@ -355,6 +513,14 @@ fn read_parquet(
                     None => None,
                 };
                 values.push(value);
+            }
+            let bytes: usize = values.iter().flatten().map(String::len).sum();
+            if bytes > max_record_bytes {
+                return Err(Error::RecordTooLarge {
+                    path: path.to_owned(),
+                    line: row,
+                    limit: max_record_bytes,
+                });
             }
             emit(row, values)?;
         }

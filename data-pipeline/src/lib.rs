@@ -9,6 +9,7 @@
 //! - [`inspect`]: human-readable summaries of a dataset folder.
 
 pub mod batch;
+pub mod bounded;
 pub mod cache;
 pub mod dataset;
 pub mod error;

@@ -4,6 +4,13 @@
 //! the validation split is chosen by a hash of the example id, and no file holds a timestamp.
 //! Everything is written into a hidden folder next to `--out` and renamed into place at the
 //! end, so a failure leaves nothing partial behind.
+//!
+//! Memory follows the largest record: a record is at most `max_record_bytes` (checked as it
+//! is read), chunks are handed on after 16 MiB of text, and texts are tokenised in bounded
+//! windows, only as far as a token limit keeps them ([`crate::bounded`]). Above a small run,
+//! the peak stays within 4x the largest record with a token limit and 10x without (its ids
+//! are kept and copied into the shard), plus up to four chunks of ordinary records
+//! (measured in `cli/tests/prepare_memory.rs`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,6 +20,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
+use crate::bounded::{Keep, encode_bounded};
 use crate::error::{Error, Result};
 use crate::fsutil::TempDir;
 use crate::ingest::{self, FieldMap, RawRecord};
@@ -25,6 +33,9 @@ use crate::tokenizer::Tokenizer;
 
 /// Records tokenized together in one parallel step.
 const TOKENIZE_CHUNK: usize = 8192;
+/// Text bytes after which a chunk is handed on early, so memory follows the largest record
+/// rather than 8192 times it.
+const TOKENIZE_CHUNK_BYTES: usize = 16 << 20;
 /// Parsed chunks buffered ahead of tokenization.
 const READ_AHEAD_CHUNKS: usize = 2;
 /// Resolution of the hash-based validation split.
@@ -85,6 +96,8 @@ pub struct PrepareConfig {
     pub val_fraction: Option<f64>,
     pub shard_rows: usize,
     pub keep_text: bool,
+    /// Largest accepted record in bytes (see [`ingest::read_file`]).
+    pub max_record_bytes: usize,
     pub out: PathBuf,
     pub overwrite: bool,
     /// Recorded verbatim in the manifest.
@@ -95,8 +108,8 @@ pub struct PrepareConfig {
 impl PrepareConfig {
     /// `edkd data prepare`'s defaults for `inputs` (no separate validation files, default
     /// field names, no length limits, both sides truncated at the end, 65,536 rows per
-    /// shard, no text kept, no progress bar); set the other fields with struct update
-    /// syntax.
+    /// shard, no text kept, records up to 64 MiB, no progress bar); set the other fields
+    /// with struct update syntax.
     pub fn new(inputs: &[&Path], tokenizer: &Path, out: &Path) -> Self {
         Self {
             inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
@@ -110,6 +123,7 @@ impl PrepareConfig {
             val_fraction: None,
             shard_rows: 65536,
             keep_text: false,
+            max_record_bytes: ingest::DEFAULT_MAX_RECORD_BYTES,
             out: out.to_owned(),
             overwrite: false,
             command: vec![],
@@ -173,12 +187,16 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         let (train_files, val_files) = (&train_files, &val_files);
         scope.spawn(move || {
             let mut chunk = Vec::with_capacity(TOKENIZE_CHUNK);
+            let mut chunk_bytes = 0;
             let result = (|| -> Result<()> {
                 for (files, forced) in [(train_files, None), (val_files, Some(1))] {
                     for file in files {
-                        ingest::read_file(file, fields, &mut |record| {
+                        ingest::read_file(file, fields, cfg.max_record_bytes, &mut |record| {
+                            chunk_bytes += record.input.len() + record.target.len();
                             chunk.push((record, forced));
-                            if chunk.len() == TOKENIZE_CHUNK {
+                            if chunk.len() == TOKENIZE_CHUNK || chunk_bytes >= TOKENIZE_CHUNK_BYTES
+                            {
+                                chunk_bytes = 0;
                                 let full = std::mem::replace(
                                     &mut chunk,
                                     Vec::with_capacity(TOKENIZE_CHUNK),
@@ -325,26 +343,17 @@ fn in_validation(id: &str, fraction: f64) -> bool {
 }
 
 fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> Result<Tokenized> {
-    let input = tokenizer.encode(&record.input)?;
-    let target = tokenizer.encode(&record.target)?;
-    for (ids, what) in [(&input, "input"), (&target, "target")] {
-        if ids.is_empty() {
-            return Err(Error::EmptyText {
-                path: record.file.to_path_buf(),
-                line: record.line,
-                what,
-            });
-        }
-    }
-    let (input, truncated_input) = truncate(
-        input,
+    let (input, truncated_input) = encode(
+        tokenizer,
+        &record.input,
         cfg.max_input_tokens,
         cfg.input_truncation,
         record,
         "input",
     )?;
-    let (target, truncated_target) = truncate(
-        target,
+    let (target, truncated_target) = encode(
+        tokenizer,
+        &record.target,
         cfg.max_target_tokens,
         cfg.target_truncation,
         record,
@@ -369,34 +378,42 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
     })
 }
 
-/// Applies `policy` when `ids` exceeds `limit`; `None` means the example is dropped.
-fn truncate(
-    mut ids: Vec<u32>,
+/// Tokenises `text` under `limit` and `policy` (only the part that can survive the limit
+/// is tokenised); `None` means the example is dropped.
+fn encode(
+    tokenizer: &Tokenizer,
+    text: &str,
     limit: Option<usize>,
     policy: Truncation,
     record: &RawRecord,
     what: &'static str,
 ) -> Result<(Option<Vec<u32>>, bool)> {
-    let Some(limit) = limit.filter(|&l| ids.len() > l) else {
-        return Ok((Some(ids), false));
+    let keep = match policy {
+        Truncation::KeepEnd => Keep::End,
+        Truncation::KeepStart | Truncation::Drop | Truncation::Error => Keep::Start,
     };
-    match policy {
-        Truncation::KeepStart => ids.truncate(limit),
-        Truncation::KeepEnd => {
-            ids.drain(..ids.len() - limit);
-        }
-        Truncation::Drop => return Ok((None, true)),
-        Truncation::Error => {
-            return Err(Error::TooLong {
-                path: record.file.to_path_buf(),
-                line: record.line,
-                what,
-                tokens: ids.len(),
-                limit,
-            });
-        }
+    let encoded = encode_bounded(tokenizer, text, limit, keep)?;
+    if encoded.counted == 0 {
+        return Err(Error::EmptyText {
+            path: record.file.to_path_buf(),
+            line: record.line,
+            what,
+        });
     }
-    Ok((Some(ids), true))
+    if !encoded.truncated {
+        return Ok((Some(encoded.ids), false));
+    }
+    match policy {
+        Truncation::KeepStart | Truncation::KeepEnd => Ok((Some(encoded.ids), true)),
+        Truncation::Drop => Ok((None, true)),
+        Truncation::Error => Err(Error::TooLong {
+            path: record.file.to_path_buf(),
+            line: record.line,
+            what,
+            tokens: encoded.counted,
+            limit: limit.unwrap_or_default(),
+        }),
+    }
 }
 
 /// Buffers one split's rows and writes full shards as they fill.

@@ -168,11 +168,25 @@ impl Reader {
 
     /// This rank's batch of the next step, or `None` when the epoch is over (the following
     /// call starts the next epoch). The batch is empty (`rows == 0`) when the epoch's last
-    /// step has fewer micro-batches than ranks.
-    pub fn next_batch(&mut self) -> Option<Batch> {
-        let indices = self.next_indices()?;
+    /// step has fewer micro-batches than ranks. A token id outside the vocabulary (a
+    /// corrupt shard read without [`crate::Verify::Full`]) is an error naming shard, row
+    /// and value; the cursor has then moved past the bad batch.
+    pub fn try_next_batch(&mut self) -> Result<Option<Batch>> {
+        let Some(indices) = self.next_indices() else {
+            return Ok(None);
+        };
         let specials = self.ds.manifest.tokenizer.special_ids;
-        Some(collate(&self.ds, &indices, specials, self.cfg.teacher))
+        collate(&self.ds, &indices, specials, self.cfg.teacher).map(Some)
+    }
+
+    /// [`Reader::try_next_batch`] for data known to be sound (e.g. opened with
+    /// [`crate::Verify::Full`]).
+    ///
+    /// # Panics
+    /// On a token id outside the vocabulary, with the message of the error
+    /// [`Reader::try_next_batch`] returns; use that where bad data must not panic.
+    pub fn next_batch(&mut self) -> Option<Batch> {
+        self.try_next_batch().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`Reader::next_batch`] but returns only the global example indices.

@@ -2,6 +2,7 @@
 //! small byte-level BPE one, so demos need no downloaded tokenizer.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,12 +51,19 @@ pub struct SpecialIds {
     pub unk: Option<u32>,
 }
 
+/// A token's byte range in its text: `start..end`.
+pub type Span = (usize, usize);
+
 /// A tokenizer plus the sha256 of the file it came from.
 pub struct Tokenizer {
     pub inner: tokenizers::Tokenizer,
     pub sha256: String,
     pub specials: SpecialIds,
     pub path: PathBuf,
+    /// `inner` without its post-processor, made on first use: post-processors never change
+    /// ids without special tokens, but some trim whitespace off the byte offsets that
+    /// windowed encoding ([`crate::bounded`]) compares.
+    untrimmed: OnceLock<tokenizers::Tokenizer>,
 }
 
 impl Tokenizer {
@@ -86,6 +94,7 @@ impl Tokenizer {
             sha256: sha256_hex(&bytes),
             specials,
             path: path.to_owned(),
+            untrimmed: OnceLock::new(),
         })
     }
 
@@ -94,6 +103,21 @@ impl Tokenizer {
         self.inner
             .encode_fast(text, false)
             .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Token ids of `text` and each token's byte range in `text`, without special tokens.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<Span>)> {
+        let raw = self.untrimmed.get_or_init(|| {
+            let mut t = self.inner.clone();
+            t.with_post_processor(None::<tokenizers::processors::PostProcessorWrapper>);
+            t
+        });
+        raw.encode(text, false)
+            .map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()))
             .map_err(|e| Error::Tokenizer {
                 path: self.path.clone(),
                 message: e.to_string(),
@@ -179,11 +203,16 @@ pub fn training_texts(
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
         match ext.as_deref() {
             Some("jsonl" | "json" | "ndjson" | "parquet" | "pq" | "csv") => {
-                crate::ingest::read_file(file, &fields, &mut |r| {
-                    texts.push(r.input);
-                    texts.push(r.target);
-                    Ok(())
-                })?;
+                crate::ingest::read_file(
+                    file,
+                    &fields,
+                    crate::ingest::DEFAULT_MAX_RECORD_BYTES,
+                    &mut |r| {
+                        texts.push(r.input);
+                        texts.push(r.target);
+                        Ok(())
+                    },
+                )?;
             }
             _ => {
                 let text = std::fs::read_to_string(file).map_err(Error::io(file))?;

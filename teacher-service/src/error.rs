@@ -61,6 +61,9 @@ pub enum Error {
     /// Server or client configuration.
     #[error("config: {0}")]
     Config(String),
+    /// A TLS certificate or key file that cannot be used (names the file).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -99,7 +102,8 @@ impl Error {
             | Self::Data(_)
             | Self::Wire(_)
             | Self::Io { .. }
-            | Self::Config(_) => Code::Internal,
+            | Self::Config(_)
+            | Self::Tls(_) => Code::Internal,
         }
     }
 }

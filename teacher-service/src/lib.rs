@@ -8,10 +8,14 @@
 pub mod annotate;
 pub mod batcher;
 pub mod client;
+pub mod config;
+pub mod conn;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod scoring;
 pub mod server;
+pub mod tls;
 pub mod validate;
 pub mod wire;
 

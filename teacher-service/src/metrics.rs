@@ -33,6 +33,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Jobs dropped because their caller went away before scoring.
     pub cancelled: IntCounter,
+    /// Connections closed on accept because the server held its maximum.
+    pub connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -71,6 +73,11 @@ impl Metrics {
             .map_err(prom)?,
             cancelled: IntCounter::new("cancelled_total", "Requests cancelled before scoring")
                 .map_err(prom)?,
+            connections_refused: IntCounter::new(
+                "connections_refused_total",
+                "Connections closed on accept: the server held its maximum",
+            )
+            .map_err(prom)?,
             registry,
         };
         m.registry
@@ -100,6 +107,9 @@ impl Metrics {
         m.registry
             .register(Box::new(m.cancelled.clone()))
             .map_err(prom)?;
+        m.registry
+            .register(Box::new(m.connections_refused.clone()))
+            .map_err(prom)?;
         Ok(m)
     }
 
@@ -116,19 +126,39 @@ fn prom(e: prometheus::Error) -> Error {
     Error::Config(format!("metrics: {e}"))
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves. With `token`, a scrape
+/// must send `authorization: Bearer <token>` (Prometheus: `authorization.credentials_file`)
+/// and is answered 401 otherwise: the counters tell who uses the teacher and how much.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
     let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let expected: Option<Arc<[u8]>> = token.map(|t| format!("Bearer {t}").into_bytes().into());
     let app = axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let metrics = metrics.clone();
-            async move { metrics.render() }
+            let expected = expected.clone();
+            async move {
+                if let Some(expected) = expected {
+                    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+                    if !given.is_some_and(|g| crate::server::same_bytes(g, &expected)) {
+                        return (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "missing or invalid bearer token\n",
+                        )
+                            .into_response();
+                    }
+                }
+                metrics.render().into_response()
+            }
         }),
     );
     axum::serve(listener, app)

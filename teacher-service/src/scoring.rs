@@ -205,6 +205,7 @@ impl Scorer {
                 k_max,
             };
             let out = self.score_rows(&hidden, &chunk).map_err(torch)?;
+            check_finite(&out, chunk.temps)?;
             topk_ids.extend(out.0.into_iter().map(|i| i as u32));
             topk_lp.extend(out.1);
             tail.extend(out.2);
@@ -289,6 +290,37 @@ impl Scorer {
             Vec::<f32>::try_from(&flat(&tail)?)?,
             Vec::<f32>::try_from(&flat(&gold_lp)?)?,
         ))
+    }
+}
+
+/// Errors if the model produced NaN or +inf log-probs (or a NaN tail): the proto promises
+/// log-probs, so a broken model gets INTERNAL, never an answer with status OK.
+#[allow(clippy::type_complexity)]
+fn check_finite(out: &(Vec<i64>, Vec<f32>, Vec<f32>, Vec<f32>), temps: &[f32]) -> Result<()> {
+    let bad = |v: &f32| v.is_nan() || *v == f32::INFINITY;
+    let (_, topk, tail, gold) = out;
+    let k = topk.len() / tail.len().max(1);
+    let first = topk
+        .iter()
+        .position(bad)
+        .map(|i| (i / k.max(1), "top-k log-prob", topk[i]))
+        .or_else(|| {
+            tail.iter()
+                .position(bad)
+                .map(|i| (i, "tail log-mass", tail[i]))
+        })
+        .or_else(|| {
+            gold.iter()
+                .position(bad)
+                .map(|i| (i, "gold log-prob", gold[i]))
+        });
+    match first {
+        None => Ok(()),
+        Some((row, what, value)) => Err(Error::Model(format!(
+            "the teacher produced a {what} of {value} (target row {row} of the pass, \
+             temperature {}): its logits are not finite",
+            temps.get(row).copied().unwrap_or(f32::NAN)
+        ))),
     }
 }
 

@@ -1,10 +1,11 @@
-//! The gRPC server: `Teacher` service handlers, health, reflection, bearer-token auth, TLS,
-//! message size limits, metrics endpoint and graceful shutdown.
+//! The gRPC server: `Teacher` service handlers, health, reflection (v1 and v1alpha),
+//! bearer-token auth, TLS, message size limits, connection and in-flight byte limits
+//! ([`crate::conn`], [`crate::policy`]), metrics endpoint and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use edkd_models::Teacher;
 use edkd_proto::teacher::v1::teacher_server::{self, TeacherServer};
@@ -23,8 +24,11 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::{Batcher, BatcherConfig};
+pub use crate::config::{ServerConfig, TlsPem};
+use crate::conn::{ConnLimits, LogLimiter};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::policy::PolicyLayer;
 use crate::scoring::{Scorer, SeqScores};
 use crate::validate::{Limits, validate};
 use crate::wire;
@@ -32,55 +36,9 @@ use crate::wire;
 /// Requests of one ScoreStream being scored at once; the client's window beyond this waits
 /// in HTTP/2 flow control.
 const STREAM_WINDOW: usize = 64;
-
-/// PEM-encoded certificate chain and private key.
-#[derive(Debug, Clone)]
-pub struct TlsPem {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-/// Everything `serve` needs besides the model.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// gRPC address; loopback by default.
-    pub listen: SocketAddr,
-    /// Prometheus `/metrics` address; none disables it.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Name reported by `Info` (defaults to the model folder's name).
-    pub model_id: Option<String>,
-    pub max_top_k: usize,
-    /// Token budget per request and per forward pass.
-    pub max_request_tokens: usize,
-    pub max_sequences: usize,
-    pub queue_capacity: usize,
-    /// How long a batch waits for more requests.
-    pub max_wait: Duration,
-    pub max_request_bytes: usize,
-    pub max_response_bytes: usize,
-    pub tls: Option<TlsPem>,
-    /// Required bearer token on every RPC.
-    pub auth_token: Option<String>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            metrics_listen: None,
-            model_id: None,
-            max_top_k: 256,
-            max_request_tokens: 16384,
-            max_sequences: 1024,
-            queue_capacity: 256,
-            max_wait: Duration::from_millis(2),
-            max_request_bytes: 16 << 20,
-            max_response_bytes: 64 << 20,
-            tls: None,
-            auth_token: None,
-        }
-    }
-}
+/// HTTP/2 flow-control windows: what a peer may send before the server has taken it in.
+const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
 
 /// Human names for `Info`.
 pub fn device_name(device: Device) -> String {
@@ -105,6 +63,7 @@ struct Inner {
     limits: Limits,
     info: InfoResponse,
     metrics: Arc<Metrics>,
+    rejections: LogLimiter,
 }
 
 impl Inner {
@@ -126,8 +85,10 @@ impl Inner {
         })
     }
 
-    /// Scores `req` and records its latency and outcome.
-    async fn score_recorded(&self, req: ScoreRequest) -> Result<ScoreResponse> {
+    /// Scores `req` and records its latency and outcome. A failed unary call is counted
+    /// in `errors_total` by the policy layer (from its trailers-only answer), so only
+    /// stream messages (`count_error`) are counted here.
+    async fn score_recorded(&self, req: ScoreRequest, count_error: bool) -> Result<ScoreResponse> {
         let _in_flight = InFlight::new(&self.metrics);
         let started = Instant::now();
         let result = self.score(req).await;
@@ -135,14 +96,20 @@ impl Inner {
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.requests.inc();
-        if let Err(e) = &result {
-            let code = format!("{:?}", e.code());
-            self.metrics
-                .errors
-                .with_label_values(&[code.as_str()])
-                .inc();
+        if let Err(e) = &result
+            && count_error
+        {
+            self.count_error(e.code());
         }
         result
+    }
+
+    fn count_error(&self, code: tonic::Code) {
+        let code = format!("{code:?}");
+        self.metrics
+            .errors
+            .with_label_values(&[code.as_str()])
+            .inc();
     }
 }
 
@@ -155,9 +122,9 @@ fn encode(
         id,
         num_positions: s.tail_logmass.len() as u32,
         topk_ids: wire::encode_ids(&s.topk_ids),
-        topk_logprobs: wire::encode_values(&s.topk_logprobs, format),
-        tail_logmass: wire::encode_values(&s.tail_logmass, format),
-        gold_logprob: wire::encode_values(&s.gold_logprob, format),
+        topk_logprobs: wire::encode_logprobs(&s.topk_logprobs, format),
+        tail_logmass: wire::encode_tail(&s.tail_logmass, format),
+        gold_logprob: wire::encode_logprobs(&s.gold_logprob, format),
     }
 }
 
@@ -206,7 +173,7 @@ impl teacher_server::Teacher for TeacherService {
         &self,
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        let result = self.inner.score_recorded(request.into_inner()).await;
+        let result = self.inner.score_recorded(request.into_inner(), false).await;
         result.map(Response::new).map_err(Status::from)
     }
 
@@ -221,13 +188,26 @@ impl teacher_server::Teacher for TeacherService {
         let (pending_tx, mut pending_rx) = mpsc::channel::<AbortOnDrop>(STREAM_WINDOW);
         let (out_tx, out_rx) = mpsc::channel(STREAM_WINDOW);
         let inner = self.inner.clone();
-        // Reader: submits every request at once (so they batch), in arrival order.
+        // Reader: submits every request at once (so they batch), in arrival order. A message
+        // that cannot be received (over the size limit, no budget left) ends the stream with
+        // its status after the answers before it.
         tokio::spawn(async move {
             while let Some(message) = inbound.next().await {
-                let Ok(req) = message else { break };
-                let inner = inner.clone();
-                let task = tokio::spawn(async move { inner.score_recorded(req).await });
-                if pending_tx.send(AbortOnDrop(task)).await.is_err() {
+                let failed = message.is_err();
+                let task = match message {
+                    Ok(req) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.score_recorded(req, true).await })
+                    }
+                    Err(status) => {
+                        inner.count_error(status.code());
+                        if let Some(suppressed) = inner.rejections.allow() {
+                            tracing::warn!(code = ?status.code(), message = status.message(), suppressed, "ScoreStream message rejected");
+                        }
+                        tokio::spawn(async move { Err(Error::from(status)) })
+                    }
+                };
+                if pending_tx.send(AbortOnDrop(task)).await.is_err() || failed {
                     break;
                 }
             }
@@ -269,7 +249,7 @@ impl BearerAuth {
 }
 
 /// Compares in time independent of where the first difference is.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -337,10 +317,12 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
         max_sequences: config.max_sequences,
         max_response_bytes: config.max_response_bytes,
     };
-    if limits.max_top_k == 0 || limits.max_request_tokens == 0 || config.queue_capacity == 0 {
-        return Err(Error::Config(
-            "max_top_k, max_request_tokens and queue_capacity must be positive".into(),
-        ));
+    config.check()?;
+    if limits.max_top_k == 0 {
+        return Err(Error::Config("max_top_k must be >= 1".into()));
+    }
+    if let Some(tls) = &config.tls {
+        crate::tls::check_identity(&tls.cert, &tls.key, "TLS certificate", "TLS key")?;
     }
     let model_id = config.model_id.clone().unwrap_or_else(|| {
         teacher
@@ -388,6 +370,7 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             limits,
             info: info.clone(),
             metrics: metrics.clone(),
+            rejections: LogLimiter::default(),
         }),
     };
 
@@ -401,16 +384,24 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
     let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
     let mut metrics_addr = None;
     if let Some(listen) = config.metrics_listen {
+        if !listen.ip().is_loopback() {
+            tracing::warn!(
+                %listen,
+                token = config.auth_token.is_some(),
+                "metrics endpoint beyond loopback (plain HTTP): it shows who uses the teacher and how much"
+            );
+        }
         let ml = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(Error::io(format!("binding metrics {listen}")))?;
         metrics_addr = ml.local_addr().ok();
         let m = metrics.clone();
+        let token = config.auth_token.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = metrics_stop_rx.await;
             };
-            if let Err(e) = crate::metrics::serve(ml, m, stop).await {
+            if let Err(e) = crate::metrics::serve(ml, m, token, stop).await {
                 tracing::error!(error = %e, "metrics endpoint failed");
             }
         });
@@ -418,28 +409,55 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TeacherServer<TeacherService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(edkd_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // v1 for current clients, v1alpha for stock Python reflection clients and older grpcurl.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(edkd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
     let teacher_service = TeacherServer::new(service)
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
 
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout));
     if let Some(tls) = &config.tls {
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
+        let tls_config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert, &tls.key))
+            .timeout(config.handshake_timeout);
+        builder = builder.tls_config(tls_config)?;
     }
     let router = builder
+        .layer(PolicyLayer::new(
+            config.max_inflight_request_bytes,
+            metrics.clone(),
+        ))
         .layer(InterceptorLayer::new(BearerAuth::new(
             config.auth_token.as_deref(),
         )))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(teacher_service);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::conn::guard(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ConnLimits {
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
+        },
+        metrics.clone(),
+    );
     let task = tokio::spawn(async move {
         let signal = async move {
             let _ = shutdown_rx.await;

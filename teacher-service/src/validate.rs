@@ -7,6 +7,13 @@ use crate::error::{Error, Result};
 use crate::scoring::SeqInput;
 use crate::wire;
 
+/// Lowest accepted temperature. Below it a logit gap of 1 already puts probabilities under
+/// f32's normal range (`exp(-1 / 0.01)` = 3.7e-44): the answer is one-hot for any use, and
+/// `logits / T` heads for overflow (at 1e-45 every value came back NaN).
+pub const MIN_TEMPERATURE: f32 = 0.01;
+/// Highest accepted temperature (the distribution is uniform well before it).
+pub const MAX_TEMPERATURE: f32 = 1000.0;
+
 /// Why an empty prompt is refused (shared with `annotate`, which checks before sending).
 pub const EMPTY_PROMPT: &str = "is empty; must hold at least one token: the teacher predicts \
     target token t from the tokens before it (e.g. BOS when there is no other context)";
@@ -65,10 +72,10 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
         ));
     }
     let temperature = req.temperature;
-    if !(temperature.is_finite() && temperature > 0.0) {
+    if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&temperature) {
         return Err(Error::invalid(
             "temperature",
-            format!("{temperature} must be finite and > 0"),
+            format!("{temperature:?} is outside [{MIN_TEMPERATURE:?}, {MAX_TEMPERATURE:?}]"),
         ));
     }
     if req.sequences.is_empty() {

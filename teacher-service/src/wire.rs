@@ -44,6 +44,41 @@ pub fn encode_values(values: &[f32], format: ValueFormat) -> Bytes {
     out.freeze()
 }
 
+/// Smallest finite value of `format`.
+pub fn lowest(format: ValueFormat) -> f32 {
+    match resolve(format) {
+        ValueFormat::F16 => f16::MIN.to_f32(),
+        ValueFormat::Bf16 => bf16::MIN.to_f32(),
+        _ => f32::MIN,
+    }
+}
+
+/// Log-probs, packed: values below what `format` holds (and -inf) become its lowest finite
+/// value, so a receiver never reads a non-finite log-prob. Inputs must not be NaN.
+pub fn encode_logprobs(values: &[f32], format: ValueFormat) -> Bytes {
+    let floor = lowest(format);
+    if values.iter().all(|&v| v >= floor) {
+        return encode_values(values, format);
+    }
+    let clamped: Vec<f32> = values.iter().map(|&v| v.max(floor)).collect();
+    encode_values(&clamped, format)
+}
+
+/// Tail log-masses, packed: like [`encode_logprobs`], except that -inf (no mass outside
+/// the top k) stays -inf.
+pub fn encode_tail(values: &[f32], format: ValueFormat) -> Bytes {
+    let floor = lowest(format);
+    let keep = |v: f32| v == f32::NEG_INFINITY || v >= floor;
+    if values.iter().all(|&v| keep(v)) {
+        return encode_values(values, format);
+    }
+    let clamped: Vec<f32> = values
+        .iter()
+        .map(|&v| if keep(v) { v } else { floor })
+        .collect();
+    encode_values(&clamped, format)
+}
+
 pub fn decode_ids(bytes: &[u8]) -> Vec<u32> {
     bytes
         .chunks_exact(4)
@@ -88,9 +123,9 @@ impl Scores {
             id: self.id.clone(),
             num_positions: self.positions as u32,
             topk_ids: encode_ids(&self.topk_ids),
-            topk_logprobs: encode_values(&self.topk_logprobs, format),
-            tail_logmass: encode_values(&self.tail_logmass, format),
-            gold_logprob: encode_values(&self.gold_logprob, format),
+            topk_logprobs: encode_logprobs(&self.topk_logprobs, format),
+            tail_logmass: encode_tail(&self.tail_logmass, format),
+            gold_logprob: encode_logprobs(&self.gold_logprob, format),
         }
     }
 
@@ -166,6 +201,23 @@ mod tests {
             }
         }
         assert_eq!(decode_ids(&encode_ids(&[0, 7, u32::MAX])), [0, 7, u32::MAX]);
+    }
+
+    #[test]
+    fn log_probs_stay_finite_in_every_format() {
+        let v = [f32::NEG_INFINITY, -1e6, -70_000.0, -3.5];
+        for format in [ValueFormat::F32, ValueFormat::F16, ValueFormat::Bf16] {
+            let back = decode_values(&encode_logprobs(&v, format), format);
+            assert!(back.iter().all(|x| x.is_finite()), "{format:?}: {back:?}");
+            assert_eq!(back[0], lowest(format), "{format:?}");
+            let tail = decode_values(&encode_tail(&v, format), format);
+            assert_eq!(tail[0], f32::NEG_INFINITY, "{format:?}: -inf tail kept");
+            assert!(
+                tail[1..].iter().all(|x| x.is_finite()),
+                "{format:?}: {tail:?}"
+            );
+        }
+        assert_eq!(lowest(ValueFormat::F16), -65504.0);
     }
 
     #[test]

@@ -221,17 +221,27 @@ async fn every_bad_input_gets_invalid_argument_and_the_server_stays_up() {
         (
             "temperature 0",
             Box::new(|r| r.temperature = 0.0),
-            "temperature: 0 must be finite and > 0",
+            "temperature: 0.0 is outside [0.01, 1000.0]",
         ),
         (
             "temperature < 0",
             Box::new(|r| r.temperature = -1.0),
-            "temperature: -1 must be finite and > 0",
+            "temperature: -1.0 is outside [0.01, 1000.0]",
         ),
         (
             "temperature NaN",
             Box::new(|r| r.temperature = f32::NAN),
             "temperature: NaN",
+        ),
+        (
+            "temperature whose logits / T overflow",
+            Box::new(|r| r.temperature = 1e-45),
+            "temperature: 1e-45 is outside [0.01, 1000.0]",
+        ),
+        (
+            "temperature inf",
+            Box::new(|r| r.temperature = f32::INFINITY),
+            "temperature: inf is outside",
         ),
         (
             "over token budget",
@@ -285,7 +295,7 @@ async fn every_bad_input_gets_invalid_argument_and_the_server_stays_up() {
     client.score(req).await.unwrap();
     let metrics = server.metrics.render();
     assert!(
-        metrics.contains("edkd_teacher_errors_total{code=\"InvalidArgument\"} 30"),
+        metrics.contains("edkd_teacher_errors_total{code=\"InvalidArgument\"} 34"),
         "{metrics}"
     );
     server.shutdown().await.unwrap();

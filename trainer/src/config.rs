@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::loss::{Divergence, KdLoss};
 use crate::optim::{AdamWConfig, Schedule};
 
+mod numbers;
+pub use numbers::{MAX_EPS, MAX_LR, MAX_PREFETCH, MAX_THREADS_PER_CORE, MAX_TIMEOUT_S};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {message}")]
@@ -115,6 +118,9 @@ pub struct DataSection {
     pub tokenizer: Option<PathBuf>,
     pub train_split: String,
     pub eval_split: String,
+    /// What is checked when the shards are opened (token ids are range-checked as batches
+    /// are built either way).
+    pub verify: DataVerify,
 }
 
 impl Default for DataSection {
@@ -124,6 +130,27 @@ impl Default for DataSection {
             tokenizer: None,
             train_split: "train".into(),
             eval_split: "validation".into(),
+            verify: DataVerify::Sha256,
+        }
+    }
+}
+
+/// `data.verify`: how much of the dataset is checked against its manifest at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataVerify {
+    /// Hash every shard (all splits used) and compare with the manifest's sha256.
+    Sha256,
+    /// Only shard presence and row counts: for datasets too large to hash at every start.
+    Rows,
+}
+
+impl DataVerify {
+    /// The dataset reader's verification mode.
+    pub fn mode(self) -> edkd_data::Verify {
+        match self {
+            Self::Sha256 => edkd_data::Verify::Full,
+            Self::Rows => edkd_data::Verify::RowCounts,
         }
     }
 }
@@ -487,6 +514,7 @@ impl TrainConfig {
 
     /// Checks ranges and combinations; names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_numbers()?;
         if self.data.manifest.as_os_str().is_empty() {
             return Err(field(
                 "data.manifest",
@@ -655,6 +683,18 @@ mod tests {
                 .to_string()
                 .contains("teacher.cache")
         );
+    }
+
+    #[test]
+    fn data_verify_switch() {
+        let cfg = TrainConfig::from_overrides(&["data.manifest=x".into()]).unwrap();
+        assert_eq!(cfg.data.verify.mode(), edkd_data::Verify::Full);
+        let cfg =
+            TrainConfig::from_overrides(&["data.manifest=x".into(), "data.verify=rows".into()])
+                .unwrap();
+        assert_eq!(cfg.data.verify.mode(), edkd_data::Verify::RowCounts);
+        let err = TrainConfig::from_overrides(&["data.verify=md5".into()]).unwrap_err();
+        assert!(err.to_string().contains("md5"), "{err}");
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn evaluate(
     let (mut ce_sum, mut kd_sum, mut tokens) = (0.0, 0.0, 0i64);
     let mut seen = 0usize;
     while seen < n {
-        let Some(mut batch) = reader.next_batch() else {
+        let Some(mut batch) = reader.try_next_batch()? else {
             break;
         };
         if batch.rows == 0 {

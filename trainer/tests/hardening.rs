@@ -241,3 +241,41 @@ fn a_log_that_cannot_be_written_stops_the_run_naming_the_file() {
     assert!(err.to_lowercase().contains("no space"), "{err}");
     assert!(!out.join("final").exists());
 }
+
+/// Sets the high byte of example 0's first input id in its shard (found by its bytes).
+fn poison_first_input_id(data: &Path) -> std::path::PathBuf {
+    let ds = edkd_data::Dataset::open(data, &edkd_data::OpenOptions::new("train")).unwrap();
+    let ids: Vec<u32> = ds.example(0).input_ids.to_vec();
+    let needle: Vec<u8> = ids[..4].iter().flat_map(|i| i.to_le_bytes()).collect();
+    let shard = data.join("train/shard-00000.arrow");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the ids are in the shard");
+    bytes[at + 3] = 0x7f;
+    std::fs::write(&shard, bytes).unwrap();
+    shard
+}
+
+#[test]
+fn a_corrupt_shard_fails_the_run_naming_it_never_a_panic() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 32, 8);
+    let shard = poison_first_input_id(&data);
+    // By default every shard's sha256 is checked when the run opens its data.
+    let cfg = config(&data, &["optim.steps=2"]);
+    let err = train(&cfg, &run_opts(&tmp.path().join("a")), &mut Single)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shard-00000.arrow"), "{err}");
+    // Checking row counts only, the bad id is found when its batch is built.
+    let cfg = config(&data, &["optim.steps=40", "data.verify=\"rows\""]);
+    let err = train(&cfg, &run_opts(&tmp.path().join("b")), &mut Single)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shard-00000.arrow"), "{err}");
+    assert!(err.contains("vocabulary"), "{err}");
+    assert!(shard.exists());
+}

@@ -60,6 +60,10 @@ pub struct Args {
     /// Also store text_input/text_target columns.
     #[arg(long)]
     keep_text: bool,
+    /// Largest record in bytes (a JSONL or CSV line, a Parquet row's used cells); a longer
+    /// one is an error naming its file and line.
+    #[arg(long, default_value_t = edkd_data::ingest::DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
     /// Output folder (created atomically).
     #[arg(long)]
     out: PathBuf,
@@ -93,6 +97,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         val_fraction: a.val_fraction,
         shard_rows: a.shard_rows,
         keep_text: a.keep_text,
+        max_record_bytes: a.max_record_bytes,
         out: a.out.clone(),
         overwrite: a.overwrite,
         command: super::command_line(),

@@ -39,10 +39,39 @@ pub struct ConnectArgs {
     /// File holding the bearer token the server expects.
     #[arg(long, env = "EDKD_TEACHER_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
-    /// Deadline of each call, in seconds.
-    #[arg(long, default_value_t = 120.0, env = "EDKD_TEACHER_TIMEOUT")]
+    /// Deadline of each call, in seconds (at most a day).
+    #[arg(
+        long,
+        default_value_t = 120.0,
+        env = "EDKD_TEACHER_TIMEOUT",
+        allow_negative_numbers = true
+    )]
     pub timeout: f64,
 }
+
+/// A time flag as a `Duration`: `value` (in seconds) must be finite and in `(0, max_s]`,
+/// or `[0, max_s]` with `zero_ok`; the error names the flag, its unit and the range.
+pub fn seconds_flag(
+    flag: &str,
+    value: f64,
+    unit: &str,
+    per_second: f64,
+    zero_ok: bool,
+    max_s: f64,
+) -> anyhow::Result<Duration> {
+    let s = value / per_second;
+    let low_ok = if zero_ok { s >= 0.0 } else { s > 0.0 };
+    anyhow::ensure!(
+        value.is_finite() && low_ok && s <= max_s,
+        "{flag} {value}: must be a finite number of {unit} in {}0, {}]",
+        if zero_ok { "[" } else { "(" },
+        max_s * per_second
+    );
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Longest client deadline per call, seconds (a day).
+pub const MAX_TIMEOUT_S: f64 = 86_400.0;
 
 /// Reads a token file, trimmed; an empty token is an error.
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
@@ -61,10 +90,18 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 impl ConnectArgs {
     pub fn client(&self) -> anyhow::Result<edkd_teacher::Client> {
         let mut config = edkd_teacher::ClientConfig::new(self.addr.clone());
-        config.timeout = Duration::from_secs_f64(self.timeout);
+        config.timeout = seconds_flag(
+            "--timeout",
+            self.timeout,
+            "seconds",
+            1.0,
+            false,
+            MAX_TIMEOUT_S,
+        )?;
         if let Some(ca) = &self.tls_ca {
-            config.tls_ca_pem =
-                Some(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?);
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            edkd_teacher::tls::check_ca(&pem, &ca.display().to_string())?;
+            config.tls_ca_pem = Some(pem);
         }
         config.tls_domain = self.tls_domain.clone();
         if let Some(path) = &self.auth_token_file {

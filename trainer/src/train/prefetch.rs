@@ -29,7 +29,7 @@ pub(crate) struct Fetched {
 
 /// Reads batches and asks the teacher about them ahead of the training step.
 pub(crate) struct Prefetcher {
-    rx: Receiver<Fetched>,
+    rx: Receiver<Result<Fetched>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -44,9 +44,15 @@ impl Prefetcher {
             .name("edkd-prefetch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    let batch = match reader.next_batch() {
-                        Some(b) => b,
-                        None => continue, // epoch boundary: the next call starts a new one
+                    let batch = match reader.try_next_batch() {
+                        Ok(Some(b)) => b,
+                        Ok(None) => continue, // epoch boundary: the next call starts a new one
+                        Err(e) => {
+                            // A bad shard (ids out of range, a corrupt row): the step reports
+                            // it, naming file and row.
+                            let _ = tx.send(Err(e.into()));
+                            break;
+                        }
                     };
                     let cursor = reader.cursor().clone();
                     let teacher = teacher
@@ -58,7 +64,7 @@ impl Prefetcher {
                         teacher,
                         cursor,
                     };
-                    if tx.send(item).is_err() {
+                    if tx.send(Ok(item)).is_err() {
                         break;
                     }
                 }
@@ -75,7 +81,7 @@ impl Prefetcher {
     pub fn next(&self) -> Result<Fetched> {
         self.rx
             .recv()
-            .map_err(|_| Error::Source("the data/teacher prefetch thread stopped".into()))
+            .map_err(|_| Error::Source("the data/teacher prefetch thread stopped".into()))?
     }
 }
 

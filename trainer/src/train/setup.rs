@@ -41,7 +41,7 @@ impl RunData {
             None => None,
         };
         let mut open = edkd_data::OpenOptions::new(&cfg.data.train_split);
-        open.verify = edkd_data::Verify::RowCounts;
+        open.verify = cfg.data.verify.mode();
         open.expect_tokenizer_sha256 = tokenizer.as_ref().map(|t| t.sha256().to_owned());
         let train = Dataset::open(&cfg.data.manifest, &open)?;
         let eval = if train.manifest.splits.contains_key(&cfg.data.eval_split) {
