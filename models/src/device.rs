@@ -6,7 +6,7 @@ use tch::{Device, Kind};
 use crate::error::{Error, Result};
 
 const DEVICES: &str = "cpu, cuda or cuda:N";
-const DTYPES: &str = "f32, bf16 or f16";
+const DTYPES: &str = "f32, bf16, f16 or f64 (f64 for exactness checks)";
 
 /// Parses `cpu` / `cuda` (device 0) / `cuda:N`.
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -31,6 +31,7 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
         "f32" | "float32" => Ok(Kind::Float),
         "bf16" | "bfloat16" => Ok(Kind::BFloat16),
         "f16" | "float16" => Ok(Kind::Half),
+        "f64" | "float64" => Ok(Kind::Double),
         _ => Err(Error::Value {
             field: "dtype",
             value: s.to_owned(),
@@ -68,7 +69,7 @@ mod tests {
         assert_eq!(parse_dtype("float16").unwrap(), Kind::Half);
         let err = parse_dtype("int8").unwrap_err().to_string();
         assert!(
-            err.contains("dtype \"int8\"") && err.contains("f32, bf16 or f16"),
+            err.contains("dtype \"int8\"") && err.contains("f32, bf16, f16 or f64"),
             "{err}"
         );
     }

@@ -14,6 +14,8 @@ use edkd_models::{GenerationConfig, LoadOptions, Teacher, generate};
 use tch::{Kind, Tensor};
 
 const LOGIT_TOL: f64 = 1e-4;
+/// float64 against float64: the same math on the same weights.
+const EXACT_TOL: f64 = 1e-9;
 const SENTENCES: usize = 20;
 const GREEDY_PROMPTS: usize = 4;
 const MIN_STRINGS: usize = 1000;
@@ -110,17 +112,48 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
+/// edkd against transformers on the same GGUF. In float64 both compute the exact answer and
+/// must agree to 1e-9 on every machine. In float32 the check is the issue's 1e-4, widened
+/// to twice the distance transformers' own f32 logits keep from its f64 ones: f32 rounding
+/// differs between CPUs (1.7e-4 between ATen's AVX2 and AVX-512 kernels on one machine here),
+/// and a fixed bound at that noise floor would fail on some machines for no fault of edkd's.
 #[test]
 fn smollm2_logits_match_transformers() {
     let r = reference();
-    let mut worst = 0f64;
+    let gguf = smollm2_path().unwrap();
+    let opts = LoadOptions {
+        kind: Kind::Double,
+        ..LoadOptions::default()
+    };
+    let exact = Teacher::load(&gguf, opts).unwrap();
+    let (mut vs_hf32, mut ours32, mut theirs32, mut ours64) = (0f64, 0f64, 0f64, 0f64);
     for i in 0..SENTENCES {
         let ids = r.get(&format!("ids.{i}"));
-        let diff = max_diff(&logits(&r.teacher, &ids), &r.get(&format!("logits.{i}")));
-        worst = worst.max(diff);
-        assert!(diff <= LOGIT_TOL, "sentence {i}: logits differ by {diff}");
+        let truth = r.get(&format!("logits64.{i}"));
+        let hf32 = r.get(&format!("logits.{i}"));
+        let got = logits(&r.teacher, &ids);
+        let got64 = logits(&exact, &ids);
+        vs_hf32 = vs_hf32.max(max_diff(&got, &hf32));
+        ours32 = ours32.max(max_diff(&got.to_kind(Kind::Double), &truth));
+        theirs32 = theirs32.max(max_diff(&hf32.to_kind(Kind::Double), &truth));
+        let d64 = max_diff(&got64, &truth);
+        assert!(
+            d64 <= EXACT_TOL,
+            "sentence {i}: float64 logits differ by {d64:e}"
+        );
+        ours64 = ours64.max(d64);
     }
-    println!("SmolLM2: max |logits - transformers| over {SENTENCES} sentences = {worst:.2e}");
+    println!(
+        "SmolLM2 over {SENTENCES} sentences: max |edkd - transformers| f32 {vs_hf32:.2e}, \
+         f64 {ours64:.2e}; f32 distance from the f64 answer: edkd {ours32:.2e}, transformers \
+         {theirs32:.2e}"
+    );
+    let bound = LOGIT_TOL.max(2.0 * theirs32);
+    assert!(
+        ours32 <= bound,
+        "edkd's f32 logits are {ours32:e} from the exact answer, transformers' {theirs32:e} \
+         (bound {bound:e})"
+    );
 }
 
 #[test]
@@ -192,13 +225,18 @@ fn smollm2_converted_folder_matches_the_gguf() {
         let ids = r.get(&format!("ids.{i}"));
         let a = logits(from_gguf, &ids);
         assert_eq!(max_diff(&a, &logits(&from_dir, &ids)), 0.0, "sentence {i}");
-        // transformers loads the folder and agrees with itself on the GGUF.
         let hf_dir = r.get(&format!("folder_logits.{i}"));
         worst_hf = worst_hf.max(max_diff(&hf_dir, &r.get(&format!("logits.{i}"))));
     }
-    assert!(
-        worst_hf <= LOGIT_TOL,
-        "transformers on the folder differs by {worst_hf}"
+    // transformers reads the folder's weights bit for bit as it dequantizes the GGUF itself
+    // (its f32 logits on the two may still differ by rounding, printed only).
+    let weights = r.get("weights_diff").double_value(&[]);
+    println!(
+        "transformers, folder vs GGUF: weights differ by {weights:e}, f32 logits by {worst_hf:.2e}"
+    );
+    assert_eq!(
+        weights, 0.0,
+        "transformers reads other weights from the folder"
     );
     // The folder's tokenizer.json, read by transformers, gives edkd's ids.
     assert_eq!(r.tokens.folder_ids, r.tokens.ids);

@@ -46,14 +46,14 @@ impl Default for LoadOptions {
 /// Checks that `kind` is usable on `device` (fp16 matmuls on CPU are unusably slow).
 pub fn check_dtype(kind: Kind, device: Device) -> Result<()> {
     let ok = match device {
-        Device::Cpu => matches!(kind, Kind::Float | Kind::BFloat16),
-        _ => matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half),
+        Device::Cpu => matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Double),
+        _ => matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double),
     };
     if ok {
         Ok(())
     } else {
         Err(Error::Input(format!(
-            "dtype {kind:?} is not supported on {device:?} (CPU: f32, bf16; CUDA: f32, f16, bf16)"
+            "dtype {kind:?} is not supported on {device:?} (CPU: f32, bf16, f64; CUDA: f32, f16, bf16, f64)"
         )))
     }
 }
