@@ -5,6 +5,7 @@ mod convert;
 mod data;
 mod demo;
 mod device;
+mod export;
 mod generate;
 mod info;
 mod launch;
@@ -30,6 +31,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Generate from a student or teacher folder.
     Generate(generate::Args),
+    /// Export a student, twin or teacher folder to ONNX (optionally int8) for ONNX Runtime.
+    Export(export::Args),
     /// Import a checkpoint in the paper's reference layout as an edkd student folder.
     Convert(convert::Args),
     /// Prepare, inspect and synthesize datasets.
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Teacher(cmd) => teacher::run(cmd),
         Command::Generate(args) => generate::run(args),
+        Command::Export(args) => export::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Train(args) => train::run(args),
