@@ -100,13 +100,13 @@ fn export_generate_and_eval_round_trip() {
         assert!(f32_dir.join(f).is_file(), "{f} missing");
     }
 
-    let gen = |m: &Path, runtime: &str| {
+    let generated = |m: &Path, runtime: &str| {
         ids_line(&ok(&[
             "generate", "--model", s(m), "--runtime", runtime, "--input", "key k3 is 7. what is k3?",
             "--max-new-tokens", "6",
         ]))
     };
-    assert_eq!(gen(&f32_dir, "onnx"), gen(&model, "torch"));
+    assert_eq!(generated(&f32_dir, "onnx"), generated(&model, "torch"));
 
     let torch = eval_json(&model, &data, &tmp.path().join("torch.json"), "torch");
     let onnx = eval_json(&f32_dir, &data, &tmp.path().join("onnx.json"), "onnx");
@@ -132,13 +132,13 @@ fn a_teacher_exports_to_one_graph_and_generates_as_on_libtorch() {
     let out = tmp.path().join("onnx");
     ok(&["export", "--model", s(&fixture("qwen2_tied")), "--out", s(&out)]);
     assert!(out.join("model.onnx").is_file());
-    let gen = |m: &Path, runtime: &str| {
+    let generated = |m: &Path, runtime: &str| {
         ids_line(&ok(&[
             "generate", "--model", s(m), "--runtime", runtime, "--input-ids", "5,9,30,31,7",
             "--max-new-tokens", "6",
         ]))
     };
-    assert_eq!(gen(&out, "onnx"), gen(&fixture("qwen2_tied"), "torch"));
+    assert_eq!(generated(&out, "onnx"), generated(&fixture("qwen2_tied"), "torch"));
 }
 
 #[test]
