@@ -51,21 +51,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         scheme,
         quantize_embeddings: !args.keep_embeddings_f32,
     };
-    let m = export_folder(&args.model, &args.out, &opts)
-        .with_context(|| format!("exporting {} to {}", args.model.display(), args.out.display()))?;
+    let m = export_folder(&args.model, &args.out, &opts).with_context(|| {
+        format!(
+            "exporting {} to {}",
+            args.model.display(),
+            args.out.display()
+        )
+    })?;
     println!(
         "exported {} ({}, {:.2}M parameters, {}) to {}",
         args.model.display(),
         m.architecture,
         m.parameters as f64 / 1e6,
         match &m.quantization {
-            Some(q) => format!("{:?}{}", q.scheme, if q.embeddings { ", embeddings int8" } else { "" }),
+            Some(q) => format!(
+                "{:?}{}",
+                q.scheme,
+                if q.embeddings {
+                    ", embeddings int8"
+                } else {
+                    ""
+                }
+            ),
             None => "f32".into(),
         },
         args.out.display()
     );
     for (name, g) in &m.graphs {
-        println!("  {name:<8} {:<14} {:>12} bytes, {} inputs, {} outputs", g.file, g.bytes, g.inputs.len(), g.outputs.len());
+        println!(
+            "  {name:<8} {:<14} {:>12} bytes, {} inputs, {} outputs",
+            g.file,
+            g.bytes,
+            g.inputs.len(),
+            g.outputs.len()
+        );
     }
     println!("  total {} bytes; see export.json", m.model_bytes());
     Ok(())
@@ -86,10 +105,16 @@ fn rows(t: &Tensor, mask: Option<&Tensor>) -> edkd_trainer::Result<Vec<Vec<i64>>
     let (b, w) = t.size2()?;
     let all = Vec::<i64>::try_from(&t.to_kind(Kind::Int64).contiguous().view([-1]))?;
     let lens: Vec<i64> = match mask {
-        Some(m) => Vec::<i64>::try_from(&m.to_kind(Kind::Int64).sum_dim_intlist(-1, false, Kind::Int64))?,
+        Some(m) => Vec::<i64>::try_from(&m.to_kind(Kind::Int64).sum_dim_intlist(
+            -1,
+            false,
+            Kind::Int64,
+        ))?,
         None => vec![w; b as usize],
     };
-    Ok((0..b as usize).map(|r| all[r * w as usize..][..lens[r] as usize].to_vec()).collect())
+    Ok((0..b as usize)
+        .map(|r| all[r * w as usize..][..lens[r] as usize].to_vec())
+        .collect())
 }
 
 impl Evaluable for OnnxEval {
@@ -99,7 +124,9 @@ impl Evaluable for OnnxEval {
             ModelKind::Seq2seq => {
                 let inputs = rows(&t.encoder_ids, Some(&t.encoder_mask))?;
                 let dec = rows(&t.decoder_input_ids, None)?;
-                Ok(m.seq2seq_logits(&inputs, &dec).map_err(ort_err)?.to_tensor())
+                Ok(m.seq2seq_logits(&inputs, &dec)
+                    .map_err(ort_err)?
+                    .to_tensor())
             }
             ModelKind::Causal => {
                 // As the trainer scores a decoder-only model: logits over `input ++ target`
@@ -115,15 +142,103 @@ impl Evaluable for OnnxEval {
         }
     }
 
-    fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> edkd_trainer::Result<Vec<Vec<i64>>> {
+    fn generate(
+        &self,
+        inputs: &[Vec<i64>],
+        cfg: &GenerationConfig,
+    ) -> edkd_trainer::Result<Vec<Vec<i64>>> {
         self.0.borrow_mut().generate(inputs, cfg).map_err(ort_err)
     }
 
     fn eos(&self) -> i64 {
-        self.0.borrow().manifest.eos_token_ids.first().copied().unwrap_or(-1)
+        self.0
+            .borrow()
+            .manifest
+            .eos_token_ids
+            .first()
+            .copied()
+            .unwrap_or(-1)
     }
 
     fn pad(&self) -> i64 {
         self.0.borrow().manifest.pad_token_id
     }
+}
+
+/// Timed greedy runs per runtime in the demo's device comparison (best of these).
+const DEMO_REPEATS: usize = 3;
+
+/// The demo's last step: exports the distilled student to ONNX int8, evaluates it under
+/// ONNX Runtime on the held-out examples the libtorch row (`torch`) was scored on, times
+/// greedy decoding of one held-out input on both, and renders the two rows as a table.
+/// Returns `None` (with the reason printed) when ONNX Runtime is not installed.
+pub fn demo_device_table(
+    student: &std::path::Path,
+    data: &std::path::Path,
+    cfg: &edkd_trainer::config::EvalSection,
+    torch: &edkd_trainer::eval::EvalReport,
+    out: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    if let Err(e) = edkd_export::runtime::init() {
+        eprintln!("  skipping the ONNX Runtime row: {e}");
+        return Ok(None);
+    }
+    let opts = ExportOptions {
+        scheme: Scheme::Int8,
+        quantize_embeddings: true,
+    };
+    let manifest = export_folder(student, out, &opts)?;
+    let int8 = crate::train::evaluate_onnx(out, data, "validation", cfg, DEFAULT_THREADS)?;
+
+    let (ds, _) = edkd_trainer::eval::open_eval_split(out, data, "validation")?;
+    let ids: Vec<i64> = ds.example(0).input_ids.iter().map(|&x| x as i64).collect();
+    let n = cfg.max_new_tokens.max(2);
+    let s = edkd_models::student::StudentModel::load(student, Default::default())?;
+    let torch_bytes = s.num_parameters() as u64 * 4;
+    // libtorch first: ONNX Runtime's idle threads spin and would slow it down.
+    let (mut tf, mut td, mut of, mut od) =
+        (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    for _ in 0..=DEMO_REPEATS {
+        let (f, d) = edkd_experiments::edge::time_student_torch(&s.model, &ids, n);
+        (tf, td) = (tf.min(f), td.min(d));
+    }
+    drop(s);
+    let mut m = OnnxModel::load(out, DEFAULT_THREADS)?;
+    for _ in 0..=DEMO_REPEATS {
+        let (f, d) = m.time_greedy(&ids, n)?;
+        (of, od) = (of.min(f), od.min(d));
+    }
+    let row =
+        |name: &str, r: &edkd_trainer::eval::EvalReport, bytes: u64, first: f64, decode: f64| {
+            let o = r.overall.clone().unwrap_or_default();
+            format!(
+                "| {name:<22} | {:>6.3} | {:>6.3} | {:>7.3} | {:>9.2} | {:>9.2} | {:>9.1} |\n",
+                o.em,
+                o.f1,
+                o.rouge_l,
+                bytes as f64 / (1u64 << 20) as f64,
+                first * 1e3,
+                (n - 1) as f64 / decode
+            )
+        };
+    let mut t = format!(
+        "| {:<22} | {:>6} | {:>6} | {:>7} | {:>9} | {:>9} | {:>9} |\n|{}|{}|{}|{}|{}|{}|{}|\n",
+        "student, KD, runtime",
+        "EM",
+        "F1",
+        "ROUGE-L",
+        "model MiB",
+        "first ms",
+        "decode/s",
+        "-".repeat(24),
+        "-".repeat(8),
+        "-".repeat(8),
+        "-".repeat(9),
+        "-".repeat(11),
+        "-".repeat(11),
+        "-".repeat(11)
+    );
+    t += &row("libtorch f32", torch, torch_bytes, tf, td);
+    t += &row("ONNX Runtime int8", &int8, manifest.model_bytes(), of, od);
+    Ok(Some(t))
 }

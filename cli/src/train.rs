@@ -270,7 +270,16 @@ pub fn evaluate_onnx(
     let (ds, tokenizer) = open_eval_split(export, data, split)?;
     let loss = TrainConfig::default().loss.kd();
     let net = OnnxEval(std::cell::RefCell::new(model));
-    evaluate(&net, &ds, None, &loss, cfg, Some(&tokenizer), tch::Device::Cpu, 0)
+    evaluate(
+        &net,
+        &ds,
+        None,
+        &loss,
+        cfg,
+        Some(&tokenizer),
+        tch::Device::Cpu,
+        0,
+    )
 }
 
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -287,13 +296,13 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         Runtime::Onnx => evaluate_onnx(&args.model, &args.data, &args.split, &cfg, args.threads),
     }
     .with_context(|| {
-            format!(
-                "evaluating {} on split `{}` of {}",
-                args.model.display(),
-                args.split,
-                args.data.display()
-            )
-        })?;
+        format!(
+            "evaluating {} on split `{}` of {}",
+            args.model.display(),
+            args.split,
+            args.data.display()
+        )
+    })?;
     print_report(&report);
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")

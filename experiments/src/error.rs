@@ -6,6 +6,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Model(#[from] edkd_models::Error),
+    #[error(transparent)]
+    Export(#[from] edkd_export::Error),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

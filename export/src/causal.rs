@@ -63,7 +63,12 @@ struct Causal<'a, 'w> {
 impl Causal<'_, '_> {
     fn norm(&mut self, x: &str, key: &str) -> Result<V> {
         let f = &self.c.features;
-        self.b.rms_norm(x, &format!("{key}.weight"), self.c.rms_norm_eps, f.norm_kind)
+        self.b.rms_norm(
+            x,
+            &format!("{key}.weight"),
+            self.c.rms_norm_eps,
+            f.norm_kind,
+        )
     }
 
     fn residual(&mut self, x: &str, h: &str) -> V {
@@ -88,11 +93,19 @@ impl Causal<'_, '_> {
             } else {
                 None
             };
-            let part = |start: i64, n: i64| (rows(&w, start, n), b.as_ref().map(|b| b.narrow(0, start, n)));
+            let part = |start: i64, n: i64| {
+                (
+                    rows(&w, start, n),
+                    b.as_ref().map(|b| b.narrow(0, start, n)),
+                )
+            };
             let mut out = Vec::new();
             for (name, start, n) in [("q", 0, qd), ("k", qd, kvd), ("v", qd + kvd, kvd)] {
                 let (w, b) = part(start, n);
-                out.push(self.b.linear_from(x, &format!("{p}.qkv_proj.{name}"), &w, b.as_ref())?);
+                out.push(
+                    self.b
+                        .linear_from(x, &format!("{p}.qkv_proj.{name}"), &w, b.as_ref())?,
+                );
             }
             let v = out.pop().expect("three");
             let k = out.pop().expect("three");
@@ -112,8 +125,10 @@ impl Causal<'_, '_> {
             QkNorm::PerHead { eps, kind } | QkNorm::Whole { eps, kind } => (eps, kind),
         };
         Ok((
-            self.b.rms_norm(q, &format!("{p}.q_norm.weight"), eps, kind)?,
-            self.b.rms_norm(k, &format!("{p}.k_norm.weight"), eps, kind)?,
+            self.b
+                .rms_norm(q, &format!("{p}.q_norm.weight"), eps, kind)?,
+            self.b
+                .rms_norm(k, &format!("{p}.k_norm.weight"), eps, kind)?,
         ))
     }
 
@@ -127,12 +142,19 @@ impl Causal<'_, '_> {
             } else {
                 None
             };
-            let half = |i: i64| (rows(&w, i * ff, ff), b.as_ref().map(|b| b.narrow(0, i * ff, ff)));
+            let half = |i: i64| {
+                (
+                    rows(&w, i * ff, ff),
+                    b.as_ref().map(|b| b.narrow(0, i * ff, ff)),
+                )
+            };
             let (gw, gb) = half(0);
             let (uw, ub) = half(1);
             (
-                self.b.linear_from(x, &format!("{p}.gate_up_proj.gate"), &gw, gb.as_ref())?,
-                self.b.linear_from(x, &format!("{p}.gate_up_proj.up"), &uw, ub.as_ref())?,
+                self.b
+                    .linear_from(x, &format!("{p}.gate_up_proj.gate"), &gw, gb.as_ref())?,
+                self.b
+                    .linear_from(x, &format!("{p}.gate_up_proj.up"), &uw, ub.as_ref())?,
             )
         } else {
             (
@@ -172,7 +194,13 @@ fn inv(r: &edkd_models::nn::RopeConfig) -> Result<(Vec<f32>, f64)> {
 }
 
 /// Builds `model.onnx` for a decoder-only model.
-pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool, name: &str) -> Result<Graph> {
+pub fn model(
+    c: &CausalLmConfig,
+    w: &mut Weights,
+    scheme: Scheme,
+    q_embed: bool,
+    name: &str,
+) -> Result<Graph> {
     check(c, name)?;
     let mut m = Causal {
         b: Builder::new("edkd_causal_lm", w, scheme, q_embed),
@@ -186,9 +214,21 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
     );
     let (kv, hd) = (Dim::Fixed(c.num_kv_heads), Dim::Fixed(c.head_dim));
     let g = &mut m.b.g;
-    let ids = g.input(names::INPUT_IDS, Elem::Int64, vec![batch.clone(), t.clone()]);
-    let mask = g.input(names::ATTENTION_MASK, Elem::Int64, vec![batch.clone(), total.clone()]);
-    let pos = g.input(names::POSITION_IDS, Elem::Int64, vec![batch.clone(), t.clone()]);
+    let ids = g.input(
+        names::INPUT_IDS,
+        Elem::Int64,
+        vec![batch.clone(), t.clone()],
+    );
+    let mask = g.input(
+        names::ATTENTION_MASK,
+        Elem::Int64,
+        vec![batch.clone(), total.clone()],
+    );
+    let pos = g.input(
+        names::POSITION_IDS,
+        Elem::Int64,
+        vec![batch.clone(), t.clone()],
+    );
     let keep = g.input(names::LOGITS_TO_KEEP, Elem::Int64, vec![Dim::Fixed(1)]);
     let n = c.num_layers as usize;
     let pasts: Vec<(V, V)> = (0..n)
@@ -205,9 +245,8 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
     let mut biases: HashMap<Option<i64>, V> = HashMap::new();
     for i in 0..n {
         let window = c.layer_kind(i).window;
-        if !biases.contains_key(&window) {
-            let b = lm_bias(g, &mask, &past_len, &new_len, window);
-            biases.insert(window, b);
+        if let std::collections::hash_map::Entry::Vacant(e) = biases.entry(window) {
+            e.insert(lm_bias(g, &mask, &past_len, &new_len, window));
         }
     }
     let (gi, gs) = inv(&c.rope)?;
@@ -225,7 +264,9 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
         n_kv: c.num_kv_heads,
         head_dim: c.head_dim,
         gqa: GqaMapping::Grouped,
-        scale: c.attention_scale().unwrap_or_else(|| (c.head_dim as f64).powf(-0.5)) as f32,
+        scale: c
+            .attention_scale()
+            .unwrap_or_else(|| (c.head_dim as f64).powf(-0.5)) as f32,
         softcap: f.attn_softcap.map(|x| x as f32),
     };
     let mut x = m.b.embedding(&ids, "model.embed_tokens.weight")?;
@@ -243,7 +284,11 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
         let a = format!("{p}.self_attn");
         let (q, k, v) = m.qkv(&h, &a)?;
         let whole = matches!(f.qk_norm, QkNorm::Whole { .. });
-        let (q, k) = if whole { m.qk_norm(&q, &k, &a)? } else { (q, k) };
+        let (q, k) = if whole {
+            m.qk_norm(&q, &k, &a)?
+        } else {
+            (q, k)
+        };
         let mut q = m.b.heads(&q, c.num_heads, c.head_dim);
         let mut k = m.b.heads(&k, c.num_kv_heads, c.head_dim);
         let v = m.b.heads(&v, c.num_kv_heads, c.head_dim);
@@ -262,8 +307,10 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
         let k = m.b.g.concat(&[pk, &k], 2);
         let v = m.b.g.concat(&[pv, &v], 2);
         let shape = vec![batch.clone(), kv.clone(), total.clone(), hd.clone()];
-        m.b.g.output(&k, &present_name(i, "key"), Elem::Float32, shape.clone());
-        m.b.g.output(&v, &present_name(i, "value"), Elem::Float32, shape);
+        m.b.g
+            .output(&k, &present_name(i, "key"), Elem::Float32, shape.clone());
+        m.b.g
+            .output(&v, &present_name(i, "value"), Elem::Float32, shape);
         let bias = biases[&kind.window].clone();
         let h = m.b.attend(&q, &k, &v, Some(&bias), &spec);
         let mut h = m.b.linear(&h, &format!("{a}.o_proj"), c.o_bias)?;
@@ -300,6 +347,11 @@ pub fn model(c: &CausalLmConfig, w: &mut Weights, scheme: Scheme, q_embed: bool,
         logits = m.b.g.mul(&y, &s);
     }
     let kept = Dim::from("kept_len");
-    m.b.g.output(&logits, names::LOGITS, Elem::Float32, vec![batch, kept, c.vocab_size.into()]);
+    m.b.g.output(
+        &logits,
+        names::LOGITS,
+        Elem::Float32,
+        vec![batch, kept, c.vocab_size.into()],
+    );
     Ok(m.b.g)
 }

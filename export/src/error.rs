@@ -21,7 +21,11 @@ pub enum Error {
         supported: &'static str,
     },
     #[error("{what} is {bytes} bytes, over the protobuf limit of {limit} bytes")]
-    TooLarge { what: String, bytes: u64, limit: u64 },
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
     /// The weights did not match what the graph builder expected.
     #[error("weights: {0}")]
     Weights(String),

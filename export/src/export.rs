@@ -101,7 +101,8 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
             causal::check(&c, &name)?;
             let mut w = Weights::new(&t.vs, &name);
             let g = causal::model(&c, &mut w, q, qe, &name)?;
-            let doc = "edkd decoder-only model with past KV (transformers' decoder-with-past layout)";
+            let doc =
+                "edkd decoder-only model with past KV (transformers' decoder-with-past layout)";
             graphs.insert("model".into(), write_graph(g, out, "model", doc)?);
             w.check_all_used()?;
             Manifest {

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use prost::Message;
 
 use crate::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
+    tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
 
 /// The default-domain operator set every graph uses (LayerNormalization exists from 17;
@@ -219,7 +219,13 @@ impl Graph {
     }
 
     /// A node with `n` outputs.
-    pub fn op_n(&mut self, op: &str, inputs: &[&str], n: usize, attrs: Vec<(&str, Attr)>) -> Vec<V> {
+    pub fn op_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        n: usize,
+        attrs: Vec<(&str, Attr)>,
+    ) -> Vec<V> {
         let outs: Vec<V> = (0..n).map(|_| self.fresh(op)).collect();
         let refs: Vec<&str> = outs.iter().map(String::as_str).collect();
         self.node(op, inputs, &refs, attrs);
@@ -349,7 +355,10 @@ impl Graph {
         self.op(
             "ReduceMean",
             &[x],
-            vec![("axes", Attr::Ints(axes.to_vec())), ("keepdims", Attr::Int(1))],
+            vec![
+                ("axes", Attr::Ints(axes.to_vec())),
+                ("keepdims", Attr::Int(1)),
+            ],
         )
     }
     /// Sum over `axes`, keeping them (opset 13+: axes is an input).

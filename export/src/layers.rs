@@ -27,7 +27,12 @@ impl Weights {
         let vars = vs
             .variables()
             .into_iter()
-            .map(|(k, v)| (k, v.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float)))
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float),
+                )
+            })
             .collect();
         Self {
             vars,
@@ -37,9 +42,10 @@ impl Weights {
     }
 
     pub fn get(&mut self, name: &str) -> Result<Tensor> {
-        let t = self.vars.get(name).ok_or_else(|| {
-            Error::Weights(format!("{}: no variable `{name}`", self.model))
-        })?;
+        let t = self
+            .vars
+            .get(name)
+            .ok_or_else(|| Error::Weights(format!("{}: no variable `{name}`", self.model)))?;
         self.used.insert(name.to_owned());
         Ok(t.shallow_clone())
     }
@@ -69,7 +75,9 @@ impl Weights {
 }
 
 fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(Vec::<f32>::try_from(&t.to_kind(Kind::Float).contiguous().flatten(0, -1))?)
+    Ok(Vec::<f32>::try_from(
+        &t.to_kind(Kind::Float).contiguous().flatten(0, -1),
+    )?)
 }
 
 /// Attention shape and scoring options.
@@ -117,24 +125,38 @@ impl<'w> Builder<'w> {
     }
 
     /// A linear layer from an explicit `[out, in]` weight (fused projections split apart).
-    pub fn linear_from(&mut self, x: &str, name: &str, weight: &Tensor, bias: Option<&Tensor>) -> Result<V> {
+    pub fn linear_from(
+        &mut self,
+        x: &str,
+        name: &str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<V> {
         let (d_out, d_in) = weight.size2()?;
         let wt = weight.tr().contiguous(); // [in, out]: MatMul(x, W) with no transpose at run time
         let y = match self.scheme {
             Scheme::None => {
-                let w = self.g.init_f32(&format!("{name}.weight_t"), &[d_in, d_out], &f32_vec(&wt)?);
+                let w =
+                    self.g
+                        .init_f32(&format!("{name}.weight_t"), &[d_in, d_out], &f32_vec(&wt)?);
                 self.g.matmul(x, &w)
             }
             Scheme::Int8 | Scheme::Int8Weight => {
                 let q = quantize(&wt, 1)?;
-                let wq = self.g.init_i8(&format!("{name}.weight_t.int8"), &[d_in, d_out], &q.q);
-                let s = self.g.init_f32(&format!("{name}.weight_t.scale"), &[d_out], &q.scale);
+                let wq = self
+                    .g
+                    .init_i8(&format!("{name}.weight_t.int8"), &[d_in, d_out], &q.q);
+                let s = self
+                    .g
+                    .init_f32(&format!("{name}.weight_t.scale"), &[d_out], &q.scale);
                 self.int8_matmul(x, &wq, &s, d_out)
             }
         };
         Ok(match bias {
             Some(b) => {
-                let b = self.g.init_f32(&format!("{name}.bias"), &[d_out], &f32_vec(b)?);
+                let b = self
+                    .g
+                    .init_f32(&format!("{name}.bias"), &[d_out], &f32_vec(b)?);
                 self.g.add(&y, &b)
             }
             None => y,
@@ -153,7 +175,11 @@ impl<'w> Builder<'w> {
                 self.g.mul(&acc, &s)
             }
             _ => {
-                let zp = self.g.init_i8(&format!("{wq}.zero_point"), &[d_out], &vec![0; d_out as usize]);
+                let zp = self.g.init_i8(
+                    &format!("{wq}.zero_point"),
+                    &[d_out],
+                    &vec![0; d_out as usize],
+                );
                 let w = self.g.op(
                     "DequantizeLinear",
                     &[wq, scale, &zp],
@@ -222,7 +248,8 @@ impl<'w> Builder<'w> {
         }
         let (v, d) = t.size2()?;
         let name = self.g.init_f32(key, &[v, d], &f32_vec(t)?);
-        self.qtables.insert(key.to_owned(), (name.clone(), String::new()));
+        self.qtables
+            .insert(key.to_owned(), (name.clone(), String::new()));
         Ok(name)
     }
 
@@ -236,7 +263,8 @@ impl<'w> Builder<'w> {
         let (v, d) = (q.dims[0], q.dims[1]);
         let qn = self.g.init_i8(&format!("{key}.int8"), &[v, d], &q.q);
         let sn = self.g.init_f32(&format!("{key}.scale"), &[v], &q.scale);
-        self.qtables.insert(key.to_owned(), (qn.clone(), sn.clone()));
+        self.qtables
+            .insert(key.to_owned(), (qn.clone(), sn.clone()));
         Ok((qn, sn))
     }
 

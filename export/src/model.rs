@@ -35,7 +35,12 @@ impl Logits {
                 msg: format!("expected [batch, len, vocab], got {shape:?}"),
             });
         };
-        Ok(Self { batch, len, vocab, data })
+        Ok(Self {
+            batch,
+            len,
+            vocab,
+            data,
+        })
     }
 
     /// The logits of row `b` at position `t`.
@@ -45,7 +50,11 @@ impl Logits {
     }
 
     pub fn to_tensor(&self) -> Tensor {
-        Tensor::from_slice(&self.data).reshape([self.batch as i64, self.len as i64, self.vocab as i64])
+        Tensor::from_slice(&self.data).reshape([
+            self.batch as i64,
+            self.len as i64,
+            self.vocab as i64,
+        ])
     }
 }
 
@@ -89,7 +98,9 @@ impl OnnxModel {
                 encoder: open("encoder")?,
                 decoder: open("decoder")?,
             },
-            ModelKind::Causal => Graphs::Causal { model: open("model")? },
+            ModelKind::Causal => Graphs::Causal {
+                model: open("model")?,
+            },
         };
         Ok(Self {
             manifest,
@@ -114,7 +125,12 @@ impl OnnxModel {
         let m = &self.manifest;
         let shape = [batch, m.num_kv_heads as usize, 0, m.head_dim as usize];
         (0..m.decoder_layers)
-            .map(|_| Ok((f32_tensor(&shape, Vec::new())?, f32_tensor(&shape, Vec::new())?)))
+            .map(|_| {
+                Ok((
+                    f32_tensor(&shape, Vec::new())?,
+                    f32_tensor(&shape, Vec::new())?,
+                ))
+            })
             .collect()
     }
 
@@ -140,11 +156,16 @@ impl OnnxModel {
                 let mut mask = vec![0i64; b * len];
                 for (r, p) in prompts.iter().enumerate() {
                     ids[r * len..r * len + p.len()].copy_from_slice(p);
-                    mask[r * len..r * len + p.len()].iter_mut().for_each(|m| *m = 1);
+                    mask[r * len..r * len + p.len()]
+                        .iter_mut()
+                        .for_each(|m| *m = 1);
                 }
                 let inputs: Inputs<'_> = vec![
                     (names::INPUT_IDS.into(), i64_tensor(&[b, len], ids)?.into()),
-                    (names::ATTENTION_MASK.into(), i64_tensor(&[b, len], mask.clone())?.into()),
+                    (
+                        names::ATTENTION_MASK.into(),
+                        i64_tensor(&[b, len], mask.clone())?.into(),
+                    ),
                 ];
                 let mut out = run(encoder, inputs, "encoder.onnx")?;
                 for i in 0..layers {
@@ -175,9 +196,18 @@ impl OnnxModel {
                 }
                 let mut inputs: Inputs<'_> = vec![
                     (names::INPUT_IDS.into(), i64_tensor(&[b, len], ids)?.into()),
-                    (names::ATTENTION_MASK.into(), i64_tensor(&[b, len], mask)?.into()),
-                    (names::POSITION_IDS.into(), i64_tensor(&[b, len], pos)?.into()),
-                    (names::LOGITS_TO_KEEP.into(), i64_tensor(&[1], vec![1])?.into()),
+                    (
+                        names::ATTENTION_MASK.into(),
+                        i64_tensor(&[b, len], mask)?.into(),
+                    ),
+                    (
+                        names::POSITION_IDS.into(),
+                        i64_tensor(&[b, len], pos)?.into(),
+                    ),
+                    (
+                        names::LOGITS_TO_KEEP.into(),
+                        i64_tensor(&[1], vec![1])?.into(),
+                    ),
                 ];
                 for (i, (k, v)) in std::mem::take(&mut state.past).into_iter().enumerate() {
                     inputs.push((past_name(i, "key").into(), k.into()));
@@ -206,14 +236,23 @@ impl OnnxModel {
                 Graphs::Causal { model } => (model, "model.onnx", present_name),
             };
         let mut inputs: Inputs<'_> = vec![
-            (names::INPUT_IDS.into(), i64_tensor(&[b, 1], feed.to_vec())?.into()),
-            (names::LOGITS_TO_KEEP.into(), i64_tensor(&[1], vec![1])?.into()),
+            (
+                names::INPUT_IDS.into(),
+                i64_tensor(&[b, 1], feed.to_vec())?.into(),
+            ),
+            (
+                names::LOGITS_TO_KEEP.into(),
+                i64_tensor(&[1], vec![1])?.into(),
+            ),
         ];
         if let Some(mask) = &state.enc_mask {
             // Student: positions count decoder tokens; the cross K/V are read in place.
             let pos = state.fed;
             state.fed += 1;
-            inputs.push((names::POSITION_IDS.into(), i64_tensor(&[b, 1], vec![pos; b])?.into()));
+            inputs.push((
+                names::POSITION_IDS.into(),
+                i64_tensor(&[b, 1], vec![pos; b])?.into(),
+            ));
             inputs.push((names::ENCODER_MASK.into(), mask.into()));
             for (i, ((k, v), (ck, cv))) in past.into_iter().zip(&state.cross).enumerate() {
                 inputs.push((names::past_self(i, "key").into(), k.into()));
@@ -227,7 +266,10 @@ impl OnnxModel {
             }
             let t = state.key_mask[0].len();
             let mask: Vec<i64> = state.key_mask.concat();
-            inputs.push((names::ATTENTION_MASK.into(), i64_tensor(&[b, t], mask)?.into()));
+            inputs.push((
+                names::ATTENTION_MASK.into(),
+                i64_tensor(&[b, t], mask)?.into(),
+            ));
             let pos = state.next_pos.clone();
             state.next_pos.iter_mut().for_each(|p| *p += 1);
             inputs.push((names::POSITION_IDS.into(), i64_tensor(&[b, 1], pos)?.into()));
@@ -249,7 +291,11 @@ impl OnnxModel {
     /// Generates up to `cfg.max_new_tokens` per prompt, as edkd's libtorch generation
     /// does (student: right-padded inputs, decoder from BOS; decoder-only: left padding,
     /// positions counting real tokens); returns each row's new tokens.
-    pub fn generate(&mut self, prompts: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+    pub fn generate(
+        &mut self,
+        prompts: &[Vec<i64>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<i64>>> {
         check_ids(prompts, self.manifest.vocab_size)?;
         if cfg.max_new_tokens == 0 || prompts.is_empty() {
             return Ok(vec![Vec::new(); prompts.len()]);
@@ -298,13 +344,19 @@ impl OnnxModel {
 
     /// Teacher-forced student logits `[b, t, vocab]`: `inputs` (right-padded into the
     /// encoder) and equally long `decoder_ids` rows, no cache.
-    pub fn seq2seq_logits(&mut self, inputs: &[Vec<i64>], decoder_ids: &[Vec<i64>]) -> Result<Logits> {
+    pub fn seq2seq_logits(
+        &mut self,
+        inputs: &[Vec<i64>],
+        decoder_ids: &[Vec<i64>],
+    ) -> Result<Logits> {
         let Graphs::Seq2seq { .. } = self.graphs else {
             return Err(Error::Input("seq2seq_logits needs a student export".into()));
         };
         let t = decoder_ids.first().map_or(0, Vec::len);
         if decoder_ids.len() != inputs.len() || decoder_ids.iter().any(|d| d.len() != t) || t == 0 {
-            return Err(Error::Input("decoder_ids: one non-empty row per input, all of one length".into()));
+            return Err(Error::Input(
+                "decoder_ids: one non-empty row per input, all of one length".into(),
+            ));
         }
         let b = inputs.len();
         let (mut state, _) = self.start(inputs)?;
@@ -313,12 +365,28 @@ impl OnnxModel {
             unreachable!("checked above")
         };
         let mut inputs: Inputs<'_> = vec![
-            (names::INPUT_IDS.into(), i64_tensor(&[b, t], decoder_ids.concat())?.into()),
-            (names::LOGITS_TO_KEEP.into(), i64_tensor(&[1], vec![0])?.into()),
-            (names::POSITION_IDS.into(), i64_tensor(&[b, t], (0..b).flat_map(|_| 0..t as i64).collect())?.into()),
-            (names::ENCODER_MASK.into(), state.enc_mask.as_ref().expect("seq2seq").into()),
+            (
+                names::INPUT_IDS.into(),
+                i64_tensor(&[b, t], decoder_ids.concat())?.into(),
+            ),
+            (
+                names::LOGITS_TO_KEEP.into(),
+                i64_tensor(&[1], vec![0])?.into(),
+            ),
+            (
+                names::POSITION_IDS.into(),
+                i64_tensor(&[b, t], (0..b).flat_map(|_| 0..t as i64).collect())?.into(),
+            ),
+            (
+                names::ENCODER_MASK.into(),
+                state.enc_mask.as_ref().expect("seq2seq").into(),
+            ),
         ];
-        for (i, ((k, v), (ck, cv))) in std::mem::take(&mut state.past).into_iter().zip(&state.cross).enumerate() {
+        for (i, ((k, v), (ck, cv))) in std::mem::take(&mut state.past)
+            .into_iter()
+            .zip(&state.cross)
+            .enumerate()
+        {
             inputs.push((names::past_self(i, "key").into(), k.into()));
             inputs.push((names::past_self(i, "value").into(), v.into()));
             inputs.push((names::past_cross(i, "key").into(), ck.into()));
@@ -332,7 +400,9 @@ impl OnnxModel {
     /// (1 = real token); positions count real tokens, as edkd's `forward_padded` does.
     pub fn causal_logits(&mut self, ids: &[Vec<i64>], mask: &[Vec<i64>]) -> Result<Logits> {
         let Graphs::Causal { .. } = self.graphs else {
-            return Err(Error::Input("causal_logits needs a decoder-only export".into()));
+            return Err(Error::Input(
+                "causal_logits needs a decoder-only export".into(),
+            ));
         };
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
@@ -349,10 +419,19 @@ impl OnnxModel {
             unreachable!("checked above")
         };
         let mut inputs: Inputs<'_> = vec![
-            (names::INPUT_IDS.into(), i64_tensor(&[b, t], ids.concat())?.into()),
-            (names::ATTENTION_MASK.into(), i64_tensor(&[b, t], mask.concat())?.into()),
+            (
+                names::INPUT_IDS.into(),
+                i64_tensor(&[b, t], ids.concat())?.into(),
+            ),
+            (
+                names::ATTENTION_MASK.into(),
+                i64_tensor(&[b, t], mask.concat())?.into(),
+            ),
             (names::POSITION_IDS.into(), i64_tensor(&[b, t], pos)?.into()),
-            (names::LOGITS_TO_KEEP.into(), i64_tensor(&[1], vec![0])?.into()),
+            (
+                names::LOGITS_TO_KEEP.into(),
+                i64_tensor(&[1], vec![0])?.into(),
+            ),
         ];
         for (i, (k, v)) in past.into_iter().enumerate() {
             inputs.push((past_name(i, "key").into(), k.into()));
@@ -378,7 +457,9 @@ fn pick(logits: &Logits, cfg: &GenerationConfig, rng: &mut Rng) -> Vec<i64> {
     let t = Tensor::from_slice(&logits.data).reshape([logits.batch as i64, logits.vocab as i64]);
     let v = logits.vocab as i64;
     match cfg.max_token_id {
-        Some(limit) if limit > 0 && limit < v => select(&t.narrow(-1, 0, limit), &cfg.sampling, rng),
+        Some(limit) if limit > 0 && limit < v => {
+            select(&t.narrow(-1, 0, limit), &cfg.sampling, rng)
+        }
         _ => select(&t, &cfg.sampling, rng),
     }
 }

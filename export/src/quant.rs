@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn per_channel_error_is_within_half_a_step() {
         tch::manual_seed(0);
-        let w = Tensor::randn([33, 17], (Kind::Float, tch::Device::Cpu));
+        let mut w = Tensor::randn([33, 17], (Kind::Float, tch::Device::Cpu));
         let w = w.index_put_(
             &[None::<Tensor>, Some(Tensor::from_slice(&[3i64]))],
             &Tensor::zeros([33, 1], (Kind::Float, tch::Device::Cpu)),

@@ -58,10 +58,15 @@ pub fn init() -> Result<PathBuf> {
         .get_or_init(|| {
             let candidates = library_candidates();
             let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-                let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+                let tried: Vec<String> =
+                    candidates.iter().map(|p| p.display().to_string()).collect();
                 return Err(format!(
                     "libonnxruntime.so not found (looked at: {})",
-                    if tried.is_empty() { "nothing".into() } else { tried.join(", ") }
+                    if tried.is_empty() {
+                        "nothing".into()
+                    } else {
+                        tried.join(", ")
+                    }
                 ));
             };
             match ort::init_from(path) {
@@ -113,8 +118,14 @@ pub fn f32_tensor(shape: &[usize], data: Vec<f32>) -> Result<DynValue> {
 }
 
 /// Runs `session`; `what` names the graph in errors.
-pub fn run<'s>(session: &'s mut Session, inputs: Inputs<'_>, what: &str) -> Result<SessionOutputs<'s>> {
-    session.run(inputs).map_err(Error::ort(format!("running {what}")))
+pub fn run<'s>(
+    session: &'s mut Session,
+    inputs: Inputs<'_>,
+    what: &str,
+) -> Result<SessionOutputs<'s>> {
+    session
+        .run(inputs)
+        .map_err(Error::ort(format!("running {what}")))
 }
 
 /// Removes output `name` from `out`.

@@ -14,9 +14,9 @@ use edkd_models::student::{FfnKind, StudentConfig};
 
 use crate::error::Result;
 use crate::graph::{Dim, Elem, Graph, V};
+use crate::layers::Weights;
 use crate::layers::{AttnSpec, Builder, MASKED, Rope};
 use crate::quant::Scheme;
-use crate::layers::Weights;
 
 /// Names of the graphs' inputs and outputs.
 pub mod names {
@@ -65,8 +65,12 @@ struct Student<'a, 'w> {
 
 impl Student<'_, '_> {
     fn norm(&mut self, x: &str, key: &str) -> Result<V> {
-        self.b
-            .rms_norm(x, &format!("{key}.weight"), self.c.rms_norm_eps, RmsNormKind::WeightAfterCast)
+        self.b.rms_norm(
+            x,
+            &format!("{key}.weight"),
+            self.c.rms_norm_eps,
+            RmsNormKind::WeightAfterCast,
+        )
     }
 
     fn mlp(&mut self, x: &str, p: &str) -> Result<V> {
@@ -90,7 +94,9 @@ impl Student<'_, '_> {
 
     /// `[b, t, d]` -> K or V heads `[b, kv, t, hd]` of projection `{p}.{which}_proj`.
     fn kv_heads(&mut self, x: &str, p: &str, which: &str) -> Result<V> {
-        let y = self.b.linear(x, &format!("{p}.{which}_proj"), self.c.attn_bias)?;
+        let y = self
+            .b
+            .linear(x, &format!("{p}.{which}_proj"), self.c.attn_bias)?;
         Ok(self.b.heads(&y, self.c.num_kv_heads, self.c.head_dim()))
     }
 
@@ -144,12 +150,26 @@ pub fn encoder(c: &StudentConfig, w: &mut Weights, scheme: Scheme, q_embed: bool
         c,
     };
     let (batch, len) = (Dim::from("batch"), Dim::from("src_len"));
-    let ids = s.b.g.input(names::INPUT_IDS, Elem::Int64, vec![batch.clone(), len.clone()]);
-    let mask = s.b.g.input(names::ATTENTION_MASK, Elem::Int64, vec![batch.clone(), len.clone()]);
+    let ids = s.b.g.input(
+        names::INPUT_IDS,
+        Elem::Int64,
+        vec![batch.clone(), len.clone()],
+    );
+    let mask = s.b.g.input(
+        names::ATTENTION_MASK,
+        Elem::Int64,
+        vec![batch.clone(), len.clone()],
+    );
     let bias = s.b.padding_bias(&mask);
     let rope = if c.rope_encoder {
         let pos = encoder_positions(&mut s.b.g, &ids, &mask, c.centered_encoder_positions);
-        Some(Rope::new(&mut s.b.g, &pos, &inv_freq(c), 1.0, "rope.inv_freq"))
+        Some(Rope::new(
+            &mut s.b.g,
+            &pos,
+            &inv_freq(c),
+            1.0,
+            "rope.inv_freq",
+        ))
     } else {
         None
     };
@@ -179,7 +199,8 @@ pub fn encoder(c: &StudentConfig, w: &mut Weights, scheme: Scheme, q_embed: bool
         for which in ["k", "v"] {
             let t = s.kv_heads(&memory, &p, which)?;
             let kv = if which == "k" { "key" } else { "value" };
-            s.b.g.output(&t, &names::cross(i, kv), Elem::Float32, kv_shape.clone());
+            s.b.g
+                .output(&t, &names::cross(i, kv), Elem::Float32, kv_shape.clone());
         }
     }
     Ok(s.b.g)
@@ -203,13 +224,29 @@ pub fn decoder(c: &StudentConfig, w: &mut Weights, scheme: Scheme, q_embed: bool
         b: Builder::new("edkd_student_decoder", w, scheme, q_embed),
         c,
     };
-    let (batch, t, src) = (Dim::from("batch"), Dim::from("tgt_len"), Dim::from("src_len"));
+    let (batch, t, src) = (
+        Dim::from("batch"),
+        Dim::from("tgt_len"),
+        Dim::from("src_len"),
+    );
     let (past, total) = (Dim::from("past_len"), Dim::from("total_len"));
     let (kv, hd) = (Dim::Fixed(c.num_kv_heads), Dim::Fixed(c.head_dim()));
     let g = &mut s.b.g;
-    let ids = g.input(names::INPUT_IDS, Elem::Int64, vec![batch.clone(), t.clone()]);
-    let pos = g.input(names::POSITION_IDS, Elem::Int64, vec![batch.clone(), t.clone()]);
-    let enc_mask = g.input(names::ENCODER_MASK, Elem::Int64, vec![batch.clone(), src.clone()]);
+    let ids = g.input(
+        names::INPUT_IDS,
+        Elem::Int64,
+        vec![batch.clone(), t.clone()],
+    );
+    let pos = g.input(
+        names::POSITION_IDS,
+        Elem::Int64,
+        vec![batch.clone(), t.clone()],
+    );
+    let enc_mask = g.input(
+        names::ENCODER_MASK,
+        Elem::Int64,
+        vec![batch.clone(), src.clone()],
+    );
     let keep = g.input(names::LOGITS_TO_KEEP, Elem::Int64, vec![Dim::Fixed(1)]);
     let layers = c.decoder_layers as usize;
     let mut past_kv = Vec::with_capacity(layers);
@@ -242,8 +279,14 @@ pub fn decoder(c: &StudentConfig, w: &mut Weights, scheme: Scheme, q_embed: bool
         let k = s.b.g.concat(&[pk, &k], 2);
         let v = s.b.g.concat(&[pv, &v], 2);
         let shape = vec![batch.clone(), kv.clone(), total.clone(), hd.clone()];
-        s.b.g.output(&k, &names::present_self(i, "key"), Elem::Float32, shape.clone());
-        s.b.g.output(&v, &names::present_self(i, "value"), Elem::Float32, shape);
+        s.b.g.output(
+            &k,
+            &names::present_self(i, "key"),
+            Elem::Float32,
+            shape.clone(),
+        );
+        s.b.g
+            .output(&v, &names::present_self(i, "value"), Elem::Float32, shape);
         let a = s.b.attend(&q, &k, &v, Some(&self_bias), &sp);
         let a = s.o_proj(&a, &format!("{p}.self_attn"))?;
         x = s.b.g.add(&x, &a);
@@ -264,7 +307,12 @@ pub fn decoder(c: &StudentConfig, w: &mut Weights, scheme: Scheme, q_embed: bool
         s.b.linear(&x, "lm_head", false)?
     };
     let kept = Dim::from("kept_len");
-    s.b.g.output(&logits, names::LOGITS, Elem::Float32, vec![batch, kept, c.vocab_size.into()]);
+    s.b.g.output(
+        &logits,
+        names::LOGITS,
+        Elem::Float32,
+        vec![batch, kept, c.vocab_size.into()],
+    );
     Ok(s.b.g)
 }
 

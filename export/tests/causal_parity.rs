@@ -36,7 +36,9 @@ fn check_folder(dir: &Path, out: &Path, n_inputs: usize) -> Result<f32, Error> {
     let (ids, mask) = padded(&rows, 0);
     let (b, len) = (ids.len() as i64, ids[0].len() as i64);
     let ids_t = tch::Tensor::from_slice(&ids.concat()).reshape([b, len]);
-    let valid = tch::Tensor::from_slice(&mask.concat()).reshape([b, len]).ne(0);
+    let valid = tch::Tensor::from_slice(&mask.concat())
+        .reshape([b, len])
+        .ne(0);
     let want = to_vec(&tch::no_grad(|| t.model.forward_padded(&ids_t, &valid)));
     let mut m = OnnxModel::load(out, 1).unwrap();
     assert_eq!(manifest.decoder_layers, c.num_layers);
@@ -58,7 +60,11 @@ fn check_folder(dir: &Path, out: &Path, n_inputs: usize) -> Result<f32, Error> {
     };
     let want_tokens = generate(&t.model, &rows, &cfg).unwrap();
     let tokens = m.generate(&rows, &cfg).unwrap();
-    let equal = tokens.iter().zip(&want_tokens).filter(|(a, b)| a == b).count();
+    let equal = tokens
+        .iter()
+        .zip(&want_tokens)
+        .filter(|(a, b)| a == b)
+        .count();
     println!(
         "{}: max |logits diff| {diff:.3e}, greedy rows equal {equal}/{}",
         dir.display(),
@@ -83,7 +89,11 @@ fn teacher_fixtures_match_libtorch_or_name_what_is_missing() {
     let tmp = tempfile::tempdir().unwrap();
     let mut exported = Vec::new();
     let mut refused = Vec::new();
-    let mut dirs: Vec<_> = std::fs::read_dir(&fixtures).unwrap().flatten().map(|e| e.path()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     dirs.sort();
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -98,7 +108,10 @@ fn teacher_fixtures_match_libtorch_or_name_what_is_missing() {
     }
     println!("exported: {exported:?}\nrefused: {refused:?}");
     for must in ["llama_linear", "qwen2_tied", "llama3_bias_sharded"] {
-        assert!(exported.iter().any(|e| e == must), "{must} was not exported");
+        assert!(
+            exported.iter().any(|e| e == must),
+            "{must} was not exported"
+        );
     }
     assert_eq!(refused, ["llama_dynamic_tied", "phi3_longrope"]);
 }

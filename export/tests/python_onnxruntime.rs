@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 const SCRIPT: &str = "tests/fixtures/check_with_onnxruntime.py";
 
 fn python() -> PathBuf {
-    std::env::var("EDKD_PYTHON").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-    })
+    std::env::var("EDKD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
 }
 
 fn run_check(export: &Path, expected: &Value) -> Value {
@@ -51,7 +51,9 @@ fn onnxruntime_python_runs_the_student_graphs() {
         .collect();
     let (ids, valid) = right_pad(&rows, c.pad_token_id);
     let dec_t = tch::Tensor::from_slice(&dec.concat()).reshape([6, 6]);
-    let logits = to_vec(&tch::no_grad(|| s.model.forward(&ids, &valid, &dec_t, false)));
+    let logits = to_vec(&tch::no_grad(|| {
+        s.model.forward(&ids, &valid, &dec_t, false)
+    }));
     let cfg = GenerationConfig {
         eos_token_ids: vec![c.eos_token_id],
         pad_token_id: c.pad_token_id,

@@ -28,10 +28,21 @@ fn student_f32_matches_libtorch_and_int8_stays_close() {
     let s = tiny_student(&src, 7);
     let c = s.model.config.clone();
     let rows = inputs(N_INPUTS, 1, c.vocab_size, 3);
-    assert!(rows.iter().map(Vec::len).collect::<std::collections::BTreeSet<_>>().len() >= 15);
+    assert!(
+        rows.iter()
+            .map(Vec::len)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            >= 15
+    );
     let dec: Vec<Vec<i64>> = inputs(N_INPUTS, DEC_LEN, c.vocab_size, 5)
         .into_iter()
-        .map(|r| std::iter::once(c.bos_token_id).chain(r).take(DEC_LEN).collect())
+        .map(|r| {
+            std::iter::once(c.bos_token_id)
+                .chain(r)
+                .take(DEC_LEN)
+                .collect()
+        })
         .collect();
 
     // libtorch reference: teacher-forced logits and cached greedy decoding.
@@ -43,7 +54,11 @@ fn student_f32_matches_libtorch_and_int8_stays_close() {
     let want_tokens = generate_seq2seq(&s.model, &rows, &cfg, Decoding::Cached).unwrap();
 
     let mut sizes = Vec::new();
-    for (scheme, dir) in [(Scheme::None, "f32"), (Scheme::Int8, "int8"), (Scheme::Int8Weight, "int8w")] {
+    for (scheme, dir) in [
+        (Scheme::None, "f32"),
+        (Scheme::Int8, "int8"),
+        (Scheme::Int8Weight, "int8w"),
+    ] {
         let out = tmp.path().join(dir);
         let opts = ExportOptions {
             scheme,
@@ -54,10 +69,17 @@ fn student_f32_matches_libtorch_and_int8_stays_close() {
         sizes.push(manifest.model_bytes());
         let mut m = OnnxModel::load(&out, 1).unwrap();
         let got = m.seq2seq_logits(&rows, &dec).unwrap();
-        assert_eq!((got.batch, got.len, got.vocab), (N_INPUTS, DEC_LEN, c.vocab_size as usize));
+        assert_eq!(
+            (got.batch, got.len, got.vocab),
+            (N_INPUTS, DEC_LEN, c.vocab_size as usize)
+        );
         let diff = max_abs_diff(&got.data, &want);
         let tokens = m.generate(&rows, &cfg).unwrap();
-        let equal = tokens.iter().zip(&want_tokens).filter(|(a, b)| a == b).count();
+        let equal = tokens
+            .iter()
+            .zip(&want_tokens)
+            .filter(|(a, b)| a == b)
+            .count();
         let agree: usize = tokens
             .iter()
             .zip(&want_tokens)
@@ -75,8 +97,14 @@ fn student_f32_matches_libtorch_and_int8_stays_close() {
         } else {
             // int8 moves logits by a fraction of their spread, not more.
             let spread = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-            assert!(diff < 0.25 * spread, "{dir}: logits moved by {diff} (max |logit| {spread})");
-            assert!(equal >= N_INPUTS / 2, "{dir}: only {equal} of {N_INPUTS} greedy rows agree");
+            assert!(
+                diff < 0.25 * spread,
+                "{dir}: logits moved by {diff} (max |logit| {spread})"
+            );
+            assert!(
+                equal >= N_INPUTS / 2,
+                "{dir}: only {equal} of {N_INPUTS} greedy rows agree"
+            );
         }
     }
     // Weights are int8 (1 byte) instead of f32 (4), plus one f32 scale per channel.

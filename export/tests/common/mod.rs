@@ -38,7 +38,9 @@ pub fn tiny_twin(dir: &Path, seed: i64) {
 
 /// `n` inputs of different lengths (`min_len..`), ids in `[3, vocab)`, from `seed`.
 pub fn inputs(n: usize, min_len: usize, vocab: i64, seed: u64) -> Vec<Vec<i64>> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
         x ^= x << 13;
         x ^= x >> 7;
@@ -48,7 +50,9 @@ pub fn inputs(n: usize, min_len: usize, vocab: i64, seed: u64) -> Vec<Vec<i64>> 
     (0..n)
         .map(|i| {
             let len = min_len + (i * 7) % 23 + i / 3;
-            (0..len).map(|_| 3 + (next() % (vocab as u64 - 3)) as i64).collect()
+            (0..len)
+                .map(|_| 3 + (next() % (vocab as u64 - 3)) as i64)
+                .collect()
         })
         .collect()
 }
@@ -56,7 +60,10 @@ pub fn inputs(n: usize, min_len: usize, vocab: i64, seed: u64) -> Vec<Vec<i64>> 
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f32> {
