@@ -11,8 +11,8 @@ use crate::export::{DEFAULT_THREADS, Runtime};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A student folder (edkd) or a Hugging Face decoder-only teacher folder; with
-    /// `--runtime onnx`, an `edkd export` folder.
+    /// A student folder (edkd), a Hugging Face decoder-only teacher folder or a .gguf file;
+    /// with `--runtime onnx`, an `edkd export` folder.
     #[arg(long)]
     model: PathBuf,
     /// torch (libtorch, model folders) or onnx (ONNX Runtime, export folders).

@@ -7,7 +7,7 @@ use edkd_models::teacher::CausalLmConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A model folder to describe (config only; weights are not loaded).
+    /// A model folder or .gguf file to describe (config only; weights are not loaded).
     #[arg(long)]
     model: Option<PathBuf>,
     /// A student preset to describe, with its decoder-only twin (mu-330m, mid, small, tiny).
@@ -31,6 +31,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("cpu threads   {}", tch::get_num_threads());
     if let Some(dir) = args.model {
         match folder_kind(&dir)? {
+            FolderKind::Teacher if edkd_models::gguf::is_gguf(&dir) => {
+                let g = edkd_models::gguf::GgufModel::open(&dir)?;
+                println!(
+                    "model         {} (GGUF v{}, {} -> {})",
+                    dir.display(),
+                    g.file.version,
+                    g.arch.name(),
+                    g.config.family.architecture()
+                );
+                println!("tensors       {}", g.file.type_summary());
+                print_causal(&g.config);
+            }
             FolderKind::Teacher => {
                 let c = CausalLmConfig::from_folder(&dir)?;
                 println!(

@@ -29,11 +29,11 @@ enum Command {
     /// Benchmarks that print edkd next to a reference implementation.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Generate from a student or teacher folder.
+    /// Generate from a student or teacher folder (or a teacher .gguf file).
     Generate(generate::Args),
     /// Export a student, twin or teacher folder to ONNX (optionally int8) for ONNX Runtime.
     Export(export::Args),
-    /// Import a checkpoint in the paper's reference layout as an edkd student folder.
+    /// Import a reference-layout checkpoint as a student folder, or a GGUF file as a teacher folder.
     Convert(convert::Args),
     /// Prepare, inspect and synthesize datasets.
     #[command(subcommand)]

@@ -131,9 +131,100 @@ pub fn collate(ds: &Dataset, indices: &[u64], specials: SpecialIds, teacher: boo
     }
 }
 
+impl Batch {
+    /// Row `r`'s teacher prompt: `teacher_ids` before its target.
+    pub fn teacher_prompt(&self, r: usize) -> &[i64] {
+        let start = r * self.teacher_len;
+        &self.teacher_ids[start..start + self.target_start[r] as usize]
+    }
+
+    /// Row `r`'s target as the teacher reads it (after its prompt).
+    pub fn teacher_target(&self, r: usize) -> &[i64] {
+        let row = &self.teacher_ids[r * self.teacher_len..(r + 1) * self.teacher_len];
+        let mask = &self.teacher_mask[r * self.teacher_len..(r + 1) * self.teacher_len];
+        let end = mask.iter().rposition(|&m| m).map_or(0, |i| i + 1);
+        &row[self.target_start[r] as usize..end]
+    }
+
+    /// The batch with each row's teacher prompt replaced by `prompts[r]` (the teacher's
+    /// view of the input, e.g. inside its chat template): `teacher_ids = prompt ++ target`,
+    /// `target_start = len(prompt)`. The student's side is unchanged, so target token `t`
+    /// is still predicted at teacher position `target_start - 1 + t`.
+    pub fn with_teacher_prompts(&self, prompts: &[Vec<i64>], pad: i64) -> Batch {
+        assert_eq!(prompts.len(), self.rows, "one prompt per row");
+        let targets: Vec<&[i64]> = (0..self.rows).map(|r| self.teacher_target(r)).collect();
+        let teacher_len = prompts
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| p.len() + t.len())
+            .max()
+            .unwrap_or(0);
+        let mut teacher_ids = vec![pad; self.rows * teacher_len];
+        let mut teacher_mask = vec![false; self.rows * teacher_len];
+        for (r, (p, t)) in prompts.iter().zip(&targets).enumerate() {
+            let row = &mut teacher_ids[r * teacher_len..(r + 1) * teacher_len];
+            row[..p.len()].copy_from_slice(p);
+            row[p.len()..p.len() + t.len()].copy_from_slice(t);
+            teacher_mask[r * teacher_len..r * teacher_len + p.len() + t.len()].fill(true);
+        }
+        Batch {
+            teacher_len,
+            teacher_ids,
+            teacher_mask,
+            target_start: prompts.iter().map(|p| p.len() as i64).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 #[inline]
 fn widen(dst: &mut [i64], src: &[u32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = s as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_teacher_prompts_move_the_targets_and_keep_the_student_side() {
+        // Rows: input [5, 6] target [7]; input [8] target [9, 10].
+        let b = Batch {
+            rows: 2,
+            indices: vec![0, 1],
+            ids: vec!["a".into(), "b".into()],
+            enc_len: 2,
+            encoder_ids: vec![5, 6, 8, 0],
+            encoder_mask: vec![true, true, true, false],
+            dec_len: 3,
+            decoder_input_ids: vec![1, 7, 0, 1, 9, 10],
+            labels: vec![7, 2, IGNORE_INDEX, 9, 10, 2],
+            decoder_mask: vec![true, true, false, true, true, true],
+            teacher_len: 3,
+            teacher_ids: vec![5, 6, 7, 8, 9, 10],
+            teacher_mask: vec![true; 6],
+            target_start: vec![2, 1],
+        };
+        assert_eq!(b.teacher_prompt(1), &[8]);
+        assert_eq!(b.teacher_target(1), &[9, 10]);
+        let v = b.with_teacher_prompts(&[vec![40, 5, 6, 41], vec![40, 8, 41]], 0);
+        assert_eq!(v.teacher_len, 5);
+        assert_eq!(v.teacher_ids, vec![40, 5, 6, 41, 7, 40, 8, 41, 9, 10]);
+        assert_eq!(
+            v.teacher_mask,
+            vec![true, true, true, true, true, true, true, true, true, true]
+        );
+        assert_eq!(v.target_start, vec![4, 3]);
+        assert_eq!(v.teacher_target(0), &[7]);
+        assert_eq!(
+            (v.encoder_ids.clone(), v.labels.clone()),
+            (b.encoder_ids.clone(), b.labels.clone())
+        );
+        // Shorter prompts pad the rest.
+        let w = b.with_teacher_prompts(&[vec![5, 6], vec![8]], 0);
+        assert_eq!(w.teacher_ids, b.teacher_ids);
+        assert_eq!(w.target_start, b.target_start);
     }
 }

@@ -48,6 +48,14 @@ pub struct CacheMeta {
     pub tokenizer_sha256: String,
     pub k: usize,
     pub temperature: f32,
+    /// The teacher's view of the inputs (`edkd_models::chat::TeacherView::key`); caches
+    /// written before views existed read as `raw`.
+    #[serde(default = "raw_prompt")]
+    pub teacher_prompt: String,
+}
+
+fn raw_prompt() -> String {
+    "raw".into()
 }
 
 impl CacheMeta {
@@ -58,6 +66,7 @@ impl CacheMeta {
             tokenizer_sha256: tokenizer_sha256.to_owned(),
             k,
             temperature,
+            teacher_prompt: raw_prompt(),
         }
     }
 }

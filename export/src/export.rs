@@ -58,6 +58,7 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
     let load = LoadOptions::default(); // f32 on CPU: the graphs are f32
     let mut graphs = BTreeMap::new();
     let (q, qe) = (opts.scheme, opts.quantize_embeddings);
+    let mut gguf_tokenizer = None;
     let mut manifest = match folder_kind(model_dir)? {
         FolderKind::Student => {
             let s = StudentModel::load(model_dir, load)?;
@@ -96,7 +97,7 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
             }
         }
         FolderKind::Teacher => {
-            let t = Teacher::load(model_dir, load)?;
+            let mut t = Teacher::load(model_dir, load)?; // a folder, or a .gguf file
             let c = t.model.config.clone();
             causal::check(&c, &name)?;
             let mut w = Weights::new(&t.vs, &name);
@@ -105,6 +106,7 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
                 "edkd decoder-only model with past KV (transformers' decoder-with-past layout)";
             graphs.insert("model".into(), write_graph(g, out, "model", doc)?);
             w.check_all_used()?;
+            gguf_tokenizer = t.tokenizer.take();
             Manifest {
                 format: FORMAT.into(),
                 format_version: FORMAT_VERSION,
@@ -133,9 +135,15 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
     };
     manifest.graphs = graphs;
     let tok = model_dir.join(TOKENIZER);
+    let dst: PathBuf = out.join(TOKENIZER);
     if tok.is_file() {
-        let dst: PathBuf = out.join(TOKENIZER);
         std::fs::copy(&tok, &dst).map_err(Error::io(&tok))?;
+        manifest.tokenizer = Some(TOKENIZER.into());
+    } else if let Some(t) = gguf_tokenizer {
+        // A .gguf teacher carries its tokenizer in the metadata.
+        t.inner()
+            .save(&dst, false)
+            .map_err(|e| Error::Weights(format!("{}: {e}", dst.display())))?;
         manifest.tokenizer = Some(TOKENIZER.into());
     }
     manifest.write(out)?;

@@ -49,9 +49,16 @@ fn token_text(v: Option<&Value>) -> String {
 }
 
 impl ChatTemplate {
-    /// The template of a checkpoint folder (its `tokenizer_config.json`), or of the folder
-    /// holding a `tokenizer.json` file; `None` when it has none.
+    /// The template of a checkpoint folder (its `tokenizer_config.json`), of the folder
+    /// holding a `tokenizer.json` file, or of a `.gguf` file's metadata; `None` when it has
+    /// none.
     pub fn find(path: &Path) -> Result<Option<Self>> {
+        if crate::gguf::is_gguf(path) {
+            let Some(config) = crate::gguf::tokenizer_config(path)? else {
+                return Ok(None);
+            };
+            return Self::from_tokenizer_config(&config, path);
+        }
         let dir = if path.is_dir() {
             path
         } else {
@@ -108,9 +115,12 @@ impl ChatTemplate {
             .expect("default delimiters");
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         let bad = |e: minijinja::Error| Error::Config {
             path: self.origin.clone(),
             field: "chat_template",
@@ -140,11 +150,61 @@ impl ChatTemplate {
     }
 }
 
+/// Which view to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    Raw,
+    Chat,
+    Plain,
+}
+
+impl std::str::FromStr for ViewKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "chat" => Ok(Self::Chat),
+            "plain" => Ok(Self::Plain),
+            _ => Err(Error::Input(format!(
+                "teacher prompt `{s}`: expected raw, chat or plain"
+            ))),
+        }
+    }
+}
+
+/// What a view is made from (a run's config, or command-line flags).
+#[derive(Debug, Clone)]
+pub struct ViewSpec {
+    pub kind: ViewKind,
+    /// The teacher's `tokenizer.json` (needed by chat and plain views).
+    pub tokenizer: Option<PathBuf>,
+    /// Where to look for the chat template, in order (`tokenizer_config.json` files or
+    /// folders holding one); the tokenizer's folder is tried last.
+    pub template_places: Vec<PathBuf>,
+    pub system: Option<String>,
+    /// The plain template, with one `{input}`; with a chat view, the user turn's text
+    /// (an instruction around the input), when not empty.
+    pub plain: String,
+}
+
+fn check_placeholder(template: &str) -> Result<()> {
+    let n = template.matches(INPUT_PLACEHOLDER).count();
+    if n != 1 {
+        return Err(Error::Input(format!(
+            "teacher prompt template: expected exactly one {INPUT_PLACEHOLDER}, found {n} in \
+             {template:?}"
+        )));
+    }
+    Ok(())
+}
+
 enum Style {
     Raw,
     Chat {
         template: ChatTemplate,
         system: Option<String>,
+        /// The user turn's text around the input (`{input}` once); the input alone if None.
+        content: Option<String>,
     },
     Plain {
         template: String,
@@ -157,7 +217,45 @@ pub struct TeacherView {
     tokenizer: Option<Tokenizer>,
 }
 
+impl std::fmt::Debug for TeacherView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TeacherView({})", self.describe())
+    }
+}
+
 impl TeacherView {
+    /// Builds the view `spec` describes, with errors naming what is missing.
+    pub fn from_spec(spec: &ViewSpec) -> Result<Self> {
+        if spec.kind == ViewKind::Raw {
+            return Ok(Self::raw());
+        }
+        let path = spec.tokenizer.as_deref().ok_or_else(|| {
+            Error::Input("a chat or plain teacher prompt needs the teacher's tokenizer".into())
+        })?;
+        let tok = Tokenizer::from_file(path)?;
+        if spec.kind == ViewKind::Plain {
+            return Self::plain(&spec.plain, tok);
+        }
+        let mut places = spec.template_places.clone();
+        places.push(path.to_path_buf());
+        for place in &places {
+            if let Some(template) = ChatTemplate::find(place)? {
+                let view = Self::chat(template, spec.system.clone(), tok);
+                return if spec.plain.is_empty() {
+                    Ok(view)
+                } else {
+                    view.with_user_text(&spec.plain)
+                };
+            }
+        }
+        let looked: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+        Err(Error::Input(format!(
+            "chat teacher prompt: no chat template found (looked for {TOKENIZER_CONFIG} with a \
+             `chat_template` at {})",
+            looked.join(", ")
+        )))
+    }
+
     /// The input as it is.
     pub fn raw() -> Self {
         Self {
@@ -169,20 +267,28 @@ impl TeacherView {
     /// The input as the user turn of the teacher's chat template.
     pub fn chat(template: ChatTemplate, system: Option<String>, tokenizer: Tokenizer) -> Self {
         Self {
-            style: Style::Chat { template, system },
+            style: Style::Chat {
+                template,
+                system,
+                content: None,
+            },
             tokenizer: Some(tokenizer),
         }
     }
 
+    /// A chat view whose user turn is `text` with the input at its one `{input}` (an
+    /// instruction for the teacher); other views are returned unchanged.
+    pub fn with_user_text(mut self, text: &str) -> Result<Self> {
+        check_placeholder(text)?;
+        if let Style::Chat { content, .. } = &mut self.style {
+            *content = Some(text.to_owned());
+        }
+        Ok(self)
+    }
+
     /// The input inside a text template with exactly one `{input}`.
     pub fn plain(template: &str, tokenizer: Tokenizer) -> Result<Self> {
-        let n = template.matches(INPUT_PLACEHOLDER).count();
-        if n != 1 {
-            return Err(Error::Input(format!(
-                "teacher prompt template: expected exactly one {INPUT_PLACEHOLDER}, found {n} \
-                 in {template:?}"
-            )));
-        }
+        check_placeholder(template)?;
         Ok(Self {
             style: Style::Plain {
                 template: template.to_owned(),
@@ -199,16 +305,51 @@ impl TeacherView {
     pub fn describe(&self) -> String {
         match &self.style {
             Style::Raw => "raw".into(),
-            Style::Chat { template, system } => format!(
-                "chat (template sha256 {}, from {}{})",
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => format!(
+                "chat (template sha256 {}, from {}{}{})",
                 &template.sha256()[..16],
                 template.origin.display(),
                 system
                     .as_ref()
                     .map(|s| format!(", system prompt {s:?}"))
+                    .unwrap_or_default(),
+                content
+                    .as_ref()
+                    .map(|c| format!(", user turn {c:?}"))
                     .unwrap_or_default()
             ),
             Style::Plain { template } => format!("plain {template:?}"),
+        }
+    }
+
+    /// A short stable identity of the view, the same on any machine (recorded in teacher
+    /// caches, so a trainer can refuse a cache made with another view): `raw`,
+    /// `chat:<template sha256>:<system sha256 or ->` or `plain:<template sha256>`, each sha256
+    /// cut to 16 hex digits.
+    pub fn key(&self) -> String {
+        let short = |s: &str| sha256_hex(s.as_bytes())[..16].to_owned();
+        match &self.style {
+            Style::Raw => "raw".into(),
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => {
+                let mut key = format!(
+                    "chat:{}:{}",
+                    &template.sha256()[..16],
+                    system.as_deref().map_or("-".into(), short)
+                );
+                if let Some(c) = content {
+                    key += &format!(":{}", short(c));
+                }
+                key
+            }
+            Style::Plain { template } => format!("plain:{}", short(template)),
         }
     }
 
@@ -216,8 +357,16 @@ impl TeacherView {
     pub fn render(&self, input: &str) -> Result<String> {
         match &self.style {
             Style::Raw => Ok(input.to_owned()),
-            Style::Chat { template, system } => {
-                template.render_user_turn(system.as_deref(), input)
+            Style::Chat {
+                template,
+                system,
+                content,
+            } => {
+                let user = match content {
+                    Some(c) => c.replacen(INPUT_PLACEHOLDER, input, 1),
+                    None => input.to_owned(),
+                };
+                template.render_user_turn(system.as_deref(), &user)
             }
             Style::Plain { template } => Ok(template.replacen(INPUT_PLACEHOLDER, input, 1)),
         }
@@ -285,18 +434,19 @@ mod tests {
         assert!(none.unwrap().is_none());
         let named = serde_json::json!({"chat_template": [{"name": "default", "template": "D"},
             {"name": "tool_use", "template": "T"}]});
-        let t = ChatTemplate::from_tokenizer_config(&named, Path::new("t")).unwrap().unwrap();
+        let t = ChatTemplate::from_tokenizer_config(&named, Path::new("t"))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.source, "D");
     }
 
     #[test]
-    fn plain_templates_need_exactly_one_placeholder() {
-        let tok_err = |t: &str| {
-            let n = t.matches(INPUT_PLACEHOLDER).count();
-            n != 1
-        };
-        assert!(tok_err("no placeholder"));
-        assert!(tok_err("{input} and {input}"));
-        assert!(!tok_err("Summarize:\n{input}\nSummary:"));
+    fn templates_need_exactly_one_placeholder() {
+        assert!(check_placeholder("no placeholder").is_err());
+        let e = check_placeholder("{input} and {input}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("found 2"), "{e}");
+        assert!(check_placeholder("Summarize:\n{input}\nSummary:").is_ok());
     }
 }

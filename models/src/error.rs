@@ -49,6 +49,18 @@ pub enum Error {
     },
     #[error("{}: tokenizer: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    #[error("{}: GGUF: {msg}", path.display())]
+    Gguf { path: PathBuf, msg: String },
+    #[error(
+        "{}: GGUF tensor `{tensor}` has type {ggml_type}, which edkd cannot dequantize; supported: {supported}",
+        path.display()
+    )]
+    GgufTensorType {
+        path: PathBuf,
+        tensor: String,
+        ggml_type: String,
+        supported: String,
+    },
     #[error("invalid input: {0}")]
     Input(String),
     #[error("unknown preset `{name}`; available: {available}")]

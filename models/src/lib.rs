@@ -1,10 +1,11 @@
 //! edkd-models: transformer layers on libtorch (tch), decoder-only teachers loaded from
-//! Hugging Face checkpoints, the encoder-decoder student and its decoder-only twin, KV
+//! Hugging Face checkpoints or GGUF files, the encoder-decoder student and its decoder-only twin, KV
 //! caches and generation.
 
 pub mod chat;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod nn;
 pub mod sampling;
 pub mod student;

@@ -21,13 +21,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses `tokenizer.json` bytes; `path` names their source in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
             path: path.to_path_buf(),
             msg: e.to_string(),
         })?;
         Ok(Self {
             inner,
-            sha256: sha256_hex(&bytes),
+            sha256: sha256_hex(bytes),
         })
     }
 

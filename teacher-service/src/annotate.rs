@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use edkd_data::manifest::Verify;
 use edkd_data::{CacheEntry, CacheMeta, CacheWriter, Dataset, OpenOptions};
+use edkd_models::chat::TeacherView;
 use edkd_proto::teacher::v1::{ScoreRequest, Sequence, ValueFormat};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -34,6 +35,8 @@ pub struct AnnotateConfig {
     /// Stop after scoring this many examples (a partial run; resume later).
     pub limit: Option<usize>,
     pub progress: bool,
+    /// How the teacher reads each input (recorded in the cache's metadata).
+    pub view: Arc<TeacherView>,
 }
 
 /// What a run did.
@@ -49,18 +52,23 @@ pub struct AnnotateSummary {
     pub elapsed: Duration,
 }
 
-/// Sequences per request: examples `indices` of the split.
+/// Tokens a view's re-tokenization may add beyond its template's own.
+const VIEW_SLACK_TOKENS: usize = 4;
+
+/// Sequences per request: examples `indices` of the split; each prompt is `extra` tokens
+/// longer than its input (the teacher view's template).
 fn plan(
     ds: &Dataset,
     todo: &[u64],
     per_request: usize,
     token_limit: usize,
+    extra: usize,
 ) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, &idx) in todo.iter().enumerate() {
         let (n, t) = ds.lengths(idx);
-        let len = n + t + 1;
+        let len = n + extra + t + 1;
         if i > start && (i - start >= per_request || tokens + len > token_limit) {
             groups.push(start..i);
             start = i;
@@ -146,12 +154,15 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     let ds = Arc::new(Dataset::open(&config.data, &options)?);
     let tokenizer_sha256 = ds.manifest.tokenizer.sha256.clone();
     let eos = ds.manifest.tokenizer.special_ids.eos;
-    let meta = CacheMeta::new(
-        &info.model_id,
-        &tokenizer_sha256,
-        config.top_k,
-        config.temperature,
-    );
+    let meta = CacheMeta {
+        teacher_prompt: config.view.key(),
+        ..CacheMeta::new(
+            &info.model_id,
+            &tokenizer_sha256,
+            config.top_k,
+            config.temperature,
+        )
+    };
     let mut writer = CacheWriter::open(&config.out, meta, config.shard_rows)?;
 
     let total = ds.len() as usize;
@@ -163,11 +174,24 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
         todo.truncate(limit);
     }
     check_inputs(&ds, &todo, &config.split)?;
+    // The view adds about the same tokens to every prompt (its template), plus slack for
+    // tokens the re-tokenization merges or splits at the edges.
+    let view_overhead = if config.view.is_raw() {
+        0
+    } else {
+        config
+            .view
+            .prompt(&[])
+            .map_err(|e| Error::Config(format!("teacher view: {e}")))?
+            .len()
+            + VIEW_SLACK_TOKENS
+    };
     let groups = plan(
         &ds,
         &todo,
         config.sequences_per_request,
         limits.max_request_tokens.max(1) as usize,
+        view_overhead,
     );
     tracing::info!(
         total,
@@ -194,6 +218,7 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     let (k, temperature) = (config.top_k as u32, config.temperature);
     let requests = {
         let (ds, todo, groups) = (ds.clone(), todo.clone(), groups.clone());
+        let view = config.view.clone();
         tokio_stream::iter(groups.into_iter().enumerate().map(move |(r, range)| {
             let sequences = todo[range]
                 .iter()
@@ -202,9 +227,15 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
                     let mut target = e.target_ids.to_vec();
                     // Cache positions follow the student's labels: target + [eos].
                     target.push(eos);
+                    let prompt = view.prompt(e.input_ids).unwrap_or_else(|err| {
+                        // An empty prompt makes the server reject the request naming the
+                        // example; the cause is logged here.
+                        tracing::error!(example = e.id, "teacher view failed: {err}");
+                        Vec::new()
+                    });
                     Sequence {
                         id: e.id.to_owned(),
-                        prompt_ids: e.input_ids.to_vec(),
+                        prompt_ids: prompt,
                         target_ids: target,
                     }
                 })

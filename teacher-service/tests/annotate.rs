@@ -75,6 +75,7 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
         shard_rows: 5,
         limit: Some(12),
         progress: false,
+        view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
     };
     // An interrupted run: 12 examples, two full shards and a short last one.
     let first = annotate(&client, &config).await.unwrap();
@@ -141,6 +142,7 @@ fn config(data: &Path, out: &Path) -> AnnotateConfig {
         shard_rows: 5,
         limit: None,
         progress: false,
+        view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
     }
 }
 

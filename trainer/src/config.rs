@@ -142,6 +142,19 @@ pub enum TeacherKind {
     Model,
 }
 
+/// How the teacher reads an example's input (the student always reads it plain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherPrompt {
+    /// The input itself.
+    #[default]
+    Raw,
+    /// One user turn of the teacher's chat template, then its generation prompt.
+    Chat,
+    /// `teacher.prompt_template`, a text with one `{input}`.
+    Plain,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TeacherSection {
@@ -163,6 +176,16 @@ pub struct TeacherSection {
     /// How long a remote teacher that stopped answering (connection refused, reset, a
     /// restart by the launcher) is retried with backoff before the run fails, seconds.
     pub retry_for_s: f64,
+    /// The teacher's view of each input: `raw`, `chat` or `plain`.
+    pub prompt: TeacherPrompt,
+    /// `plain`: the template, with exactly one `{input}`; `chat`: when not empty, the user
+    /// turn's text around the input (an instruction), also with one `{input}`.
+    pub prompt_template: String,
+    /// `chat`: a system turn before the user turn (default: the template's own).
+    pub system_prompt: Option<String>,
+    /// `chat`: where the chat template is (`tokenizer_config.json`, a folder holding one,
+    /// or a `.gguf`); default: the teacher folder, else the tokenizer's folder.
+    pub chat_template: Option<PathBuf>,
 }
 
 impl Default for TeacherSection {
@@ -177,6 +200,10 @@ impl Default for TeacherSection {
             auth_token_file: None,
             timeout_s: 120.0,
             retry_for_s: 300.0,
+            prompt: TeacherPrompt::Raw,
+            prompt_template: String::new(),
+            system_prompt: None,
+            chat_template: None,
         }
     }
 }
@@ -444,6 +471,7 @@ impl TrainConfig {
             &mut self.teacher.cache,
             &mut self.teacher.model,
             &mut self.teacher.auth_token_file,
+            &mut self.teacher.chat_template,
         ]
         .into_iter()
         .flatten()

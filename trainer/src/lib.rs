@@ -27,6 +27,7 @@ pub mod observe;
 pub mod optim;
 pub mod source;
 pub mod train;
+pub mod view;
 
 pub use config::TrainConfig;
 pub use error::{Error, Result};

@@ -34,6 +34,9 @@ pub struct SourceInfo {
     pub vocab_size: i64,
     /// The temperature of top-k log-probs (None for full logits).
     pub temperature: Option<f32>,
+    /// The teacher view its answers were made with, when fixed by the source (a cache);
+    /// `None` for live teachers, which take the run's view.
+    pub teacher_prompt: Option<String>,
 }
 
 pub trait TeacherSource: Send {
@@ -134,6 +137,7 @@ impl InProcess {
             tokenizer_sha256: teacher.tokenizer.as_ref().map(|t| t.sha256().to_owned()),
             vocab_size: teacher.model.config.vocab_size,
             temperature: None,
+            teacher_prompt: None,
         };
         Ok(Self { teacher, info })
     }
@@ -175,6 +179,7 @@ impl Cache {
             tokenizer_sha256: Some(meta.tokenizer_sha256.clone()),
             vocab_size,
             temperature: Some(meta.temperature),
+            teacher_prompt: Some(meta.teacher_prompt.clone()),
         };
         Ok(Self { reader, info })
     }
@@ -266,6 +271,7 @@ impl Remote {
                 .then(|| info.tokenizer_sha256.clone()),
             vocab_size: info.vocab_size as i64,
             temperature: Some(config.temperature),
+            teacher_prompt: None,
         };
         Ok(Self {
             runtime,
@@ -337,10 +343,8 @@ impl TeacherSource for Remote {
         let mut rows_of: Vec<Vec<usize>> = Vec::new();
         let mut tokens = 0;
         for r in 0..batch.rows {
-            let prompt: Vec<u32> = (0..batch.enc_len)
-                .filter(|&j| batch.encoder_mask[r * batch.enc_len + j])
-                .map(|j| batch.encoder_ids[r * batch.enc_len + j] as u32)
-                .collect();
+            // The teacher's view of the input (it may differ from the student's).
+            let prompt: Vec<u32> = batch.teacher_prompt(r).iter().map(|&i| i as u32).collect();
             let target: Vec<u32> = (0..batch.dec_len)
                 .filter(|&j| batch.decoder_mask[r * batch.dec_len + j])
                 .map(|j| batch.labels[r * batch.dec_len + j] as u32)

@@ -247,6 +247,7 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
             shard_rows: 16,
             limit: None,
             progress: false,
+            view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
         };
         edkd_teacher::annotate(&client, &cfg).await.unwrap();
     });

@@ -297,6 +297,7 @@ fn remote_vs_cache(args: &Args, work: &Path) -> anyhow::Result<TeacherReport> {
             shard_rows: 1024,
             limit: None,
             progress: false,
+            view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
         };
         edkd_teacher::annotate(&client, &cfg).await?;
         anyhow::Ok(())

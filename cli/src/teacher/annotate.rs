@@ -1,7 +1,9 @@
 //! `edkd teacher annotate`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use edkd_models::chat::{TeacherView, ViewSpec};
 use edkd_teacher::AnnotateConfig;
 
 use super::ConnectArgs;
@@ -37,10 +39,34 @@ pub struct Args {
     /// Stop after scoring this many examples (resume later).
     #[arg(long)]
     limit: Option<usize>,
+    /// How the teacher reads each input: raw, chat (its chat template, one user turn and
+    /// the generation prompt) or plain (--prompt-template). Recorded in the cache.
+    #[arg(long, default_value = "raw")]
+    prompt: String,
+    /// The teacher's tokenizer.json (chat and plain prompts); a chat template is looked
+    /// for in its folder's tokenizer_config.json unless --chat-template says where.
+    #[arg(long)]
+    teacher_tokenizer: Option<PathBuf>,
+    /// tokenizer_config.json (or a folder holding one) with the chat template.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// A system turn before the user turn (chat).
+    #[arg(long)]
+    system_prompt: Option<String>,
+    /// The plain prompt, with one `{input}`.
+    #[arg(long, default_value = "")]
+    prompt_template: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.connect.client()?;
+    let view = TeacherView::from_spec(&ViewSpec {
+        kind: args.prompt.parse()?,
+        tokenizer: args.teacher_tokenizer.clone(),
+        template_places: args.chat_template.iter().cloned().collect(),
+        system: args.system_prompt.clone(),
+        plain: args.prompt_template.clone(),
+    })?;
     let config = AnnotateConfig {
         data: args.data,
         split: args.split,
@@ -52,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shard_rows: args.shard_rows,
         limit: args.limit,
         progress: true,
+        view: Arc::new(view),
     };
     let s = edkd_teacher::annotate(&client, &config).await?;
     println!("cache      {}", args.out.display());

@@ -11,7 +11,7 @@ use tch::{Device, Kind};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Teacher checkpoint folder (config.json, safetensors, tokenizer.json).
+    /// Teacher checkpoint folder (config.json, safetensors, tokenizer.json) or .gguf file.
     #[arg(long, env = "EDKD_TEACHER_MODEL")]
     model: PathBuf,
     /// cpu, cuda or cuda:N.

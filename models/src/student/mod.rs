@@ -111,6 +111,9 @@ pub enum FolderKind {
 }
 
 pub fn folder_kind(dir: &Path) -> Result<FolderKind> {
+    if crate::gguf::is_gguf(dir) {
+        return Ok(FolderKind::Teacher);
+    }
     let v: serde_json::Value = read_json(&dir.join("config.json"))?;
     Ok(
         if v.get("model_type").and_then(|m| m.as_str()) == Some(MODEL_TYPE) {

@@ -1,5 +1,5 @@
 //! Decoder-only teachers (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3, OLMo 2, Granite,
-//! SmolLM3) loaded from Hugging Face checkpoint folders.
+//! SmolLM3) loaded from Hugging Face checkpoint folders, or from GGUF files (llama, qwen2).
 
 pub mod config;
 mod family;
@@ -64,8 +64,12 @@ impl Teacher {
         CausalLm::num_parameters(&self.vs)
     }
 
-    /// Loads `dir` (config.json, model.safetensors or a sharded index, tokenizer.json).
+    /// Loads `dir` (config.json, model.safetensors or a sharded index, tokenizer.json), or
+    /// a `.gguf` file (dequantized to f32, config and tokenizer rebuilt from its metadata).
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
+        if crate::gguf::is_gguf(dir) {
+            return crate::gguf::load_teacher(dir, opts);
+        }
         check_dtype(opts.kind, opts.device)?;
         let config = CausalLmConfig::from_folder(dir)?;
         let mut vs = VarStore::new(Device::Cpu);

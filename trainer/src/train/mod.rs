@@ -194,8 +194,8 @@ impl<'a> Trainer<'a> {
         let lead = rank == 0;
         fs::create_dir_all(&opts.out).map_err(Error::io(&opts.out))?;
 
-        let (data, train_ds) = RunData::open(cfg)?;
-        let source = setup::open_source(cfg, device, data.vocab.size)?;
+        let (data, train_ds) = RunData::open(cfg, &opts.out)?;
+        let source = setup::open_viewed_source(cfg, device, &data)?;
         if let Some(src) = &source {
             setup::check_source(src.as_ref(), cfg, &data)?;
         }

@@ -34,8 +34,8 @@ pub(crate) struct RunData {
 impl RunData {
     /// Opens both splits, refusing data made with another tokenizer than the run's;
     /// returns the training split beside.
-    pub fn open(cfg: &TrainConfig) -> Result<(Self, Dataset)> {
-        let tokenizer_path = tokenizer_path(cfg);
+    pub fn open(cfg: &TrainConfig, out: &Path) -> Result<(Self, Dataset)> {
+        let tokenizer_path = tokenizer_path(cfg, out)?;
         let tokenizer = match &tokenizer_path {
             Some(p) => Some(Tokenizer::from_file(p)?),
             None => None,
@@ -84,18 +84,26 @@ impl RunData {
     }
 }
 
-/// The tokenizer file the run uses: configured, or the teacher folder's.
-fn tokenizer_path(cfg: &TrainConfig) -> Option<PathBuf> {
+/// The tokenizer file the run uses: configured, or the teacher's (a folder's
+/// `tokenizer.json`; a `.gguf` teacher's, written into `out/teacher-tokenizer/`).
+fn tokenizer_path(cfg: &TrainConfig, out: &Path) -> Result<Option<PathBuf>> {
     if let Some(p) = &cfg.data.tokenizer {
-        return Some(p.clone());
+        return Ok(Some(p.clone()));
     }
-    for dir in [&cfg.teacher.model, &cfg.model.init].into_iter().flatten() {
-        let p = dir.join("tokenizer.json");
+    for src in [&cfg.teacher.model, &cfg.model.init].into_iter().flatten() {
+        if edkd_models::gguf::is_gguf(src) {
+            let dir = out.join("teacher-tokenizer");
+            if let Some(p) = edkd_models::gguf::extract_tokenizer(src, &dir)? {
+                return Ok(Some(p));
+            }
+            continue;
+        }
+        let p = src.join("tokenizer.json");
         if p.is_file() {
-            return Some(p);
+            return Ok(Some(p));
         }
     }
-    None
+    Ok(None)
 }
 
 /// Opens the configured teacher source.
@@ -136,6 +144,32 @@ pub fn open_source(
             })?))
         }
     })
+}
+
+/// The configured teacher source, reading the configured view of the inputs: a live
+/// teacher applies the view to every batch; a cache must have been made with it.
+pub(crate) fn open_viewed_source(
+    cfg: &TrainConfig,
+    device: Device,
+    data: &RunData,
+) -> Result<Option<Box<dyn TeacherSource>>> {
+    let Some(src) = open_source(cfg, device, data.vocab.size)? else {
+        return Ok(None);
+    };
+    let view = crate::view::build(cfg, data.tokenizer_path.as_deref())?;
+    if let Some(made_with) = &src.info().teacher_prompt {
+        if *made_with != view.key() {
+            return Err(Error::Config(format!(
+                "{}: made with teacher prompts `{made_with}`, but teacher.prompt gives `{}` \
+                 ({}); annotate the cache again with this view, or set teacher.prompt to match",
+                src.info().description,
+                view.key(),
+                view.describe()
+            )));
+        }
+        return Ok(Some(src));
+    }
+    Ok(Some(crate::view::Viewed::wrap(src, view, data.vocab.pad)))
 }
 
 /// Refuses a teacher that speaks another tokenizer than the data, or answers at another
