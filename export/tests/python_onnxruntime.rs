@@ -68,6 +68,7 @@ fn onnxruntime_python_runs_the_student_graphs() {
     println!("{r}");
     assert_eq!(r["checker"], json!({"encoder": "ok", "decoder": "ok"}));
     assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
+    assert!(r["chunked_max_abs_diff"].as_f64().unwrap() <= 1e-4, "{r}");
     assert_eq!(r["greedy_rows_equal"], json!(6), "{r}");
 }
 
