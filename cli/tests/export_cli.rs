@@ -212,6 +212,26 @@ fn a_teacher_exports_to_one_graph_and_generates_as_on_libtorch() {
 }
 
 #[test]
+fn a_decoder_only_export_is_scored_as_on_libtorch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path());
+    let teacher = fixture("llama_linear");
+    let out = tmp.path().join("onnx");
+    ok(&["export", "--model", s(&teacher), "--out", s(&out)]);
+    let torch = eval_json(&teacher, &data, &tmp.path().join("torch.json"), "torch");
+    let onnx = eval_json(&out, &data, &tmp.path().join("onnx.json"), "onnx");
+    let loss = |v: &Value| v["val_loss"].as_f64().unwrap();
+    assert!(
+        (loss(&torch) - loss(&onnx)).abs() < 1e-4,
+        "{} vs {}",
+        loss(&torch),
+        loss(&onnx)
+    );
+    assert_eq!(torch["overall"], onnx["overall"]);
+    assert_eq!(torch["samples"], onnx["samples"]);
+}
+
+#[test]
 fn unsupported_models_and_a_missing_runtime_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = edkd(&[
