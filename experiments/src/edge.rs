@@ -455,3 +455,49 @@ pub fn time_student_torch(
         (first, t1.elapsed().as_secs_f64())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole experiment at toy size, in process: every configuration is measured, the
+    /// int8 files are smaller than the f32 ones, and the CSV and table hold every row.
+    /// (Speed is not asserted: the machine's load decides it.)
+    #[test]
+    fn the_tiny_experiment_runs_end_to_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let opts = EdgeOptions {
+            input_lengths: vec![12],
+            threads: vec![1],
+            new_tokens: 3,
+            repeats: 1,
+            ..default_options("tiny")
+        };
+        let exports = prepare_exports("tiny", 0, tmp.path()).unwrap();
+        assert_eq!(exports.len(), 4);
+        let rows = run(&opts, &exports, measure, |_| {}).unwrap();
+        assert_eq!(rows.len(), 6, "3 runtimes x 2 models");
+        for r in &rows {
+            assert!(
+                r.m.first_token_ms > 0.0 && r.m.decode_tokens_per_s > 0.0,
+                "{r:?}"
+            );
+        }
+        let bytes = |a, rt| find(&rows, a, rt, 1, 12).unwrap().model_bytes;
+        for a in [Arch::Student, Arch::Twin] {
+            let (f32, int8) = (
+                bytes(a, EdgeRuntime::OrtF32),
+                bytes(a, EdgeRuntime::OrtInt8),
+            );
+            assert!(int8 * 3 < f32, "{a:?}: int8 {int8} vs f32 {f32} bytes");
+        }
+        let csv = tmp.path().join("edge.csv");
+        write_csv(&csv, &rows).unwrap();
+        assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 7);
+        let t = table(&rows);
+        assert!(
+            t.contains("student f32/torch") && t.lines().count() > 8,
+            "{t}"
+        );
+    }
+}
