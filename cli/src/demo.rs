@@ -70,29 +70,6 @@ fn stage(n: usize, what: &str, started: &Instant) {
     );
 }
 
-/// Serves the teacher folder `dir` on a free loopback port, on a runtime of its own with
-/// `workers` threads (the caller shuts the server down on that runtime).
-pub(crate) fn serve_on_loopback(
-    dir: &Path,
-    model_id: &str,
-    workers: usize,
-) -> anyhow::Result<(tokio::runtime::Runtime, edkd_teacher::RunningServer)> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()?;
-    let teacher = edkd_models::Teacher::load(dir, Default::default())?;
-    let server = rt.block_on(edkd_teacher::start(
-        teacher,
-        edkd_teacher::ServerConfig {
-            listen: "127.0.0.1:0".parse()?,
-            model_id: Some(model_id.into()),
-            ..Default::default()
-        },
-    ))?;
-    Ok((rt, server))
-}
-
 fn prepare_data(
     train: &Path,
     validation: &Path,
@@ -138,19 +115,8 @@ fn base_overrides(args: &Args, data: &Path, tokenizer: &Path, steps: u64) -> Vec
     ]
 }
 
-/// The students: an encoder-decoder with most layers in the encoder (the long input).
-/// `edkd bench train` measures the same shape.
-pub(crate) const STUDENT: &[&str] = &[
-    "model.preset=small",
-    "model.overrides.d_model=96",
-    "model.overrides.encoder_layers=3",
-    "model.overrides.decoder_layers=2",
-    "model.overrides.attn_dim=96",
-    "model.overrides.num_heads=4",
-    "model.overrides.num_kv_heads=2",
-    "model.overrides.ffn_dim=384",
-    "model.overrides.max_positions=512",
-];
+/// The students: the encoder-decoder `edkd bench train` measures too.
+const STUDENT: &[&str] = edkd_experiments::training::STUDENT;
 
 /// The teacher: a decoder-only (Llama-shaped) model about twice the students' size.
 const TEACHER: &[&str] = &[
@@ -269,7 +235,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let teacher_dir = runs.join("teacher/final");
 
     stage(3, "serving the teacher over gRPC on loopback", &started);
-    let (rt, server) = serve_on_loopback(&teacher_dir, "edkd-demo-teacher", 1)?;
+    let (rt, server) =
+        edkd_experiments::loopback::serve_on_loopback(&teacher_dir, "edkd-demo-teacher", 1)?;
     let addr = server.addr.to_string();
     eprintln!("  teacher service on {addr}");
 
@@ -494,26 +461,15 @@ fn render_table(rows: &[(String, EvalReport)]) -> String {
     s
 }
 
-/// Training-loss curves of the three runs in one PNG.
+/// Training-CE curves (smoothed over raw) and validation CE of the three runs in one PNG.
 fn plot_runs(runs: &Path, png: &Path) -> anyhow::Result<()> {
-    let mut series = Vec::new();
-    for (name, dir) in [
-        ("teacher", "teacher"),
-        ("student CE", "student-ce"),
-        ("student KD (CE part)", "student-kd"),
-    ] {
-        let text =
-            std::fs::read_to_string(runs.join(dir).join("metrics.jsonl")).unwrap_or_default();
-        let pts: Vec<(f64, f64)> = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v["step"].as_f64()?, v["ce"].as_f64()?)))
-            .collect();
-        if !pts.is_empty() {
-            series.push((name, pts));
-        }
-    }
-    edkd_trainer::observe::plot_losses(png, &series, "edkd demo", "step", "train CE")
+    let dirs = [
+        ("teacher", runs.join("teacher")),
+        ("student CE", runs.join("student-ce")),
+        ("student KD", runs.join("student-kd")),
+    ];
+    let series: Vec<(&str, &Path)> = dirs.iter().map(|(n, d)| (*n, d.as_path())).collect();
+    edkd_trainer::observe::plot_runs(png, &series, "ce", "edkd demo")
         .with_context(|| format!("writing {}", png.display()))?;
     Ok(())
 }

@@ -12,14 +12,34 @@ mod launch;
 mod teacher;
 mod train;
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Distil decoder-only language models into small, fast encoder-decoder students.
 #[derive(Parser)]
 #[command(name = "edkd", version, about)]
 struct Cli {
+    /// Log lines on stderr: text for people (coloured only on a terminal, never with
+    /// NO_COLOR set), or json, one object per line, for cluster log collectors. Progress
+    /// bars are drawn only on a terminal.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "EDKD_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -54,14 +74,43 @@ enum Command {
     Status(launch::StatusArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+/// Whether stderr may carry ANSI colours: a terminal, and no `NO_COLOR` (no-color.org).
+fn colour_on_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `RUST_LOG` filters (default `info`); lines go to stderr, stdout stays for results.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(colour_on_stderr()).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_ansi(false).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match cli.log_format {
+                // anyhow's own report: the error and its causes.
+                LogFormat::Text => eprintln!("Error: {e:?}"),
+                // One parseable line, causes joined with ": ".
+                LogFormat::Json => tracing::error!(error = format!("{e:#}"), "edkd failed"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Info(args) => info::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Data(cmd) => data::run(cmd),

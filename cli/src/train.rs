@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
+use edkd_models::device::parse_device;
 use edkd_trainer::config::{EvalSection, TrainConfig};
 use edkd_trainer::dist::{Collective, Single};
 use edkd_trainer::eval::{EvalReport, evaluate, evaluate_folder, open_eval_split};
 use edkd_trainer::mpi::{Mpi, local_rank};
 use edkd_trainer::nccl::{Nccl, NcclUnavailable};
-use edkd_trainer::train::parse_device;
 use edkd_trainer::{RunOptions, train};
 
 use crate::export::{DEFAULT_THREADS, OnnxEval, Runtime};

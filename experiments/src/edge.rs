@@ -419,6 +419,67 @@ pub fn table(rows: &[EdgeRow]) -> String {
     t
 }
 
+/// Size of one edge figure (two panels side by side), in pixels.
+pub const PLOT_WIDTH: u32 = 1320;
+pub const PLOT_HEIGHT: u32 = 520;
+
+/// First-token latency and decode throughput against input length at `threads` threads:
+/// one line per model and runtime (student blue, twin red; lighter for ONNX Runtime f32,
+/// lightest for int8).
+pub fn figure(rows: &[EdgeRow], threads: usize, title: &str) -> edkd_plot::Figure {
+    use edkd_plot::{Axis, Figure, PALETTE, Panel, Series};
+    let colour = |a: Arch, rt: EdgeRuntime| {
+        let base = match a {
+            Arch::Student => PALETTE[0],
+            Arch::Twin => PALETTE[3],
+        };
+        let mix = match rt {
+            EdgeRuntime::Torch => 0.0,
+            EdgeRuntime::OrtF32 => 0.35,
+            EdgeRuntime::OrtInt8 => 0.6,
+        };
+        base.map(|c| (c as f64 + (255.0 - c as f64) * mix) as u8)
+    };
+    let panel = |label: &str, title: String, f: &dyn Fn(&EdgeMeasurement) -> f64| {
+        let mut p = Panel::new(Axis::log2("input length (tokens)"), Axis::linear(label)).titled(title);
+        for a in [Arch::Student, Arch::Twin] {
+            for rt in EdgeRuntime::ALL {
+                let pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.arch == a && r.runtime == rt && r.threads == threads)
+                    .map(|r| (r.input_length as f64, f(&r.m)))
+                    .collect();
+                if !pts.is_empty() {
+                    let name = format!("{} {}", arch_name(a), rt.name());
+                    p = p.with(Series::line_markers(name, pts).with_colour(colour(a, rt)));
+                }
+            }
+        }
+        p
+    };
+    Figure::new(title, PLOT_WIDTH, PLOT_HEIGHT)
+        .with(panel("first-token latency (ms)", "first-token latency".into(), &|m| m.first_token_ms))
+        .with(panel(
+            "decode throughput (tokens/s)",
+            "decode throughput (batch 1)".into(),
+            &|m| m.decode_tokens_per_s,
+        ))
+}
+
+/// Draws one [`figure`] per thread count as `{stem}-{threads}t.png`; returns the files.
+pub fn plot(rows: &[EdgeRow], stem: &Path, title: &str) -> Result<Vec<PathBuf>> {
+    let mut threads: Vec<usize> = rows.iter().map(|r| r.threads).collect();
+    threads.sort();
+    threads.dedup();
+    let mut out = Vec::new();
+    for t in threads {
+        let png = PathBuf::from(format!("{}-{t}t.png", stem.display()));
+        figure(rows, t, &format!("{title}, {t} thread(s)")).save_png(&png)?;
+        out.push(png);
+    }
+    Ok(out)
+}
+
 /// Greedy decoding of one input with the student on libtorch, timed as
 /// [`OnnxModel::time_greedy`] times the export: (seconds to the first token, seconds for
 /// the `new_tokens - 1` steps after it).

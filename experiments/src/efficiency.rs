@@ -8,6 +8,7 @@
 //! it reports belongs to that pair alone; tests call [`measure`] in process.
 
 pub mod report;
+pub mod suite;
 
 use std::process::Command;
 use std::time::Instant;
@@ -24,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 use crate::memory;
 
-pub use report::{Row, plot, table, write_csv};
+pub use report::{Row, figure, plot, table, write_csv};
 
 /// Bytes per fp32 element (the benchmark runs in fp32, as the paper's CPU numbers do).
 const F32_BYTES: u64 = 4;

@@ -8,6 +8,16 @@ pub enum Error {
     Model(#[from] edkd_models::Error),
     #[error(transparent)]
     Export(#[from] edkd_export::Error),
+    #[error(transparent)]
+    Data(#[from] edkd_data::Error),
+    #[error(transparent)]
+    Trainer(#[from] edkd_trainer::Error),
+    #[error("teacher service: {0}")]
+    Teacher(#[from] edkd_teacher::Error),
+    #[error("figure: {0}")]
+    Plot(#[from] edkd_plot::Error),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -19,12 +29,28 @@ pub enum Error {
     Worker(String),
     #[error("invalid {field}: {msg}")]
     Input { field: &'static str, msg: String },
+    /// A measurement ran but gave an answer that cannot be right.
+    #[error("{what}: {msg}")]
+    Measurement { what: &'static str, msg: String },
 }
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+
+    pub(crate) fn input(field: &'static str, msg: impl Into<String>) -> Self {
+        Error::Input {
+            field,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<edkd_trainer::config::ConfigError> for Error {
+    fn from(e: edkd_trainer::config::ConfigError) -> Self {
+        Error::Trainer(e.into())
     }
 }
 

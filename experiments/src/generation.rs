@@ -182,3 +182,71 @@ pub fn twin_vs_transformers(opts: &Options, dir: &Path) -> Result<TwinVsTransfor
         matching_tokens,
     })
 }
+
+/// Both comparisons of `edkd bench generation`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub options: Options,
+    pub student: CachedVsRecompute,
+    pub twin: TwinVsTransformers,
+}
+
+/// Runs both comparisons; the twin is saved under `dir` for transformers. Progress goes
+/// to stderr.
+pub fn run(opts: &Options, dir: &Path) -> Result<Report> {
+    eprintln!("timing student generation, cached and recomputed ...");
+    let student = student_cached_vs_recompute(opts)?;
+    eprintln!("timing twin generation, edkd / transformers / edkd ...");
+    let twin = twin_vs_transformers(opts, dir)?;
+    Ok(Report {
+        options: opts.clone(),
+        student,
+        twin,
+    })
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (o, s, t) = (&self.options, &self.student, &self.twin);
+        let n = o.new_tokens as f64;
+        writeln!(
+            f,
+            "{} preset, prompt {} tokens, {} greedy new tokens, batch 1, fp32, {} threads, \
+             best of {}",
+            o.preset, o.input_length, o.new_tokens, o.threads, o.repeats
+        )?;
+        writeln!(
+            f,
+            "  {:<16} {:<24} {:>9} {:>9}",
+            "model", "generation", "seconds", "tok/s"
+        )?;
+        let student_name = format!("student {:.1}M", s.params as f64 / 1e6);
+        let twin_name = format!("twin {:.1}M", t.params as f64 / 1e6);
+        for (model, side, seconds) in [
+            (student_name.as_str(), "edkd cached", s.cached_s),
+            ("", "recompute every step", s.recompute_s),
+            (twin_name.as_str(), "edkd generate", n / t.edkd_tokens_per_s),
+            ("", "transformers generate", n / t.transformers_tokens_per_s),
+        ] {
+            writeln!(
+                f,
+                "  {model:<16} {side:<24} {seconds:>9.3} {:>9.1}",
+                n / seconds
+            )?;
+        }
+        writeln!(
+            f,
+            "student cached / recompute speed-up: {:.2}x (goal >= 5x); same tokens: {}",
+            s.speedup(),
+            s.same_tokens
+        )?;
+        writeln!(
+            f,
+            "twin edkd / transformers tokens/s:   {:.3}x (goal >= 1.0); first {} of {} tokens \
+             identical",
+            t.ratio(),
+            t.matching_tokens,
+            o.new_tokens
+        )
+    }
+}

@@ -1,19 +1,33 @@
-//! edkd-experiments: the paper's experiments run on edkd's own models.
+//! edkd-experiments: the paper's experiments and edkd's measurements, as library code with
+//! an options struct and a report type each (`edkd bench ...` parses arguments and calls
+//! one of these).
 //!
 //! - [`efficiency`]: the encoder-decoder student against its decoder-only twin of equal
 //!   size: first-token latency, decode throughput and peak memory per input length
-//!   (the paper's Figure 1a), written as CSV and plotted.
+//!   (the paper's Figure 1a), written as CSV and drawn as a figure.
 //! - [`edge`]: the student and its twin on libtorch f32, ONNX Runtime f32 and ONNX
 //!   Runtime int8 at 1 and 2 threads: first-token latency, decode tokens/s, peak memory
 //!   and model bytes.
 //! - [`generation`]: cached vs recomputed student decoding, and the twin's generation in
 //!   edkd vs transformers' `generate` on the same weights.
+//! - [`training`]: the distillation loop with a remote teacher vs a cache, edkd's training
+//!   step vs PyTorch's, and model FLOP utilisation.
+//! - [`allreduce`]: data-parallel step time split into compute and all-reduce, and the
+//!   bucketed all-reduce's bandwidth against a raw `MPI_Allreduce`.
+//! - [`teacher_forward`]: teacher forward throughput in edkd vs transformers.
+//!
+//! The Python reference implementations these compare against are in `scripts/`, run with
+//! the project venv's interpreter ([`python`]).
 
+pub mod allreduce;
 pub mod edge;
 pub mod efficiency;
 pub mod error;
 pub mod generation;
+pub mod loopback;
 pub mod memory;
 pub mod python;
+pub mod teacher_forward;
+pub mod training;
 
 pub use error::{Error, Result};

@@ -1,4 +1,5 @@
-//! Runs the crate's Python scripts (plots, reference implementations) in the project venv.
+//! Runs the crate's Python reference scripts (experiments/scripts) in the project venv: the
+//! one place that knows where that interpreter is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,10 +34,16 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A command that runs script `name` with the venv's python (arguments still to add).
+pub fn command(name: &str) -> Result<Command> {
+    let mut cmd = Command::new(python()?);
+    cmd.arg(script(name));
+    Ok(cmd)
+}
+
 /// Runs a script and parses the JSON on its last stdout line (`Null` when it prints none).
 pub fn run_script(name: &str, args: &[String]) -> Result<serde_json::Value> {
-    let out = Command::new(python()?)
-        .arg(script(name))
+    let out = command(name)?
         .args(args)
         .output()
         .map_err(Error::io(script(name)))?;

@@ -1,10 +1,11 @@
 //! End-to-end: the efficiency experiment on the tiny preset writes a well-formed CSV and
-//! a PNG plot; the generation comparison agrees token for token.
+//! a figure; the generation comparison agrees token for token.
 
-use edkd_experiments::efficiency::{self, Arch, Options, report::CSV_COLUMNS};
+use edkd_experiments::efficiency::report::{
+    CSV_COLUMNS, PLOT_HEIGHT, PLOT_WIDTH, STUDENT_COLOUR, TWIN_COLOUR,
+};
+use edkd_experiments::efficiency::{self, Arch, Options};
 use edkd_experiments::generation;
-
-const PNG_MAGIC: &[u8] = b"\x89PNG\r\n\x1a\n";
 /// Columns left empty when the kernel does not let a process reset its peak RSS (the
 /// ratio also when the twin's runs needed no new memory).
 const OPTIONAL: [&str; 3] = [
@@ -82,15 +83,36 @@ fn tiny_run_writes_csv_and_png() {
         );
     }
 
+    // The figure: a PNG of its size, with the student's and the twin's colours in both
+    // panels (latency on the left half, throughput on the right).
     let png = dir.path().join("e.png");
-    efficiency::plot(&csv, &png, "tiny").unwrap();
-    let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(PNG_MAGIC), "not a PNG");
-    assert!(
-        bytes.len() > 10_000,
-        "suspiciously small PNG: {} bytes",
-        bytes.len()
-    );
+    efficiency::plot(&rows, &png, "tiny").unwrap();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!((info.width, info.height), (PLOT_WIDTH, PLOT_HEIGHT));
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    let count = |colour: [u8; 3], left_half: bool| {
+        buf[..info.buffer_size()]
+            .chunks(3)
+            .enumerate()
+            .filter(|(i, p)| {
+                let x = *i as u32 % info.width;
+                *p == colour && (x < info.width / 2) == left_half
+            })
+            .count()
+    };
+    for (name, colour) in [("student", STUDENT_COLOUR), ("twin", TWIN_COLOUR)] {
+        for left in [true, false] {
+            let n = count(colour, left);
+            assert!(
+                n > 100,
+                "{name} in the {} panel: {n} pixels",
+                if left { "left" } else { "right" }
+            );
+        }
+    }
 }
 
 #[test]

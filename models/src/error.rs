@@ -63,6 +63,12 @@ pub enum Error {
     },
     #[error("invalid input: {0}")]
     Input(String),
+    #[error("{field} {value:?}: expected {expected}")]
+    Value {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("unknown preset `{name}`; available: {available}")]
     UnknownPreset { name: String, available: String },
     #[error("torch: {0}")]

@@ -3,6 +3,7 @@
 //! caches and generation.
 
 pub mod chat;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;

@@ -1,11 +1,11 @@
-//! Training observability without TensorFlow or a plotting stack: TensorBoard event files
-//! (TFRecord framing, hand-encoded `Event` protos) and PNG line charts of loss curves
-//! ([`plot_losses`]).
+//! Training observability without TensorFlow: TensorBoard event files (TFRecord framing,
+//! hand-encoded `Event` protos) and the figures of a run ([`plot_training`],
+//! [`plot_runs`], drawn by edkd-plot).
 
-mod font;
-mod plot;
+mod figures;
 
-pub use plot::{PALETTE, PLOT_HEIGHT, PLOT_WIDTH, plot_losses};
+pub use edkd_plot::PALETTE;
+pub use figures::{PLOT_HEIGHT, PLOT_WIDTH, plot_losses, plot_runs, plot_training};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};

@@ -1,11 +1,13 @@
 //! Event files read back by TensorBoard's own loader (project venv, `tensorboard` from
-//! scripts/setup.sh), and loss plots decoded as PNG.
+//! scripts/setup.sh), and the training figures decoded as PNG.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edkd_trainer::observe::{EventWriter, PALETTE, PLOT_HEIGHT, PLOT_WIDTH, plot_losses};
+use edkd_trainer::observe::{
+    EventWriter, PALETTE, PLOT_HEIGHT, PLOT_WIDTH, plot_losses, plot_runs, plot_training,
+};
 use serde_json::Value;
 
 /// Reads every event of `argv[2]` and the scalars TensorBoard finds in directory `argv[1]`
@@ -236,4 +238,111 @@ fn plot_without_data_still_draws_axes() {
         px.iter().filter(|p| p.iter().all(|&c| c < 0x40)).count() > 1000,
         "no axes"
     );
+}
+
+/// Rows spanned by the pixels of `colour` (0 when there are none).
+fn row_span(px: &[[u8; 3]], width: u32, colour: [u8; 3]) -> u32 {
+    let rows: Vec<u32> = px
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p == colour)
+        .map(|(i, _)| i as u32 / width)
+        .collect();
+    match (rows.iter().min(), rows.iter().max()) {
+        (Some(lo), Some(hi)) => hi - lo,
+        _ => 0,
+    }
+}
+
+#[test]
+fn training_figure_puts_validation_on_its_own_axis() {
+    let dir = fresh_dir("plot-training");
+    let path = dir.join("loss.png");
+    // A KD loss of ~10 falling to 2 and a validation CE between 0.50 and 0.45: on one axis
+    // the validation line would be flat; on its own it spans much of the height.
+    let train: Vec<(f64, f64)> = (1..=300)
+        .map(|s| {
+            (
+                s as f64,
+                2.0 + 8.0 / (1.0 + 0.05 * s as f64) + 0.3 * ((s % 7) as f64 - 3.0) / 3.0,
+            )
+        })
+        .collect();
+    let val: Vec<(f64, f64)> = (1..=6)
+        .map(|i| (50.0 * i as f64, 0.5 - 0.01 * i as f64))
+        .collect();
+    plot_training(&path, &train, &val, "a short run").unwrap();
+    let (w, h, px) = read_png(&path);
+    assert_eq!((w, h), (PLOT_WIDTH, PLOT_HEIGHT));
+    let (train_rows, val_rows) = (row_span(&px, w, PALETTE[0]), row_span(&px, w, PALETTE[1]));
+    assert!(train_rows > h / 3, "train loss spans {train_rows} rows");
+    assert!(val_rows > h / 3, "validation spans {val_rows} rows");
+
+    // Without evaluations there is no validation series (and no right axis).
+    let path = dir.join("loss-no-eval.png");
+    plot_training(&path, &train, &[], "no eval").unwrap();
+    let (_, _, px) = read_png(&path);
+    assert!(
+        !px.contains(&PALETTE[1]),
+        "a validation series without evaluations"
+    );
+}
+
+#[test]
+fn runs_figure_reads_metrics_and_evals_of_each_run() {
+    let dir = fresh_dir("plot-runs");
+    let write = |run: &str, file: &str, lines: &[String]| {
+        let d = dir.join(run);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(file), lines.join("\n") + "\n").unwrap();
+    };
+    let metrics = |scale: f64| -> Vec<String> {
+        (1..=120)
+            .map(|s| {
+                format!(
+                    r#"{{"step":{s},"ce":{},"loss":9.0}}"#,
+                    scale / (1.0 + 0.05 * s as f64)
+                )
+            })
+            .collect()
+    };
+    let evals: Vec<String> = (1..=4)
+        .map(|i| {
+            format!(
+                r#"{{"step":{},"val_loss":{}}}"#,
+                30 * i,
+                3.0 - 0.2 * i as f64
+            )
+        })
+        .collect();
+    write("a", "metrics.jsonl", &metrics(4.0));
+    write("a", "eval.jsonl", &evals);
+    write("b", "metrics.jsonl", &metrics(6.0));
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    let runs = [
+        ("run a", dir.join("a")),
+        ("run b", dir.join("b")),
+        ("no files", dir.join("empty")),
+    ];
+    let runs: Vec<(&str, &Path)> = runs.iter().map(|(n, d)| (*n, d.as_path())).collect();
+    let path = dir.join("runs.png");
+    plot_runs(&path, &runs, "ce", "three runs").unwrap();
+    let (w, _, px) = read_png(&path);
+    let in_half = |colour: [u8; 3], left: bool| {
+        px.iter()
+            .enumerate()
+            .filter(|(i, p)| **p == colour && ((*i as u32 % w) < w / 2) == left)
+            .count()
+    };
+    // Run a: training curve on the left, evaluations on the right; run b: training only
+    // (its colour on the right is its legend entry alone); the empty run: legend entries.
+    assert!(in_half(PALETTE[0], true) > 300 && in_half(PALETTE[0], false) > 150);
+    assert!(in_half(PALETTE[1], true) > 300);
+    assert!(in_half(PALETTE[1], false) < 100, "run b has no evaluations");
+    assert!(in_half(PALETTE[2], true) > 0 && in_half(PALETTE[2], true) < 100);
+
+    // A corrupt line is an error naming the file and line.
+    write("a", "eval.jsonl", &["{not json".to_string()]);
+    let err = plot_runs(&path, &runs, "ce", "t").unwrap_err().to_string();
+    assert!(err.contains("eval.jsonl line 1"), "{err}");
 }

@@ -1,6 +1,6 @@
 //! `edkd bench edge`: the student and its decoder-only twin on libtorch f32, ONNX Runtime
 //! f32 and ONNX Runtime int8, at 1 and 2 threads: first-token latency, decode tokens/s,
-//! peak memory and model bytes per input length, as a table and a CSV.
+//! peak memory and model bytes per input length, as a table, a CSV and a PNG per thread count.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -106,5 +106,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     print!("{}", edge::table(&rows));
     eprintln!("wrote {}", csv.display());
+    let title = format!("{} student vs decoder-only twin on libtorch and ONNX Runtime", opts.preset);
+    for png in edge::plot(&rows, &stem, &title)? {
+        eprintln!("wrote {}", png.display());
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::Context;
-use edkd_experiments::efficiency::{self, Arch, MeasureSpec, Row};
+use edkd_experiments::efficiency::{self, suite};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,7 +31,7 @@ pub struct Args {
     /// Output folder for efficiency-<preset>.csv/.png/.json.
     #[arg(long, default_value = "out/bench/efficiency")]
     out: PathBuf,
-    /// Skip the PNG (no Python needed).
+    /// Skip the PNG.
     #[arg(long)]
     no_plot: bool,
     /// Internal: measure one spec (JSON) in this process and print the result as JSON.
@@ -41,8 +41,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(spec) = &args.worker {
-        let spec: MeasureSpec = serde_json::from_str(spec).context("--worker spec")?;
-        println!("{}", serde_json::to_string(&efficiency::measure(&spec)?)?);
+        println!("{}", suite::worker(spec)?);
         return Ok(());
     }
     let mut opts = efficiency::default_options(&args.preset);
@@ -53,72 +52,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     opts.repeats = args.repeats.unwrap_or(opts.repeats);
 
     let exe = std::env::current_exe().context("locating the edkd binary")?;
-    // One child process per (model, length): its peak RSS is that measurement's alone.
-    let in_child = |spec: &MeasureSpec| {
+    let child = || {
         let mut cmd = Command::new(&exe);
         cmd.args(["bench", "efficiency", "--worker"]);
-        efficiency::measure_in_child(cmd, spec)
+        cmd
     };
-    let progress = |spec: &MeasureSpec| {
-        let name = match spec.arch {
-            Arch::Student => "student",
-            Arch::Twin => "twin",
-        };
-        eprintln!(
-            "measuring {name:<7} at {:>5} input tokens ...",
-            spec.input_length
-        );
-    };
-    let rows = efficiency::run(&opts, in_child, progress)?;
-
-    let stem = args.out.join(format!("efficiency-{}", opts.preset));
-    let csv = stem.with_extension("csv");
-    efficiency::write_csv(&csv, &rows)?;
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(&opts)? + "\n",
-    )?;
-    let png = stem.with_extension("png");
-    if !args.no_plot {
-        let title = format!(
-            "{} student vs decoder-only twin, batch 1, {} threads",
-            opts.preset, opts.threads
-        );
-        efficiency::plot(&csv, &png, &title)?;
-    }
-    print_summary(&opts, &rows);
-    eprintln!("wrote {}", csv.display());
-    if !args.no_plot {
+    let report = suite::run_in_children(&opts, child, &args.out, !args.no_plot)?;
+    print!("{report}");
+    eprintln!("wrote {}", report.csv.display());
+    if let Some(png) = &report.png {
         eprintln!("wrote {}", png.display());
     }
     Ok(())
-}
-
-fn print_summary(opts: &efficiency::Options, rows: &[Row]) {
-    let Some(first) = rows.first() else { return };
-    println!(
-        "{} student ({:.1}M params) vs decoder-only twin ({:.1}M), batch 1, fp32, {} threads, \
-         {} new tokens, best of {}",
-        opts.preset,
-        first.student.params as f64 / 1e6,
-        first.twin.params as f64 / 1e6,
-        opts.threads,
-        opts.new_tokens,
-        opts.repeats
-    );
-    print!("{}", efficiency::table(rows));
-    println!(
-        "run peak: peak RSS of the measuring process above its RSS once the model is built \
-         (activations + caches); peak RSS: whole process (libtorch + weights + run)"
-    );
-    let fewer = |r: &Row| (1.0 - r.first_token_ratio()) * 100.0;
-    let (lo, hi) = rows
-        .iter()
-        .map(fewer)
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(v), b.max(v))
-        });
-    let best_decode = rows.iter().map(Row::decode_ratio).fold(f64::NAN, f64::max);
-    println!("ours:  first token {lo:.0}%..{hi:.0}% sooner, decode up to {best_decode:.2}x faster");
-    println!("paper: first token 47% sooner, decode up to 4.7x faster (Mu vs decoder-only)");
 }

@@ -29,56 +29,16 @@ pub struct Args {
     out: PathBuf,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let dir = a.out.join(format!("twin-{}", a.preset));
     let opts = Options {
-        preset: args.preset,
-        input_length: args.input_length,
-        new_tokens: args.new_tokens,
-        repeats: args.repeats,
-        threads: args.threads,
-        seed: args.seed,
+        preset: a.preset,
+        input_length: a.input_length,
+        new_tokens: a.new_tokens,
+        repeats: a.repeats,
+        threads: a.threads,
+        seed: a.seed,
     };
-    eprintln!("timing student generation, cached and recomputed ...");
-    let student = generation::student_cached_vs_recompute(&opts)?;
-    let dir = args.out.join(format!("twin-{}", opts.preset));
-    eprintln!("timing twin generation, edkd / transformers / edkd ...");
-    let twin = generation::twin_vs_transformers(&opts, &dir)?;
-
-    let n = opts.new_tokens as f64;
-    println!(
-        "{} preset, prompt {} tokens, {} greedy new tokens, batch 1, fp32, {} threads, best of {}",
-        opts.preset, opts.input_length, opts.new_tokens, opts.threads, opts.repeats
-    );
-    let line = |model: &str, side: &str, seconds: f64| {
-        println!(
-            "  {model:<16} {side:<24} {seconds:>9.3} {:>9.1}",
-            n / seconds
-        );
-    };
-    println!(
-        "  {:<16} {:<24} {:>9} {:>9}",
-        "model", "generation", "seconds", "tok/s"
-    );
-    let student_name = format!("student {:.1}M", student.params as f64 / 1e6);
-    line(&student_name, "edkd cached", student.cached_s);
-    line("", "recompute every step", student.recompute_s);
-    let twin_name = format!("twin {:.1}M", twin.params as f64 / 1e6);
-    line(&twin_name, "edkd generate", n / twin.edkd_tokens_per_s);
-    line(
-        "",
-        "transformers generate",
-        n / twin.transformers_tokens_per_s,
-    );
-    println!(
-        "student cached / recompute speed-up: {:.2}x (goal >= 5x); same tokens: {}",
-        student.speedup(),
-        student.same_tokens
-    );
-    println!(
-        "twin edkd / transformers tokens/s:   {:.3}x (goal >= 1.0); first {} of {} tokens identical",
-        twin.ratio(),
-        twin.matching_tokens,
-        opts.new_tokens
-    );
+    print!("{}", generation::run(&opts, &dir)?);
     Ok(())
 }

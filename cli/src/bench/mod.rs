@@ -1,4 +1,5 @@
-//! `edkd bench ...`: benchmarks that print edkd and a reference implementation side by side.
+//! `edkd bench ...`: argument structs and one call each into edkd-experiments, which
+//! measures edkd next to a reference implementation and reports.
 
 pub mod allreduce;
 pub mod edge;
@@ -6,11 +7,6 @@ pub mod efficiency;
 pub mod generation;
 pub mod teacher;
 pub mod train;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use anyhow::{Context, bail};
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -40,48 +36,4 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Allreduce(args) => allreduce::run(args),
         BenchCommand::Train(args) => train::run(args),
     }
-}
-
-/// The project venv's python (made by scripts/setup.sh), or `$EDKD_PYTHON`.
-pub fn python() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("EDKD_PYTHON") {
-        return Ok(PathBuf::from(p));
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let p = repo.join(".venv/bin/python");
-    if !p.exists() {
-        bail!(
-            "{} not found: run scripts/setup.sh (or set EDKD_PYTHON)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-/// A Python script shipped in cli/scripts.
-pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join(name)
-}
-
-/// Runs a reference script and parses the JSON it prints on its last stdout line.
-pub fn run_python(script_name: &str, args: &[String]) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(python()?)
-        .arg(script(script_name))
-        .args(args)
-        .output()
-        .with_context(|| format!("running {script_name}"))?;
-    if !out.status.success() {
-        bail!(
-            "{script_name} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    if last.is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_str(last).with_context(|| format!("{script_name} printed {last:?}"))
 }

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use edkd_models::device::{parse_device, parse_dtype};
 use edkd_models::{LoadOptions, Teacher};
 use edkd_teacher::{ServerConfig, TlsPem};
-use tch::{Device, Kind};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -59,26 +59,6 @@ pub struct Args {
     /// File holding a bearer token every RPC must carry.
     #[arg(long, env = "EDKD_TEACHER_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
-}
-
-fn parse_device(s: &str) -> anyhow::Result<Device> {
-    Ok(match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => Device::Cuda(n),
-            None => bail!("--device {other:?}: expected cpu, cuda or cuda:N"),
-        },
-    })
-}
-
-fn parse_dtype(s: &str) -> anyhow::Result<Kind> {
-    Ok(match s {
-        "f32" | "float32" => Kind::Float,
-        "bf16" | "bfloat16" => Kind::BFloat16,
-        "f16" | "float16" => Kind::Half,
-        other => bail!("--dtype {other:?}: expected f32, bf16 or f16"),
-    })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {

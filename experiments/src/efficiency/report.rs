@@ -1,12 +1,13 @@
 //! The efficiency experiment's outputs: one row per input length, CSV, a text table and
-//! the PNG plot (made by `scripts/plot_efficiency.py`).
+//! the figure (first-token latency and decode throughput against input length).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
+use edkd_plot::{Axis, Figure, PALETTE, Panel, Series};
+
 use super::Measurement;
 use crate::error::{Error, Result};
-use crate::python;
 
 const MIB: f64 = (1u64 << 20) as f64;
 const KIB: f64 = 1024.0;
@@ -169,18 +170,47 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
-/// Plots the CSV into `png` (latency vs input length, log x; decode throughput).
-pub fn plot(csv: &Path, png: &Path, title: &str) -> Result<()> {
-    python::run_script(
-        "plot_efficiency.py",
-        &[
-            "--csv".into(),
-            csv.display().to_string(),
-            "--out".into(),
-            png.display().to_string(),
-            "--title".into(),
-            title.into(),
-        ],
-    )?;
-    Ok(())
+/// Size of the efficiency figure, in pixels (two panels side by side).
+pub const PLOT_WIDTH: u32 = 1320;
+pub const PLOT_HEIGHT: u32 = 520;
+/// The paper's colours: the decoder-only twin red, the encoder-decoder student blue.
+pub const TWIN_COLOUR: edkd_plot::Rgb = PALETTE[3];
+pub const STUDENT_COLOUR: edkd_plot::Rgb = PALETTE[0];
+
+/// The figure of the rows: first-token latency against input length (log-2 axis) and
+/// decode throughput, student and twin in each.
+pub fn figure(rows: &[Row], title: &str) -> Figure {
+    let x = || Axis::log2("input length (tokens)");
+    let points = |f: &dyn Fn(&Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.input_length as f64, f(r))).collect()
+    };
+    let pair = |panel: Panel, twin: &dyn Fn(&Row) -> f64, student: &dyn Fn(&Row) -> f64| {
+        panel
+            .with(Series::line_markers("decoder-only twin", points(twin)).with_colour(TWIN_COLOUR))
+            .with(
+                Series::line_markers("encoder-decoder student", points(student))
+                    .with_colour(STUDENT_COLOUR),
+            )
+    };
+    let new_tokens = rows.first().map_or(0, |r| r.new_tokens);
+    let latency = pair(
+        Panel::new(x(), Axis::linear("first-token latency (ms)")).titled("first-token latency"),
+        &|r| r.twin.first_token_ms,
+        &|r| r.student.first_token_ms,
+    );
+    let decode = pair(
+        Panel::new(x(), Axis::linear("decode throughput (tokens/s)")).titled(format!(
+            "decode throughput ({new_tokens} new tokens, batch 1)"
+        )),
+        &|r| r.twin.decode_tokens_per_s,
+        &|r| r.student.decode_tokens_per_s,
+    );
+    Figure::new(title, PLOT_WIDTH, PLOT_HEIGHT)
+        .with(latency)
+        .with(decode)
+}
+
+/// Draws [`figure`] of the rows into `png`.
+pub fn plot(rows: &[Row], png: &Path, title: &str) -> Result<()> {
+    Ok(figure(rows, title).save_png(png)?)
 }

@@ -167,13 +167,10 @@ impl RunLog {
         self.bar.finish_and_clear();
     }
 
-    /// Draws the training (and validation) loss curves into `png`.
+    /// Draws the training loss (smoothed over the raw series) and the validation CE on
+    /// its own axis into `png`.
     pub fn plot(&self, png: &Path) -> Result<()> {
-        let mut series = vec![("train loss", self.train_curve.clone())];
-        if !self.eval_curve.is_empty() {
-            series.push(("validation CE", self.eval_curve.clone()));
-        }
-        crate::observe::plot_losses(png, &series, "edkd training", "step", "loss")
+        crate::observe::plot_training(png, &self.train_curve, &self.eval_curve, "edkd training")
             .map_err(Error::io(png))
     }
 }

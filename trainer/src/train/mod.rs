@@ -105,19 +105,6 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Parses `cpu` / `cuda` / `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| Error::Config(format!("device `{s}`: expected cpu, cuda or cuda:N"))),
-    }
-}
-
 /// Deterministic per-step seed.
 fn step_seed(seed: u64, step: u64, salt: u64) -> u64 {
     let mut x =
@@ -186,7 +173,7 @@ impl<'a> Trainer<'a> {
         coll: &'a mut dyn Collective,
     ) -> Result<Self> {
         cfg.validate()?;
-        let device = parse_device(&cfg.device)?;
+        let device = edkd_models::device::parse_device(&cfg.device)?;
         if cfg.threads > 0 {
             tch::set_num_threads(cfg.threads as i32);
         }

@@ -1,0 +1,336 @@
+//! Section 1 of the training bench: the distillation loop with the teacher behind the gRPC
+//! service against the same teacher's answers read from an annotated cache.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use edkd_data::prepare::{PrepareConfig, Truncation};
+use edkd_data::synth::{self, Split};
+use edkd_data::{Dataset, OpenOptions, Reader, ReaderConfig};
+use edkd_trainer::config::TrainConfig;
+use edkd_trainer::dist::Single;
+use edkd_trainer::model::{Net, Vocab};
+use edkd_trainer::source::{self, TeacherSource};
+use edkd_trainer::{RunOptions, train};
+use serde::Serialize;
+use tch::Device;
+
+use super::{
+    BATCH_ROWS, BATCH_TOKENS, LR, MAX_INPUT_TOKENS, MAX_TARGET_TOKENS, Options, STUDENT,
+    TEMPERATURE, VOCAB_SIZE, mean,
+};
+use crate::error::{Error, Result};
+use crate::loopback::serve_on_loopback;
+
+/// Batches scored synchronously to measure the teacher's latency on its own.
+const LATENCY_BATCHES: usize = 4;
+/// Reader window over which batches are bucketed by length.
+const BUCKET_WINDOW: usize = 512;
+const SHARD_ROWS: usize = 1024;
+/// Score requests the annotator keeps in flight.
+const ANNOTATE_IN_FLIGHT: usize = 2;
+/// A synchronous Score of a training batch may take this long.
+const SCORE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Runtime threads of the in-process teacher server.
+const SERVER_WORKERS: usize = 2;
+
+/// Means over the timed steps of one loop run's `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopRun {
+    pub step_s: f64,
+    pub wait_s: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Section 1's findings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TeacherReport {
+    pub teacher_params: i64,
+    pub addr: String,
+    pub remote: Vec<LoopRun>,
+    pub cache: Vec<LoopRun>,
+    /// Seconds of one synchronous `Score` of a training batch.
+    pub latency_s: f64,
+}
+
+impl TeacherReport {
+    fn avg(runs: &[LoopRun], f: fn(&LoopRun) -> f64) -> f64 {
+        mean(&runs.iter().map(f).collect::<Vec<_>>())
+    }
+
+    /// Mean of `f` over the remote runs and over the cache runs.
+    pub fn means(&self, f: fn(&LoopRun) -> f64) -> (f64, f64) {
+        (Self::avg(&self.remote, f), Self::avg(&self.cache, f))
+    }
+}
+
+struct Prepared {
+    data: PathBuf,
+    tokenizer: PathBuf,
+    vocab: Vocab,
+}
+
+/// Synthetic mixed tasks, a BPE tokenizer trained on them, and the prepared dataset.
+fn prepare_data(work: &Path, examples: usize, seed: u64) -> Result<Prepared> {
+    let raw = work.join("train.jsonl");
+    synth::write_jsonl(&raw, &synth::generate("mix", Split::Train, seed, examples)?)?;
+    let tokenizer = work.join("tokenizer.json");
+    let texts =
+        edkd_data::tokenizer::training_texts(std::slice::from_ref(&raw), "input", "target")?;
+    edkd_data::tokenizer::train_bpe_to_file(texts, VOCAB_SIZE, 2, &tokenizer)?;
+    let data = work.join("data");
+    let cfg = PrepareConfig {
+        max_input_tokens: Some(MAX_INPUT_TOKENS),
+        max_target_tokens: Some(MAX_TARGET_TOKENS),
+        input_truncation: Truncation::KeepEnd,
+        shard_rows: SHARD_ROWS,
+        overwrite: true,
+        command: vec!["edkd bench train".into()],
+        ..PrepareConfig::new(&[&raw], &tokenizer, &data)
+    };
+    edkd_data::prepare::prepare(&cfg)?;
+    let ds = Dataset::open(&data, &OpenOptions::new("train"))?;
+    let t = &ds.manifest.tokenizer;
+    let vocab = Vocab {
+        size: t.vocab_size as i64,
+        pad: t.special_ids.pad as i64,
+        bos: t.special_ids.bos as i64,
+        eos: t.special_ids.eos as i64,
+    };
+    Ok(Prepared {
+        data,
+        tokenizer,
+        vocab,
+    })
+}
+
+/// A random Llama-shaped teacher with the bench tokenizer, saved as a model folder.
+fn make_teacher(opts: &Options, p: &Prepared, dir: &Path) -> Result<i64> {
+    let d = opts.teacher_d_model;
+    let section = TrainConfig::from_overrides(&[
+        "model.architecture=decoder-only".to_string(),
+        "model.preset=small".into(),
+        format!("model.overrides.d_model={d}"),
+        format!("model.overrides.encoder_layers={}", opts.teacher_layers),
+        "model.overrides.decoder_layers=0".into(),
+        format!("model.overrides.attn_dim={d}"),
+        "model.overrides.num_heads=4".into(),
+        "model.overrides.num_kv_heads=2".into(),
+        format!("model.overrides.ffn_dim={}", 3 * d),
+        "model.overrides.max_positions=512".into(),
+    ])?
+    .model;
+    let net = Net::build(&section, p.vocab, Device::Cpu, opts.seed + 1)?;
+    net.save(dir, Some(&p.tokenizer))?;
+    Ok(net.num_parameters())
+}
+
+fn read_metrics(path: &Path, warmup: u64) -> Result<LoopRun> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+    let bad = |msg: String| Error::Measurement {
+        what: "metrics.jsonl",
+        msg: format!("{}: {msg}", path.display()),
+    };
+    let (mut step, mut wait, mut tps) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let m: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", i + 1)))?;
+        if m["step"].as_u64().unwrap_or(0) <= warmup {
+            continue;
+        }
+        let f = |k: &str| {
+            m[k].as_f64()
+                .ok_or_else(|| bad(format!("line {} lacks {k}", i + 1)))
+        };
+        step.push(f("step_s")?);
+        wait.push(f("wait_s")?);
+        tps.push(f("tokens_per_s")?);
+    }
+    if step.is_empty() {
+        return Err(bad("no steps after the warm-up".into()));
+    }
+    Ok(LoopRun {
+        step_s: mean(&step),
+        wait_s: mean(&wait),
+        tokens_per_s: mean(&tps),
+    })
+}
+
+fn loop_overrides(opts: &Options, p: &Prepared, teacher: &[String]) -> Vec<String> {
+    let mut o: Vec<String> = STUDENT.iter().map(|s| s.to_string()).collect();
+    o.extend([
+        format!("data.manifest=\"{}\"", p.data.display()),
+        format!("data.tokenizer=\"{}\"", p.tokenizer.display()),
+        format!("seed={}", opts.seed),
+        format!("threads={}", opts.threads),
+        format!("optim.steps={}", opts.warmup + opts.steps),
+        format!("optim.lr={LR}"),
+        "optim.schedule=constant".into(),
+        "optim.warmup_steps=0".into(),
+        format!("batch.max_tokens={BATCH_TOKENS}"),
+        format!("batch.max_rows={BATCH_ROWS}"),
+        format!("batch.bucket_window={BUCKET_WINDOW}"),
+        format!("loss.alpha={}", super::ALPHA),
+        format!("loss.temperature={TEMPERATURE}"),
+        format!("teacher.top_k={}", opts.top_k),
+        "eval.every=0".into(),
+        "checkpoint.every=0".into(),
+        "log.progress=false".into(),
+        "log.tensorboard=false".into(),
+        "log.plot=false".into(),
+    ]);
+    o.extend(teacher.iter().cloned());
+    o
+}
+
+/// Prepares data and a teacher, serves it on loopback, annotates a cache with it, and
+/// times `opts.rounds` loop runs per teacher source, alternated.
+pub fn remote_vs_cache(opts: &Options, work: &Path) -> Result<TeacherReport> {
+    eprintln!(
+        "preparing {} synthetic examples and a tokenizer ...",
+        opts.examples
+    );
+    let p = prepare_data(work, opts.examples, opts.seed)?;
+    let teacher_dir = work.join("teacher");
+    let teacher_params = make_teacher(opts, &p, &teacher_dir)?;
+
+    tch::set_num_threads(opts.threads);
+    let (rt, server) = serve_on_loopback(&teacher_dir, "edkd-bench-teacher", SERVER_WORKERS)?;
+    let addr = server.addr.to_string();
+    eprintln!("teacher service on {addr}; annotating the cache ...");
+    let cache_dir = work.join("cache");
+    rt.block_on(async {
+        let client = edkd_teacher::Client::connect(edkd_teacher::ClientConfig::new(addr.clone()))?;
+        let cfg = edkd_teacher::AnnotateConfig {
+            data: p.data.clone(),
+            split: "train".into(),
+            out: cache_dir.clone(),
+            top_k: opts.top_k,
+            temperature: TEMPERATURE as f32,
+            sequences_per_request: BATCH_ROWS,
+            in_flight: ANNOTATE_IN_FLIGHT,
+            shard_rows: SHARD_ROWS,
+            limit: None,
+            progress: false,
+            view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+        };
+        edkd_teacher::annotate(&client, &cfg).await?;
+        Ok::<_, Error>(())
+    })?;
+
+    let latency_s = teacher_latency(opts, &p, &addr)?;
+
+    let remote_kind = vec![
+        "teacher.kind=remote".to_string(),
+        format!("teacher.addr=\"{addr}\""),
+    ];
+    let cache_kind = vec![
+        "teacher.kind=cache".to_string(),
+        format!("teacher.cache=\"{}\"", cache_dir.display()),
+    ];
+    let (mut remote, mut cache) = (Vec::new(), Vec::new());
+    for round in 0..opts.rounds {
+        // Remote, cache, cache, remote, ...: load drift hits both sides alike.
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_remote in order {
+            let name = if is_remote { "remote" } else { "cache" };
+            eprintln!("loop run {}/{}: {name} teacher ...", round + 1, opts.rounds);
+            let kind = if is_remote { &remote_kind } else { &cache_kind };
+            let cfg = TrainConfig::from_overrides(&loop_overrides(opts, &p, kind))?;
+            let out = work.join(format!("runs/{name}-{round}"));
+            if out.exists() {
+                std::fs::remove_dir_all(&out).map_err(Error::io(&out))?;
+            }
+            let run_opts = RunOptions {
+                out: out.clone(),
+                ..Default::default()
+            };
+            train(&cfg, &run_opts, &mut Single)?;
+            let run = read_metrics(&out.join("metrics.jsonl"), opts.warmup)?;
+            if is_remote {
+                remote.push(run);
+            } else {
+                cache.push(run);
+            }
+        }
+    }
+    rt.block_on(server.shutdown())?;
+    Ok(TeacherReport {
+        teacher_params,
+        addr,
+        remote,
+        cache,
+        latency_s,
+    })
+}
+
+/// Mean seconds of a synchronous `Score` call for a training batch (what prefetching hides).
+fn teacher_latency(opts: &Options, p: &Prepared, addr: &str) -> Result<f64> {
+    let mut src = source::Remote::connect(source::RemoteConfig {
+        addr: addr.to_owned(),
+        top_k: opts.top_k,
+        temperature: TEMPERATURE as f32,
+        auth_token: None,
+        timeout: SCORE_TIMEOUT,
+        retry_for: Duration::ZERO,
+    })?;
+    let ds = Dataset::open(&p.data, &OpenOptions::new("train"))?;
+    let mut reader = Reader::new(
+        ds,
+        ReaderConfig {
+            seed: opts.seed,
+            max_tokens: BATCH_TOKENS,
+            max_rows: BATCH_ROWS,
+            bucket_window: BUCKET_WINDOW,
+            ..Default::default()
+        },
+        None,
+    )?;
+    let mut times = Vec::new();
+    for i in 0..=LATENCY_BATCHES {
+        let batch = reader.next_batch().ok_or_else(|| Error::Measurement {
+            what: "teacher latency",
+            msg: "the bench data yields no batch".into(),
+        })?;
+        let t0 = Instant::now();
+        src.score(&batch)?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64()); // the first call warms up
+        }
+    }
+    Ok(mean(&times))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_means_skip_the_warm_up_and_name_missing_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        let line = |step: u64, s: f64| {
+            format!(
+                r#"{{"step":{step},"step_s":{s},"wait_s":{},"tokens_per_s":{}}}"#,
+                s / 10.0,
+                1.0 / s
+            )
+        };
+        let text = [line(1, 100.0), line(2, 1.0), line(3, 3.0)].join("\n");
+        std::fs::write(&path, text).unwrap();
+        let run = read_metrics(&path, 1).unwrap();
+        assert_eq!(run.step_s, 2.0);
+        assert!((run.wait_s - 0.2).abs() < 1e-12);
+        assert!((run.tokens_per_s - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
+
+        let err = read_metrics(&path, 3).unwrap_err().to_string();
+        assert!(err.contains("no steps after the warm-up"), "{err}");
+        std::fs::write(&path, r#"{"step":5,"step_s":1.0}"#).unwrap();
+        let err = read_metrics(&path, 0).unwrap_err().to_string();
+        assert!(err.contains("line 1 lacks wait_s"), "{err}");
+    }
+}

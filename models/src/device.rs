@@ -1,0 +1,83 @@
+//! Device and dtype names (`cpu`, `cuda`, `cuda:N`; `f32`, `bf16`, `f16`), parsed in one
+//! place for every crate and command.
+
+use tch::{Device, Kind};
+
+use crate::error::{Error, Result};
+
+const DEVICES: &str = "cpu, cuda or cuda:N";
+const DTYPES: &str = "f32, bf16 or f16";
+
+/// Parses `cpu` / `cuda` (device 0) / `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| Error::Value {
+                field: "device",
+                value: s.to_owned(),
+                expected: DEVICES,
+            }),
+    }
+}
+
+/// Parses a weight dtype: `f32`/`float32`, `bf16`/`bfloat16`, `f16`/`float16`.
+pub fn parse_dtype(s: &str) -> Result<Kind> {
+    match s {
+        "f32" | "float32" => Ok(Kind::Float),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        "f16" | "float16" => Ok(Kind::Half),
+        _ => Err(Error::Value {
+            field: "dtype",
+            value: s.to_owned(),
+            expected: DTYPES,
+        }),
+    }
+}
+
+/// Fails unless `device` exists on this machine (a CUDA index below the device count).
+pub fn check_available(device: Device) -> Result<()> {
+    if let Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count();
+        if n as i64 >= count {
+            return Err(Error::Input(format!(
+                "device cuda:{n}: this machine has {count} CUDA device(s)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_dtypes_parse_and_bad_names_are_named() {
+        assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(parse_device("cuda").unwrap(), Device::Cuda(0));
+        assert_eq!(parse_device("cuda:3").unwrap(), Device::Cuda(3));
+        let err = parse_device("gpu").unwrap_err().to_string();
+        assert_eq!(err, r#"device "gpu": expected cpu, cuda or cuda:N"#);
+        assert!(parse_device("cuda:x").is_err());
+        assert_eq!(parse_dtype("bf16").unwrap(), Kind::BFloat16);
+        assert_eq!(parse_dtype("float16").unwrap(), Kind::Half);
+        let err = parse_dtype("int8").unwrap_err().to_string();
+        assert!(
+            err.contains("dtype \"int8\"") && err.contains("f32, bf16 or f16"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_cpu_is_always_available() {
+        check_available(Device::Cpu).unwrap();
+        let count = tch::Cuda::device_count();
+        let err = check_available(Device::Cuda(count as usize)).unwrap_err();
+        assert!(err.to_string().contains("CUDA device(s)"), "{err}");
+    }
+}
