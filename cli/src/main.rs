@@ -5,6 +5,7 @@ mod convert;
 mod data;
 mod demo;
 mod device;
+mod export;
 mod generate;
 mod info;
 mod launch;
@@ -50,6 +51,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Generate from a student or teacher folder (or a teacher .gguf file).
     Generate(generate::Args),
+    /// Export a student, twin or teacher folder to ONNX (optionally int8) for ONNX Runtime.
+    Export(export::Args),
     /// Import a reference-layout checkpoint as a student folder, or a GGUF file as a teacher folder.
     Convert(convert::Args),
     /// Prepare, inspect and synthesize datasets.
@@ -113,6 +116,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Data(cmd) => data::run(cmd),
         Command::Teacher(cmd) => teacher::run(cmd),
         Command::Generate(args) => generate::run(args),
+        Command::Export(args) => export::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Train(args) => train::run(args),

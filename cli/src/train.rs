@@ -8,10 +8,12 @@ use anyhow::{Context, bail};
 use edkd_models::device::parse_device;
 use edkd_trainer::config::{EvalSection, TrainConfig};
 use edkd_trainer::dist::{Collective, Single};
-use edkd_trainer::eval::{EvalReport, evaluate_folder};
+use edkd_trainer::eval::{EvalReport, evaluate, evaluate_folder, open_eval_split};
 use edkd_trainer::mpi::{Mpi, local_rank};
 use edkd_trainer::nccl::{Nccl, NcclUnavailable};
 use edkd_trainer::{RunOptions, train};
+
+use crate::export::{DEFAULT_THREADS, OnnxEval, Runtime};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -225,9 +227,16 @@ fn pick_replica(cfg: &mut TrainConfig, rank: usize) {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// A student folder, or a decoder-only (Hugging Face) model folder.
+    /// A student folder, or a decoder-only (Hugging Face) model folder; with `--runtime
+    /// onnx`, an `edkd export` folder.
     #[arg(long)]
     model: PathBuf,
+    /// torch (libtorch, model folders) or onnx (ONNX Runtime, export folders).
+    #[arg(long, value_enum, default_value_t = Runtime::Torch)]
+    runtime: Runtime,
+    /// ONNX Runtime intra-op threads (with --runtime onnx).
+    #[arg(long, default_value_t = DEFAULT_THREADS)]
+    threads: usize,
     /// Prepared dataset folder (with manifest.json).
     #[arg(long)]
     data: PathBuf,
@@ -247,6 +256,32 @@ pub struct EvalArgs {
     json: Option<PathBuf>,
 }
 
+/// [`evaluate`] on an ONNX export under ONNX Runtime (CPU), scored exactly as a model
+/// folder is.
+pub fn evaluate_onnx(
+    export: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    cfg: &EvalSection,
+    threads: usize,
+) -> edkd_trainer::Result<EvalReport> {
+    let model = edkd_export::OnnxModel::load(export, threads)
+        .map_err(|e| edkd_trainer::Error::Config(e.to_string()))?;
+    let (ds, tokenizer) = open_eval_split(export, data, split)?;
+    let loss = TrainConfig::default().loss.kd();
+    let net = OnnxEval(std::cell::RefCell::new(model));
+    evaluate(
+        &net,
+        &ds,
+        None,
+        &loss,
+        cfg,
+        Some(&tokenizer),
+        tch::Device::Cpu,
+        0,
+    )
+}
+
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     let cfg = EvalSection {
@@ -256,15 +291,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         max_new_tokens: args.max_new_tokens,
         batch_rows: args.batch_rows,
     };
-    let report =
-        evaluate_folder(&args.model, &args.data, &args.split, &cfg, device).with_context(|| {
-            format!(
-                "evaluating {} on split `{}` of {}",
-                args.model.display(),
-                args.split,
-                args.data.display()
-            )
-        })?;
+    let report = match args.runtime {
+        Runtime::Torch => evaluate_folder(&args.model, &args.data, &args.split, &cfg, device),
+        Runtime::Onnx => evaluate_onnx(&args.model, &args.data, &args.split, &cfg, args.threads),
+    }
+    .with_context(|| {
+        format!(
+            "evaluating {} on split `{}` of {}",
+            args.model.display(),
+            args.split,
+            args.data.display()
+        )
+    })?;
     print_report(&report);
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")

@@ -7,6 +7,8 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] edkd_models::Error),
     #[error(transparent)]
+    Export(#[from] edkd_export::Error),
+    #[error(transparent)]
     Data(#[from] edkd_data::Error),
     #[error(transparent)]
     Trainer(#[from] edkd_trainer::Error),

@@ -67,6 +67,52 @@ impl EvalReport {
     }
 }
 
+/// What evaluation needs from a model: logits aligned with a batch's labels
+/// (`[b, dec_len, V]`) and batched generation. Implemented by [`Net`] on libtorch, and by
+/// other runtimes (the `edkd` binary wraps ONNX Runtime exports in it).
+pub trait Evaluable {
+    fn logits(&self, t: &BatchTensors) -> Result<tch::Tensor>;
+    fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>>;
+    fn eos(&self) -> i64;
+    fn pad(&self) -> i64;
+}
+
+impl Evaluable for Net {
+    fn logits(&self, t: &BatchTensors) -> Result<tch::Tensor> {
+        Ok(Net::logits(self, t, false))
+    }
+    fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+        Net::generate(self, inputs, cfg)
+    }
+    fn eos(&self) -> i64 {
+        Net::eos(self)
+    }
+    fn pad(&self) -> i64 {
+        Net::pad(self)
+    }
+}
+
+/// Opens `split` of the dataset in `data` for evaluating the model folder `model`: reads
+/// the folder's `tokenizer.json` and checks that the dataset was tokenized with it.
+pub fn open_eval_split(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+) -> Result<(Dataset, Tokenizer)> {
+    let tok_path = model.join("tokenizer.json");
+    if !tok_path.is_file() {
+        return Err(crate::Error::Config(format!(
+            "{}: no tokenizer.json; evaluation decodes predictions with the model's tokenizer",
+            model.display()
+        )));
+    }
+    let tokenizer = Tokenizer::from_file(&tok_path)?;
+    let mut open = edkd_data::OpenOptions::new(split);
+    open.verify = edkd_data::Verify::RowCounts;
+    open.expect_tokenizer_sha256 = Some(tokenizer.sha256().to_owned());
+    Ok((Dataset::open(data, &open)?, tokenizer))
+}
+
 /// Evaluates a saved model folder (student or decoder-only) on `split` of the dataset in
 /// `data`: loads the model with its `tokenizer.json`, checks that the dataset was
 /// tokenized with that tokenizer, and runs [`evaluate`] without a teacher.
@@ -80,18 +126,7 @@ pub fn evaluate_folder(
     use crate::config::{Architecture, ModelSection, TrainConfig};
     use edkd_models::student::{FolderKind, folder_kind};
     let kind = folder_kind(model)?;
-    let tok_path = model.join("tokenizer.json");
-    if !tok_path.is_file() {
-        return Err(crate::Error::Config(format!(
-            "{}: no tokenizer.json; evaluation decodes predictions with the model's tokenizer",
-            model.display()
-        )));
-    }
-    let tokenizer = Tokenizer::from_file(&tok_path)?;
-    let mut open = edkd_data::OpenOptions::new(split);
-    open.verify = edkd_data::Verify::RowCounts;
-    open.expect_tokenizer_sha256 = Some(tokenizer.sha256().to_owned());
-    let ds = Dataset::open(data, &open)?;
+    let (ds, tokenizer) = open_eval_split(model, data, split)?;
     let specials = ds.manifest.tokenizer.special_ids;
     let section = ModelSection {
         architecture: match kind {
@@ -115,7 +150,7 @@ pub fn evaluate_folder(
 #[allow(clippy::too_many_arguments)]
 /// Evaluates `net` on `ds` (the first `cfg.max_examples` examples in manifest order).
 pub fn evaluate(
-    net: &Net,
+    net: &(impl Evaluable + ?Sized),
     ds: &Dataset,
     teacher: Option<&mut (dyn TeacherSource + '_)>,
     loss: &KdLoss,
@@ -172,7 +207,7 @@ pub fn evaluate(
         }
         seen += batch.rows;
         let t = BatchTensors::new(&batch, device);
-        let logits = net.logits(&t, false);
+        let logits = net.logits(&t)?;
         let targets = match teacher.as_deref_mut() {
             Some(src) => Some(src.score(&batch)?),
             None => None,

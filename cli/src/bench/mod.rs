@@ -2,6 +2,7 @@
 //! measures edkd next to a reference implementation and reports.
 
 pub mod allreduce;
+pub mod edge;
 pub mod efficiency;
 pub mod generation;
 pub mod teacher;
@@ -9,6 +10,8 @@ pub mod train;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
+    /// Student and twin on libtorch f32, ONNX Runtime f32 and int8, 1 and 2 threads (CSV).
+    Edge(edge::Args),
     /// Teacher forward throughput (tokens/s) for edkd and transformers on the same weights.
     Teacher(teacher::Args),
     /// Encoder-decoder student vs its decoder-only twin: first-token latency, decode
@@ -26,6 +29,7 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
+        BenchCommand::Edge(args) => edge::run(args),
         BenchCommand::Teacher(args) => teacher::run(args),
         BenchCommand::Efficiency(args) => efficiency::run(args),
         BenchCommand::Generation(args) => generation::run(args),
