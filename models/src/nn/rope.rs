@@ -8,9 +8,12 @@
 
 use tch::{Device, Kind, Tensor};
 
-/// How rotary frequencies are scaled beyond the trained context.
-#[derive(Debug, Clone, PartialEq)]
+/// How rotary frequencies are scaled beyond the trained context. Serialised (in student
+/// configs) as an object tagged by `type`, e.g. `{"type": "linear", "factor": 2.0}`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RopeScaling {
+    #[default]
     None,
     /// Positions divided by `factor`.
     Linear {
