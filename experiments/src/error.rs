@@ -6,6 +6,14 @@ use std::path::PathBuf;
 pub enum Error {
     #[error(transparent)]
     Model(#[from] edkd_models::Error),
+    #[error(transparent)]
+    Data(#[from] edkd_data::Error),
+    #[error(transparent)]
+    Trainer(#[from] edkd_trainer::Error),
+    #[error("teacher service: {0}")]
+    Teacher(#[from] edkd_teacher::Error),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -23,6 +31,12 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Error::Io { path, source }
+    }
+}
+
+impl From<edkd_trainer::config::ConfigError> for Error {
+    fn from(e: edkd_trainer::config::ConfigError) -> Self {
+        Error::Trainer(e.into())
     }
 }
 
