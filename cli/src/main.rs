@@ -5,10 +5,13 @@ mod convert;
 mod data;
 mod demo;
 mod device;
+mod experiment;
+mod experiment_kd;
 mod export;
 mod generate;
 mod info;
 mod launch;
+mod student;
 mod teacher;
 mod train;
 
@@ -68,6 +71,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a model folder on a prepared dataset: losses, EM, F1, ROUGE per task.
     Eval(train::EvalArgs),
+    /// Experiments that answer a question end to end and write a report.
+    #[command(subcommand)]
+    Experiment(experiment::Command),
+    /// Build students: `edkd student init` from a decoder-only checkpoint.
+    #[command(subcommand)]
+    Student(student::Command),
     /// Run a job spec (teachers + MPI trainer ranks) here, on Slurm or on Kubernetes.
     Launch(launch::LaunchArgs),
     /// Progress of a run from its output folder: step, loss, eval, ETA, checkpoint, restarts.
@@ -121,6 +130,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => train::eval(args),
+        Command::Experiment(cmd) => experiment::run(cmd),
+        Command::Student(cmd) => student::run(cmd),
         Command::Launch(args) => launch::run(args),
         Command::Status(args) => launch::status(args),
     }

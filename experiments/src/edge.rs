@@ -441,7 +441,8 @@ pub fn figure(rows: &[EdgeRow], threads: usize, title: &str) -> edkd_plot::Figur
         base.map(|c| (c as f64 + (255.0 - c as f64) * mix) as u8)
     };
     let panel = |label: &str, title: String, f: &dyn Fn(&EdgeMeasurement) -> f64| {
-        let mut p = Panel::new(Axis::log2("input length (tokens)"), Axis::linear(label)).titled(title);
+        let mut p =
+            Panel::new(Axis::log2("input length (tokens)"), Axis::linear(label)).titled(title);
         for a in [Arch::Student, Arch::Twin] {
             for rt in EdgeRuntime::ALL {
                 let pts: Vec<(f64, f64)> = rows
@@ -458,7 +459,11 @@ pub fn figure(rows: &[EdgeRow], threads: usize, title: &str) -> edkd_plot::Figur
         p
     };
     Figure::new(title, PLOT_WIDTH, PLOT_HEIGHT)
-        .with(panel("first-token latency (ms)", "first-token latency".into(), &|m| m.first_token_ms))
+        .with(panel(
+            "first-token latency (ms)",
+            "first-token latency".into(),
+            &|m| m.first_token_ms,
+        ))
         .with(panel(
             "decode throughput (tokens/s)",
             "decode throughput (batch 1)".into(),

@@ -125,6 +125,11 @@ impl KdLoss {
         let log_q = student_logits
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float);
+        self.cross_entropy_from(&log_q, labels)
+    }
+
+    /// [`Self::cross_entropy`] from the student's log-probabilities at temperature 1.
+    fn cross_entropy_from(&self, log_q: &Tensor, labels: &Tensor) -> Tensor {
         let nll = -log_q
             .gather(-1, &labels.unsqueeze(-1), false)
             .squeeze_dim(-1);
@@ -135,6 +140,18 @@ impl KdLoss {
         (nll * (1.0 - self.label_smoothing) + smooth * self.label_smoothing).mean(Kind::Float)
     }
 
+    /// The student's log-probabilities over the teacher vocabulary at the loss temperature.
+    fn student_log_probs(&self, student_logits: &Tensor, teacher_vocab: i64) -> Tensor {
+        let z = student_logits
+            .to_kind(Kind::Float)
+            .narrow(-1, 0, teacher_vocab);
+        if self.temperature == 1.0 {
+            z.log_softmax(-1, Kind::Float)
+        } else {
+            (z / self.temperature).log_softmax(-1, Kind::Float)
+        }
+    }
+
     /// Masked mean `T^2 * D` for student logits `[n, V_s]`; student columns beyond the
     /// teacher vocabulary `teacher_vocab` are excluded from the distribution.
     pub fn distill(
@@ -143,15 +160,18 @@ impl KdLoss {
         teacher: &TeacherTargets,
         teacher_vocab: i64,
     ) -> Tensor {
+        let log_q = self.student_log_probs(student_logits, teacher_vocab);
+        self.distill_from(&log_q, teacher, teacher_vocab)
+    }
+
+    /// [`Self::distill`] from the student's log-probabilities `log_q` (`[n, V_t]`, at the
+    /// loss temperature).
+    fn distill_from(&self, log_q: &Tensor, teacher: &TeacherTargets, teacher_vocab: i64) -> Tensor {
         let t = self.temperature;
-        let z = student_logits
-            .to_kind(Kind::Float)
-            .narrow(-1, 0, teacher_vocab);
-        let log_q = (&z / t).log_softmax(-1, Kind::Float);
         let rows = match teacher {
             TeacherTargets::Full { logits } => {
                 let log_p = (logits.to_kind(Kind::Float) / t).log_softmax(-1, Kind::Float);
-                self.divergence.rows(&log_p, &log_q)
+                self.divergence.rows(&log_p, log_q)
             }
             TeacherTargets::TopK {
                 ids,
@@ -164,10 +184,7 @@ impl KdLoss {
                     self.divergence
                         .rows(&logprobs.to_kind(Kind::Float), &log_q_top)
                 } else {
-                    // The student's tail: logsumexp over the tokens outside the teacher's
-                    // top-k (exact, no 1 - sum cancellation).
-                    let outside = log_q.scatter_value(-1, ids, f64::NEG_INFINITY);
-                    let log_q_tail = outside.logsumexp([-1], true);
+                    let log_q_tail = student_tail(log_q, ids, &log_q_top);
                     let log_p = Tensor::cat(
                         &[
                             logprobs.to_kind(Kind::Float),
@@ -175,7 +192,7 @@ impl KdLoss {
                         ],
                         -1,
                     );
-                    let log_q = Tensor::cat(&[log_q_top, log_q_tail], -1);
+                    let log_q = Tensor::cat(&[log_q_top, log_q_tail.unsqueeze(-1)], -1);
                     self.divergence.rows(&log_p, &log_q)
                 }
             }
@@ -195,11 +212,29 @@ impl KdLoss {
     ) -> LossParts {
         let z = select_rows(student_logits, mask);
         let y = labels.masked_select(mask);
-        let tokens = y.size()[0];
-        let ce = self.cross_entropy(&z, &y);
+        self.total_rows(&z, &y, teacher)
+    }
+
+    /// The total loss over target rows: student logits `[n, V_s]` at the target positions
+    /// only (no padding rows), `labels` `[n]`. One full-vocabulary log-softmax serves both
+    /// terms when the temperature is 1 and the vocabularies agree.
+    pub fn total_rows(
+        &self,
+        z: &Tensor,
+        labels: &Tensor,
+        teacher: Option<(&TeacherTargets, i64)>,
+    ) -> LossParts {
+        let tokens = labels.size()[0];
+        let log_q1 = z.to_kind(Kind::Float).log_softmax(-1, Kind::Float);
+        let ce = self.cross_entropy_from(&log_q1, labels);
         let (total, kd) = match teacher {
             Some((targets, vocab)) if self.alpha > 0.0 => {
-                let kd = self.distill(&z, targets, vocab);
+                let shared = self.temperature == 1.0 && vocab == z.size()[1];
+                let kd = if shared {
+                    self.distill_from(&log_q1, targets, vocab)
+                } else {
+                    self.distill(z, targets, vocab)
+                };
                 (
                     &ce * (1.0 - self.alpha) + &kd * self.alpha,
                     kd.double_value(&[]),
@@ -214,6 +249,33 @@ impl KdLoss {
             tokens,
         }
     }
+}
+
+/// Student tail masses below this are computed exactly (a logsumexp over the tokens outside
+/// the teacher's top-k); above it, `log(1 - sum_S q)` from the top-k alone is accurate to
+/// ~1e-5 relative in f32 and needs no second full-vocabulary pass.
+const TAIL_EXACT_BELOW: f64 = 1e-2;
+
+/// `log(1 - sum_{i in S} q_i)` per row (`[n]`): the student's log-mass outside the teacher's
+/// top-k ids `S`, from its log-probs `log_q` (`[n, V]`) and `log_q_top = log_q[S]`.
+fn student_tail(log_q: &Tensor, ids: &Tensor, log_q_top: &Tensor) -> Tensor {
+    let top_mass = log_q_top.logsumexp([-1], false).exp(); // [n]
+    // Clamped so that rows taken over by the exact path get a zero (not NaN) gradient here.
+    let cheap = (-top_mass.clamp_max(1.0 - TAIL_EXACT_BELOW)).log1p();
+    let exact_rows = top_mass
+        .gt(1.0 - TAIL_EXACT_BELOW)
+        .nonzero()
+        .squeeze_dim(-1);
+    if exact_rows.size()[0] == 0 {
+        return cheap;
+    }
+    let outside = log_q.index_select(0, &exact_rows).scatter_value(
+        -1,
+        &ids.index_select(0, &exact_rows),
+        f64::NEG_INFINITY,
+    );
+    let exact = outside.logsumexp([-1], false);
+    cheap.index_put(&[Some(exact_rows)], &exact, false)
 }
 
 /// Rows of `x` (`[b, t, ...]`) where `mask` (`[b, t]`) is true, as `[n, ...]`.

@@ -4,6 +4,8 @@
 //!
 //! Argument order is always `(pred, gold)`; ROUGE-Lsum is not symmetric in it.
 
+pub mod bootstrap;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};

@@ -65,6 +65,11 @@ impl BatchTensors {
 /// Logits of a decoder-only model on `input ++ target`, gathered at the positions that
 /// predict each label: `[b, dec_len, V]`.
 pub fn causal_target_logits(model: &CausalLm, t: &BatchTensors, train: bool) -> Tensor {
+    model.logits(&causal_target_hidden(model, t, train))
+}
+
+/// The final hidden states that predict each label: `[b, dec_len, d]`.
+fn causal_target_hidden(model: &CausalLm, t: &BatchTensors, train: bool) -> Tensor {
     use edkd_models::nn::AttnMask;
     use edkd_models::nn::attention::causal_padding_mask;
     use edkd_models::teacher::positions_from_valid;
@@ -75,7 +80,7 @@ pub fn causal_target_logits(model: &CausalLm, t: &BatchTensors, train: bool) -> 
     let d = hidden.size()[2];
     let (b, dl) = t.teacher_positions.size2().expect("[b, dec_len]");
     let idx = t.teacher_positions.unsqueeze(-1).expand([b, dl, d], false);
-    model.logits(&hidden.gather(1, &idx, false))
+    hidden.gather(1, &idx, false)
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -225,6 +230,22 @@ impl Net {
                     .forward(&t.encoder_ids, &t.encoder_mask, &t.decoder_input_ids, train)
             }
             Net::DecoderOnly { model, .. } => causal_target_logits(model, t, train),
+        }
+    }
+
+    /// Logits `[n, V]` at the real label positions only (`t.decoder_mask`, row-major, as
+    /// `loss::select_rows` orders them): the LM head runs on those rows, not on padding.
+    pub fn target_logits(&self, t: &BatchTensors, train: bool) -> Tensor {
+        let rows = |hidden: &Tensor| crate::loss::select_rows(hidden, &t.decoder_mask);
+        match self {
+            Net::EncoderDecoder(m) => {
+                let enc = m.model.encode(&t.encoder_ids, &t.encoder_mask, train);
+                let hidden = m.model.decode(&t.decoder_input_ids, &enc, None, train);
+                m.model.logits(&rows(&hidden))
+            }
+            Net::DecoderOnly { model, .. } => {
+                model.logits(&rows(&causal_target_hidden(model, t, train)))
+            }
         }
     }
 

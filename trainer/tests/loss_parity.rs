@@ -62,7 +62,11 @@ fn value_and_grad(f: impl Fn(&Tensor) -> Tensor, z0: &Tensor) -> (Tensor, Tensor
 }
 
 fn check(fx: &Fixture, name: &str, f: impl Fn(&Tensor) -> Tensor) {
-    let (loss, grad) = value_and_grad(f, &fx.get("student_logits"));
+    check_on(fx, "student_logits", name, f)
+}
+
+fn check_on(fx: &Fixture, input: &str, name: &str, f: impl Fn(&Tensor) -> Tensor) {
+    let (loss, grad) = value_and_grad(f, &fx.get(input));
     let dl = max_diff(&loss, &fx.get(&format!("{name}.loss")));
     let dg = max_diff(&grad, &fx.get(&format!("{name}.grad")));
     assert!(
@@ -90,6 +94,53 @@ fn divergences_match_pytorch_full_and_topk() {
             kd(div).distill(z, &topk, TEACHER_VOCAB)
         });
     }
+}
+
+#[test]
+fn a_confident_students_tail_matches_pytorch() {
+    // Nine of ten rows leave ~1e-8 of their mass outside the teacher's top-k: `1 - sum` in
+    // f32 would be noise there, so those rows take the exact path.
+    let fx = Fixture::load();
+    let topk = TeacherTargets::TopK {
+        ids: fx.get("topk_ids"),
+        logprobs: fx.get("topk_logprobs"),
+        tail_logmass: fx.get("topk_tail"),
+    };
+    check_on(&fx, "student_logits_peaked", "topk_peaked.fkl", |z| {
+        kd(Divergence::ForwardKl).distill(z, &topk, TEACHER_VOCAB)
+    });
+}
+
+#[test]
+fn total_rows_equals_the_masked_total_and_shares_one_log_softmax() {
+    let fx = Fixture::load();
+    let z = fx.get("student_logits").narrow(1, 0, TEACHER_VOCAB);
+    let labels = fx.get("labels");
+    let topk = TeacherTargets::TopK {
+        ids: fx.get("topk_ids"),
+        logprobs: fx.get("topk_logprobs"),
+        tail_logmass: fx.get("topk_tail"),
+    };
+    // Temperature 1 and equal vocabularies: CE and KD read the same log-softmax.
+    let loss = KdLoss {
+        temperature: 1.0,
+        alpha: 0.6,
+        ..kd(Divergence::ForwardKl)
+    };
+    let rows = loss.total_rows(&z, &labels, Some((&topk, TEACHER_VOCAB)));
+    let separate =
+        loss.cross_entropy(&z, &labels) * 0.4 + loss.distill(&z, &topk, TEACHER_VOCAB) * 0.6;
+    let d = max_diff(&rows.total, &separate);
+    assert!(d <= 1e-6, "shared log-softmax total differs by {d}");
+    let mask = Tensor::ones([z.size()[0], 1], (Kind::Bool, tch::Device::Cpu));
+    let masked = loss.total(
+        &z.unsqueeze(1),
+        &labels.unsqueeze(1),
+        &mask,
+        Some((&topk, TEACHER_VOCAB)),
+    );
+    assert_eq!(masked.total.double_value(&[]), rows.total.double_value(&[]));
+    assert_eq!(rows.tokens, z.size()[0]);
 }
 
 #[test]

@@ -106,7 +106,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     print!("{}", edge::table(&rows));
     eprintln!("wrote {}", csv.display());
-    let title = format!("{} student vs decoder-only twin on libtorch and ONNX Runtime", opts.preset);
+    let title = format!(
+        "{} student vs decoder-only twin on libtorch and ONNX Runtime",
+        opts.preset
+    );
     for png in edge::plot(&rows, &stem, &title)? {
         eprintln!("wrote {}", png.display());
     }

@@ -8,20 +8,18 @@
 
 use tch::{Device, Kind, Tensor};
 
-/// How rotary frequencies are scaled beyond the trained context.
-#[derive(Debug, Clone, PartialEq)]
+/// How rotary frequencies are scaled beyond the trained context. Serialised (in student
+/// configs) as an object tagged by `type`, e.g. `{"type": "linear", "factor": 2.0}`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RopeScaling {
+    #[default]
     None,
     /// Positions divided by `factor`.
-    Linear {
-        factor: f64,
-    },
+    Linear { factor: f64 },
     /// NTK-aware base growth once the sequence exceeds `original_max` (transformers uses
     /// the config's `max_position_embeddings` as that threshold).
-    Dynamic {
-        factor: f64,
-        original_max: i64,
-    },
+    Dynamic { factor: f64, original_max: i64 },
     /// Llama 3.x: low frequencies divided by `factor`, high ones kept, a smooth ramp between.
     Llama3 {
         factor: f64,

@@ -4,6 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::{Activation, GqaMapping, RopeConfig, RopeScaling};
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
 use crate::teacher::{CausalLmConfig, Family};
 
 /// `model_type` written into a student's config.json; tells student folders from teachers.
@@ -45,8 +49,16 @@ pub struct StudentConfig {
     pub ffn_bias: bool,
     /// Bias on q/k/v/o projections.
     pub attn_bias: bool,
+    /// Bias on the attention output projection `o_proj` when it differs from `attn_bias`
+    /// (Qwen2: q/k/v with bias, o without); absent: `attn_bias`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_out_bias: Option<bool>,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// RoPE frequency scaling (a decoder-initialised student keeps its source's); absent:
+    /// none.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rope_scaling: RopeScaling,
     pub rope_encoder: bool,
     pub rope_decoder: bool,
     /// Encoder positions `i - (len-1) div 2` of each row's real length, instead of `i`.
@@ -79,8 +91,10 @@ impl StudentConfig {
             ffn_dim: 4096,
             ffn_bias: true,
             attn_bias: true,
+            attn_out_bias: None,
             rms_norm_eps: 1e-6,
             rope_theta: 1e4,
+            rope_scaling: RopeScaling::None,
             rope_encoder: true,
             rope_decoder: true,
             centered_encoder_positions: true,
@@ -127,6 +141,11 @@ impl StudentConfig {
 
     pub fn head_dim(&self) -> i64 {
         self.attn_dim / self.num_heads
+    }
+
+    /// Whether `o_proj` has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.attn_out_bias.unwrap_or(self.attn_bias)
     }
 
     /// Checks the fields that must agree with each other; names the field at fault.
@@ -188,7 +207,7 @@ impl StudentConfig {
         RopeConfig {
             rotary_dim: self.head_dim(),
             theta: self.rope_theta,
-            scaling: RopeScaling::None,
+            scaling: self.rope_scaling.clone(),
         }
     }
 
@@ -204,8 +223,10 @@ impl StudentConfig {
         let d = self.d_model;
         let kv = self.num_kv_heads * self.head_dim();
         let b = |on: bool, n: i64| if on { n } else { 0 };
-        let attn =
-            2 * d * self.attn_dim + 2 * d * kv + b(self.attn_bias, self.attn_dim + 2 * kv + d);
+        let attn = 2 * d * self.attn_dim
+            + 2 * d * kv
+            + b(self.attn_bias, self.attn_dim + 2 * kv)
+            + b(self.o_bias(), d);
         let ffn = match self.ffn_kind {
             FfnKind::Swiglu => 3 * d * self.ffn_dim + b(self.ffn_bias, 2 * self.ffn_dim + d),
             FfnKind::GeluTanh => 2 * d * self.ffn_dim + b(self.ffn_bias, self.ffn_dim + d),

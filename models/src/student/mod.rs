@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod init;
 pub mod model;
 
 use std::path::{Path, PathBuf};

@@ -121,7 +121,7 @@ impl Student {
             n_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim(),
             qkv_bias: c.attn_bias,
-            o_bias: c.attn_bias,
+            o_bias: c.o_bias(),
             fused_qkv: false,
             gqa: c.gqa_mapping,
             dropout: c.dropout,

@@ -47,7 +47,10 @@ impl Default for LoadOptions {
 pub fn check_dtype(kind: Kind, device: Device) -> Result<()> {
     let ok = match device {
         Device::Cpu => matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Double),
-        _ => matches!(kind, Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double),
+        _ => matches!(
+            kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ),
     };
     if ok {
         Ok(())

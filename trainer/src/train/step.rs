@@ -11,7 +11,6 @@ use tch::{Kind, Tensor};
 
 use crate::dist;
 use crate::error::{Error, Result};
-use crate::loss::select_rows;
 use crate::model::BatchTensors;
 use crate::source::TeacherOut;
 
@@ -157,19 +156,17 @@ impl Trainer<'_> {
         sums: &mut Sums,
     ) {
         let t = BatchTensors::new(batch, self.device);
-        let logits = self.net.logits(&t, true);
+        let z = self.net.target_logits(&t, true); // [n, V]: the LM head on target rows only
         let n = target_tokens(batch);
         let targets = teacher.map(|o| o.targets(&t.decoder_mask, self.device));
-        let parts = self.loss.total(
-            &logits,
-            &t.labels,
-            &t.decoder_mask,
+        let parts = self.loss.total_rows(
+            &z,
+            &t.labels.masked_select(&t.decoder_mask),
             targets.as_ref().map(|(x, _)| (x, self.vocabs.kd)),
         );
         (parts.total * (n / global_tokens)).backward();
         sums.ce += parts.ce * n;
         if let Some((_, stats)) = &targets {
-            let z = select_rows(&logits, &t.decoder_mask);
             sums.add_kd(parts.kd, n, stats.topk_mass, agreement(&z, &stats.top1));
         }
     }
@@ -185,19 +182,17 @@ impl Trainer<'_> {
     ) {
         let loss = &self.loss;
         let t = BatchTensors::new(batch, self.device);
-        let logits = self.net.logits(&t, true);
         let n = target_tokens(batch);
         let ce = loss.cross_entropy(
-            &select_rows(&logits, &t.decoder_mask),
+            &self.net.target_logits(&t, true),
             &t.labels.masked_select(&t.decoder_mask),
         );
         let mut total = &ce * ((1.0 - loss.alpha) * n / global_tokens);
         sums.ce += ce.double_value(&[]) * n;
         if let Some(s) = sample {
             let st = BatchTensors::new(&s.batch, self.device);
-            let s_logits = self.net.logits(&st, true);
             let (targets, stats) = s.teacher.targets(&st.decoder_mask, self.device);
-            let z = select_rows(&s_logits, &st.decoder_mask);
+            let z = self.net.target_logits(&st, true);
             let kd = loss.distill(&z, &targets, self.vocabs.kd);
             let ns = target_tokens(&s.batch);
             total += &kd * (loss.alpha * ns / global_samples.max(1.0));
