@@ -34,6 +34,13 @@ pub struct KdArgs {
     /// Training examples (default: the preset's).
     #[arg(long)]
     train_examples: Option<usize>,
+    /// Seeds of the decoder-initialised CE and KD arms, comma-separated (default: the preset's).
+    #[arg(long, value_delimiter = ',')]
+    decoder_seeds: Vec<u64>,
+    /// Seeds of the randomly initialised CE and KD arms, comma-separated; `none` for no
+    /// random arms (default: the preset's).
+    #[arg(long, value_delimiter = ',')]
+    random_seeds: Vec<String>,
     /// Held-out test examples (default: the preset's).
     #[arg(long)]
     test_examples: Option<usize>,
@@ -98,6 +105,21 @@ pub fn kd(args: KdArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.train_examples {
         cfg.task.train_examples = n;
+    }
+    if !args.decoder_seeds.is_empty() {
+        cfg.decoder_seeds = args.decoder_seeds.clone();
+    }
+    if args.random_seeds == ["none"] {
+        cfg.random_seeds.clear();
+    } else if !args.random_seeds.is_empty() {
+        cfg.random_seeds = args
+            .random_seeds
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .with_context(|| format!("--random-seeds: {s:?} is not a seed or `none`"))
+            })
+            .collect::<anyhow::Result<_>>()?;
     }
     if let Some(n) = args.test_examples {
         cfg.task.test_examples = n;

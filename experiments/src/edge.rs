@@ -293,6 +293,58 @@ pub fn run(
     Ok(rows)
 }
 
+/// The whole benchmark: exports (when an ONNX runtime is asked for) into
+/// `out/exports-PRESET`, every spec measured in a fresh `exe bench edge --worker` process,
+/// then `out/edge-PRESET.{csv,json}` and a figure per thread count. Returns the rows and
+/// the files written.
+pub fn bench(opts: &EdgeOptions, out: &Path, exe: &Path) -> Result<(Vec<EdgeRow>, Vec<PathBuf>)> {
+    let wants_ort = opts.runtimes.iter().any(|r| *r != EdgeRuntime::Torch);
+    if wants_ort {
+        edkd_export::runtime::init()?;
+    }
+    let exports = if wants_ort {
+        eprintln!(
+            "exporting the {} student and twin (f32, int8) ...",
+            opts.preset
+        );
+        prepare_exports(
+            &opts.preset,
+            opts.seed,
+            &out.join(format!("exports-{}", opts.preset)),
+        )?
+    } else {
+        Vec::new()
+    };
+    let in_child = |spec: &EdgeSpec| {
+        let mut cmd = Command::new(exe);
+        cmd.args(["bench", "edge", "--worker"]);
+        measure_in_child(cmd, spec)
+    };
+    let progress = |s: &EdgeSpec| {
+        eprintln!(
+            "measuring {:?} on {} with {} thread(s) at {} input tokens ...",
+            s.arch,
+            s.runtime.name(),
+            s.threads,
+            s.input_length
+        );
+    };
+    let rows = run(opts, &exports, in_child, progress)?;
+    let stem = out.join(format!("edge-{}", opts.preset));
+    let csv = stem.with_extension("csv");
+    write_csv(&csv, &rows)?;
+    let json = stem.with_extension("json");
+    let text = serde_json::to_string_pretty(opts).expect("options serialise") + "\n";
+    std::fs::write(&json, text).map_err(Error::io(&json))?;
+    let title = format!(
+        "{} student vs decoder-only twin on libtorch and ONNX Runtime",
+        opts.preset
+    );
+    let mut files = vec![csv, json];
+    files.extend(plot(&rows, &stem, &title)?);
+    Ok((rows, files))
+}
+
 pub const CSV_HEADER: &str = "arch,runtime,threads,input_length,first_token_ms,decode_tokens_per_s,peak_rss_mib,model_run_mib,model_mib";
 
 pub fn write_csv(path: &Path, rows: &[EdgeRow]) -> Result<()> {

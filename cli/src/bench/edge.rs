@@ -3,7 +3,6 @@
 //! peak memory and model bytes per input length, as a table, a CSV and a PNG per thread count.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{Context, bail};
 use edkd_experiments::edge::{self, EdgeRuntime, EdgeSpec};
@@ -62,56 +61,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if opts.threads.is_empty() || opts.threads.contains(&0) {
         bail!("--threads: give positive counts, e.g. 1,2");
     }
-    let wants_ort = opts.runtimes.iter().any(|r| *r != EdgeRuntime::Torch);
-    if wants_ort {
-        edkd_export::runtime::init()?;
-    }
-    let exports_dir = args.out.join(format!("exports-{}", opts.preset));
-    let exports = if wants_ort {
-        eprintln!(
-            "exporting the {} student and twin (f32, int8) ...",
-            opts.preset
-        );
-        edge::prepare_exports(&opts.preset, opts.seed, &exports_dir)?
-    } else {
-        Vec::new()
-    };
     let exe = std::env::current_exe().context("locating the edkd binary")?;
-    let in_child = |spec: &EdgeSpec| {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["bench", "edge", "--worker"]);
-        edge::measure_in_child(cmd, spec)
-    };
-    let progress = |s: &EdgeSpec| {
-        eprintln!(
-            "measuring {:?} on {} with {} thread(s) at {} input tokens ...",
-            s.arch,
-            s.runtime.name(),
-            s.threads,
-            s.input_length
-        );
-    };
-    let rows = edge::run(&opts, &exports, in_child, progress)?;
-    let stem = args.out.join(format!("edge-{}", opts.preset));
-    let csv = stem.with_extension("csv");
-    edge::write_csv(&csv, &rows)?;
-    std::fs::write(
-        stem.with_extension("json"),
-        serde_json::to_string_pretty(&opts)? + "\n",
-    )?;
+    let (rows, files) = edge::bench(&opts, &args.out, &exe)?;
     println!(
         "{} student vs decoder-only twin, batch 1, {} new tokens, best of {} (CPU; the closest \
          this machine gets to the paper's edge measurements)",
         opts.preset, opts.new_tokens, opts.repeats
     );
     print!("{}", edge::table(&rows));
-    eprintln!("wrote {}", csv.display());
-    let title = format!(
-        "{} student vs decoder-only twin on libtorch and ONNX Runtime",
-        opts.preset
-    );
-    for png in edge::plot(&rows, &stem, &title)? {
-        eprintln!("wrote {}", png.display());
+    for f in files {
+        eprintln!("wrote {}", f.display());
     }
     Ok(())
 }
