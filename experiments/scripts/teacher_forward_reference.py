@@ -20,6 +20,7 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--create-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -35,7 +36,7 @@ def main():
     if args.create_only:
         return
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=torch.float32, attn_implementation="sdpa"
+        args.model, dtype={"f32": torch.float32, "bf16": torch.bfloat16}[args.dtype], attn_implementation="sdpa"
     ).eval()
     params = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(1)

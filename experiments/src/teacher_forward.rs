@@ -26,6 +26,8 @@ pub struct Options {
     pub threads: i32,
     /// Timed forward passes per side after a warm-up; the best is kept.
     pub iters: usize,
+    /// `f32` or `bf16`, both sides.
+    pub dtype: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +56,8 @@ fn script_args(o: &Options, extra: &[&str]) -> Vec<String> {
         o.threads.to_string(),
         "--iters".into(),
         o.iters.to_string(),
+        "--dtype".into(),
+        o.dtype.clone(),
     ];
     v.extend(extra.iter().map(|s| s.to_string()));
     v
@@ -75,7 +79,14 @@ pub fn run(opts: &Options) -> Result<Report> {
     python::run_script(REFERENCE_SCRIPT, &script_args(opts, &["--create-only"]))?;
 
     tch::set_num_threads(opts.threads);
-    let teacher = Teacher::load(&opts.model, LoadOptions::default())?;
+    let kind = edkd_models::device::parse_dtype(&opts.dtype)?;
+    let teacher = Teacher::load(
+        &opts.model,
+        LoadOptions {
+            kind,
+            ..LoadOptions::default()
+        },
+    )?;
     let params = Teacher::num_parameters(&teacher);
     let ids = Tensor::randint(
         teacher.model.config.vocab_size,
@@ -120,11 +131,13 @@ impl fmt::Display for Report {
         let o = &self.options;
         writeln!(
             f,
-            "teacher forward, Llama {:.1}M params, batch {} x {} tokens, fp32, {} threads \
+            "teacher forward, {} ({:.1}M params), batch {} x {} tokens, {}, {} threads \
              (best of {})",
+            o.model.display(),
             self.params as f64 / 1e6,
             o.batch,
             o.seq,
+            o.dtype,
             o.threads,
             o.iters
         )?;

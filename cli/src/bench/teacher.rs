@@ -7,7 +7,8 @@ use edkd_experiments::teacher_forward::{self, Options};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where the random benchmark checkpoint lives (created on first use).
+    /// A teacher folder; a random ~110M Llama is created there on first use if it holds
+    /// no checkpoint (e.g. the folder `edkd convert --from-gguf` writes for SmolLM2).
     #[arg(long, default_value = "out/bench/llama-110m")]
     model: PathBuf,
     #[arg(long, default_value_t = 4)]
@@ -19,6 +20,9 @@ pub struct Args {
     threads: i32,
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// f32 or bf16, both sides.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         seq: a.seq,
         threads: a.threads,
         iters: a.iters,
+        dtype: a.dtype,
     })?;
     print!("{report}");
     Ok(())
