@@ -317,7 +317,10 @@ async fn full_queue_is_resource_exhausted_then_recovers() {
         8,
         1.0,
     );
-    let tasks: Vec<_> = (0..64)
+    // One call first: the client then knows the server's stream limit (32 per connection)
+    // and never opens a stream the server must refuse (seen as `Unavailable` under load).
+    client.score(req.clone()).await.unwrap();
+    let tasks: Vec<_> = (0..ServerConfig::default().max_streams_per_connection)
         .map(|_| {
             let (client, req) = (client.clone(), req.clone());
             tokio::spawn(async move { client.score(req).await })
