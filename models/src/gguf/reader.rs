@@ -317,32 +317,28 @@ impl GgufFile {
 
     /// An array of strings, each element checked.
     pub fn get_strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        let Some(items) = self.get_array(key)? else {
-            return Ok(None);
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str()
-                    .ok_or_else(|| self.err(format!("`{key}`[{i}] is not a string")))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.get_array_of(key, "a string", |v| v.as_str())
     }
 
     /// An array of numbers as f64 (integer or float elements).
     pub fn get_numbers(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.get_array_of(key, "a number", |v| v.as_f64())
+    }
+
+    /// An array whose every element `convert` accepts; the first one it refuses is named.
+    fn get_array_of<'a, T>(
+        &'a self,
+        key: &str,
+        what: &str,
+        convert: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Some(items) = self.get_array(key)? else {
             return Ok(None);
         };
         items
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                v.as_f64()
-                    .ok_or_else(|| self.err(format!("`{key}`[{i}] is not a number")))
-            })
+            .map(|(i, v)| convert(v).ok_or_else(|| self.err(format!("`{key}`[{i}] is not {what}"))))
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
