@@ -235,10 +235,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let teacher_dir = runs.join("teacher/final");
 
     stage(3, "serving the teacher over gRPC on loopback", &started);
-    let (rt, server) =
-        edkd_experiments::loopback::serve_on_loopback(&teacher_dir, "edkd-demo-teacher", 1)?;
+    // The served teacher computes on this process's cores next to the KD student: it gets
+    // its fair share of them (half), the student keeps every thread; see `edkd launch`.
+    let cores = if args.threads > 0 {
+        args.threads
+    } else {
+        edkd_models::device::cores()
+    };
+    let teacher_threads = edkd_cluster::local::split_cores(cores, 2)[1];
+    let (rt, server) = edkd_experiments::loopback::serve_on_loopback(
+        &teacher_dir,
+        "edkd-demo-teacher",
+        1,
+        teacher_threads,
+    )?;
     let addr = server.addr.to_string();
-    eprintln!("  teacher service on {addr}");
+    eprintln!("  teacher service on {addr} ({teacher_threads} of {cores} threads)");
 
     stage(
         4,

@@ -54,6 +54,9 @@ use crate::error::{Error, Result};
 /// appended and must stay within 63 characters.
 pub const MAX_NAME_LEN: usize = 40;
 
+/// Largest `teacher.threads` / `trainer.threads_per_rank`.
+pub const MAX_THREADS: u32 = 4096;
+
 /// A whole distillation job. Unknown fields are rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +101,12 @@ pub struct TeacherSpec {
     /// Replica `i` listens on `base_port + i`.
     #[serde(default = "default_base_port")]
     pub base_port: u16,
+    /// libtorch threads of each replica that runs on the CPU. Default (local backend):
+    /// the machine's cores split between every CPU replica and CPU rank
+    /// ([`crate::local::split_cores`]), so processes that share cores do not each start a
+    /// team as wide as the machine.
+    #[serde(default)]
+    pub threads: Option<u32>,
 }
 
 /// The MPI-launched trainer (`edkd train`).
@@ -115,6 +124,10 @@ pub struct TrainerSpec {
     /// Extra arguments appended to `edkd train`.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// libtorch threads of each CPU rank (`--set threads=N`). Default (local backend): as
+    /// for `teacher.threads`.
+    #[serde(default)]
+    pub threads_per_rank: Option<u32>,
 }
 
 /// Where the prepared data lives.
@@ -347,6 +360,21 @@ impl JobSpec {
         }
         if self.trainer.ranks == 0 {
             return Err(Error::invalid("trainer.ranks", "must be at least 1"));
+        }
+        let threads = [
+            (
+                "teacher.threads",
+                self.teacher.as_ref().and_then(|t| t.threads),
+            ),
+            ("trainer.threads_per_rank", self.trainer.threads_per_rank),
+        ];
+        for (field, value) in threads {
+            if let Some(n) = value.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+                return Err(Error::invalid(
+                    field,
+                    format!("{n} must lie in 1..={MAX_THREADS} (leave it out to split the cores)"),
+                ));
+            }
         }
         if let Some(slurm) = &self.slurm {
             self.validate_slurm(slurm)?;

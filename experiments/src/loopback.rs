@@ -7,11 +7,14 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 /// Serves the teacher folder `dir` on a free loopback port, on a runtime of its own with
-/// `workers` threads (the caller shuts the server down on that runtime).
+/// `workers` threads (the caller shuts the server down on that runtime); its forward passes
+/// run on `threads` libtorch threads (0: the process-wide count), apart from whatever else
+/// this process computes.
 pub fn serve_on_loopback(
     dir: &Path,
     model_id: &str,
     workers: usize,
+    threads: usize,
 ) -> Result<(tokio::runtime::Runtime, edkd_teacher::RunningServer)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -24,6 +27,7 @@ pub fn serve_on_loopback(
         edkd_teacher::ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             model_id: Some(model_id.into()),
+            threads,
             ..Default::default()
         },
     ))?;

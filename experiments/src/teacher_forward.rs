@@ -1,6 +1,9 @@
 //! Teacher forward throughput (`edkd bench teacher`): edkd against transformers on the
 //! same random ~110M-parameter Llama checkpoint (made by the reference script on first
-//! use), same batch, same thread count, in one run.
+//! use), same batch, same thread count, in one run; then the service's scoring of
+//! `prompt ++ target` sequences on the same model (what `Teacher.Score` runs per forward
+//! pass), split into the model body and the part at target rows (LM head, log-softmax,
+//! top-k, tail, gold).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,6 +31,27 @@ pub struct Options {
     pub iters: usize,
     /// `f32` or `bf16`, both sides.
     pub dtype: String,
+    /// Scoring section: prompt and target tokens per sequence (`batch` sequences per
+    /// pass) and the top-k returned.
+    pub score_prompt: usize,
+    pub score_target: usize,
+    pub top_k: usize,
+}
+
+/// The scoring section's figures (best of `iters` passes each).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoringReport {
+    /// Seconds of one `Scorer::score` pass.
+    pub score_s: f64,
+    /// Seconds of the model body (`hidden`) alone on the same padded batch.
+    pub body_s: f64,
+    pub target_tokens: usize,
+}
+
+impl ScoringReport {
+    pub fn scored_tokens_per_s(&self) -> f64 {
+        self.target_tokens as f64 / self.score_s
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +60,7 @@ pub struct Report {
     pub params: i64,
     pub edkd_tokens_per_s: f64,
     pub transformers_tokens_per_s: f64,
+    pub scoring: ScoringReport,
 }
 
 impl Report {
@@ -118,11 +143,90 @@ pub fn run(opts: &Options) -> Result<Report> {
             script: REFERENCE_SCRIPT.into(),
             msg: format!("no tokens_per_s in {reference}"),
         })?;
+    eprintln!("timing the service's scoring ...");
+    let scoring = time_scoring(opts, teacher)?;
     Ok(Report {
         options: opts.clone(),
         params,
         edkd_tokens_per_s: (opts.batch * opts.seq) as f64 / best,
         transformers_tokens_per_s: theirs,
+        scoring,
+    })
+}
+
+/// Best seconds of `f` over `iters` calls after one warm-up.
+fn best_of(iters: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..iters)
+        .map(|_| {
+            let t0 = Instant::now();
+            f();
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// `Scorer::score` on `batch` random sequences of `score_prompt + score_target` tokens,
+/// and the model body alone on the same batch (equal lengths: no padding, causal mask).
+fn time_scoring(opts: &Options, teacher: Teacher) -> Result<ScoringReport> {
+    let (p, t) = (opts.score_prompt, opts.score_target);
+    if p < 1 || t < 1 || opts.top_k < 1 {
+        return Err(Error::input(
+            "score_prompt/score_target/top_k",
+            format!("{p} / {t} / {}: all must be >= 1", opts.top_k),
+        ));
+    }
+    let vocab = teacher.model.config.vocab_size;
+    let ids = Tensor::randint(
+        vocab,
+        [opts.batch, (p + t) as i64],
+        (Kind::Int64, Device::Cpu),
+    );
+    let seqs: Vec<edkd_teacher::scoring::SeqInput> = (0..opts.batch)
+        .map(|r| {
+            let row: Vec<i64> = Vec::try_from(&ids.get(r)).unwrap_or_default();
+            let row: Vec<u32> = row.into_iter().map(|x| x as u32).collect();
+            edkd_teacher::scoring::SeqInput {
+                prompt: row[..p].to_vec(),
+                target: row[p..].to_vec(),
+                k: opts.top_k,
+                temperature: 1.0,
+            }
+        })
+        .collect();
+    let refs: Vec<&edkd_teacher::scoring::SeqInput> = seqs.iter().collect();
+    let fed = ids.narrow(1, 0, (p + t - 1) as i64);
+    let positions = Tensor::arange((p + t - 1) as i64, (Kind::Int64, Device::Cpu))
+        .unsqueeze(0)
+        .expand([opts.batch, -1], false);
+    let body_s = tch::no_grad(|| {
+        best_of(opts.iters, || {
+            let _ = teacher.model.hidden(
+                &fed,
+                &positions,
+                &edkd_models::nn::AttnMask::Causal,
+                None,
+                false,
+            );
+        })
+    });
+    let scorer = edkd_teacher::scoring::Scorer::new(teacher);
+    let mut failure = None;
+    let score_s = best_of(opts.iters, || {
+        if let Err(e) = scorer.score(&refs) {
+            failure = Some(e);
+        }
+    });
+    if let Some(e) = failure {
+        return Err(Error::Measurement {
+            what: "scoring",
+            msg: e.to_string(),
+        });
+    }
+    Ok(ScoringReport {
+        score_s,
+        body_s,
+        target_tokens: opts.batch as usize * t,
     })
 }
 
@@ -148,6 +252,27 @@ impl fmt::Display for Report {
             "  {:<14} {:>12.0}",
             "transformers", self.transformers_tokens_per_s
         )?;
-        writeln!(f, "  {:<14} {:>12.3}", "edkd/transf.", self.ratio())
+        writeln!(f, "  {:<14} {:>12.3}", "edkd/transf.", self.ratio())?;
+        let sc = &self.scoring;
+        writeln!(
+            f,
+            "service scoring (Scorer::score), {} sequences x ({} prompt + {} target) tokens, \
+             top-{}: {:.3} s per pass, {:.0} scored target tokens/s",
+            o.batch,
+            o.score_prompt,
+            o.score_target,
+            o.top_k,
+            sc.score_s,
+            sc.scored_tokens_per_s()
+        )?;
+        writeln!(
+            f,
+            "  model body {:.3} s ({:.0}%), target rows (LM head, log-softmax, top-k, tail) \
+             {:.3} s ({:.0}%)",
+            sc.body_s,
+            100.0 * sc.body_s / sc.score_s,
+            (sc.score_s - sc.body_s).max(0.0),
+            100.0 * (1.0 - sc.body_s / sc.score_s).max(0.0)
+        )
     }
 }

@@ -40,6 +40,27 @@ pub fn parse_dtype(s: &str) -> Result<Kind> {
     }
 }
 
+/// Cores of this machine (1 if unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Gives the calling thread its own libtorch intra-op thread count, leaving other threads'
+/// counts alone: ATen's OpenMP pool and MKL keep the count per calling thread, so a
+/// teacher's batcher thread and a trainer thread in one process can split the cores
+/// instead of each starting a team as wide as the machine (four busy threads on two cores
+/// thrash). `0` leaves the thread as it is.
+///
+/// The count is read first: ATen applies the process-wide count to a thread lazily, at its
+/// first parallel operation, which would otherwise overwrite a count set before it.
+pub fn set_thread_intra_op_threads(threads: usize) {
+    if threads == 0 {
+        return;
+    }
+    let _ = tch::get_num_threads();
+    tch::set_num_threads(threads.min(i32::MAX as usize) as i32);
+}
+
 /// Fails unless `device` exists on this machine (a CUDA index below the device count).
 pub fn check_available(device: Device) -> Result<()> {
     if let Device::Cuda(n) = device {
@@ -56,6 +77,22 @@ pub fn check_available(device: Device) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Tensor;
+
+    #[test]
+    fn intra_op_threads_are_per_thread() {
+        let outer = tch::get_num_threads();
+        let inner = std::thread::spawn(|| {
+            set_thread_intra_op_threads(1);
+            // A parallel op after the call must not bring the process-wide count back.
+            let _ = Tensor::ones([512, 512], (Kind::Float, Device::Cpu)).sum(Kind::Float);
+            tch::get_num_threads()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inner, 1);
+        assert_eq!(tch::get_num_threads(), outer);
+    }
 
     #[test]
     fn devices_and_dtypes_parse_and_bad_names_are_named() {

@@ -37,6 +37,9 @@ pub struct BatcherConfig {
     pub batch_tokens: usize,
     /// How long the first job of a batch waits for company.
     pub max_wait: Duration,
+    /// libtorch intra-op threads of the batcher thread (it runs every forward pass); 0
+    /// keeps the process-wide count.
+    pub threads: usize,
 }
 
 /// An admitted request's place in the queue; freeing it lowers the queue-depth gauge.
@@ -174,6 +177,7 @@ impl Batcher {
 }
 
 fn run(scorer: impl ScoreBatch, rx: Receiver<Job>, config: BatcherConfig, metrics: &Metrics) {
+    edkd_models::device::set_thread_intra_op_threads(config.threads);
     let mut carry: Option<Taken> = None;
     loop {
         let first = match carry.take() {
@@ -346,6 +350,7 @@ mod tests {
             queue_capacity: CAPACITY,
             batch_tokens: 1024,
             max_wait: Duration::ZERO,
+            threads: 0,
         };
         let (batcher, worker) = Batcher::start(scorer, config, metrics.clone()).unwrap();
         let submit = |batcher: &Batcher| {

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     /// ...must be answered within this, or the connection is closed.
     pub keepalive_timeout: Duration,
+    /// libtorch intra-op threads of the forward passes (set on the batcher thread only, so
+    /// a trainer in the same process keeps its own count); 0 keeps the process-wide count.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            threads: 0,
         }
     }
 }

@@ -361,6 +361,7 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             queue_capacity: config.queue_capacity,
             batch_tokens: config.max_request_tokens,
             max_wait: config.max_wait,
+            threads: config.threads,
         },
         metrics.clone(),
     )?;

@@ -194,7 +194,10 @@ pub struct TeacherSection {
     pub model: Option<PathBuf>,
     /// Top-k requested from the service.
     pub top_k: usize,
-    /// Batches whose teacher answers are fetched ahead of the student.
+    /// Batches whose teacher answers are fetched ahead of the student. 0 asks the teacher
+    /// only when the step needs the batch, so teacher and student never compute at the
+    /// same time: the fastest choice when a CPU teacher shares the trainer's cores (each
+    /// then runs on every core in turn; see `edkd bench train`).
     pub prefetch: usize,
     /// Bearer token file for the service.
     pub auth_token_file: Option<PathBuf>,

@@ -23,6 +23,15 @@ pub struct Args {
     /// f32 or bf16, both sides.
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
+    /// Scoring section: prompt tokens per sequence (`--batch` sequences per pass).
+    #[arg(long, default_value_t = 256)]
+    score_prompt: usize,
+    /// Scoring section: target tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    score_target: usize,
+    /// Scoring section: top-k returned per target position.
+    #[arg(long, default_value_t = 32)]
+    top_k: usize,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -33,6 +42,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         threads: a.threads,
         iters: a.iters,
         dtype: a.dtype,
+        score_prompt: a.score_prompt,
+        score_target: a.score_target,
+        top_k: a.top_k,
     })?;
     print!("{report}");
     Ok(())

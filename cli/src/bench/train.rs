@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use edkd_experiments::training::{self, MAX_INPUT_TOKENS, MAX_TARGET_TOKENS, Options};
+use edkd_experiments::training::{self, MAX_INPUT_TOKENS, MAX_TARGET_TOKENS, Options, Placement};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -46,6 +46,11 @@ pub struct Args {
     /// Teacher top-k per position (service and cache alike).
     #[arg(long, default_value_t = 32)]
     top_k: usize,
+    /// How the remote-teacher loop runs share the cores, as TEACHER+TRAINER threads,
+    /// comma-separated (e.g. 2+2,1+1,1+2); default: both on --threads, and the cores
+    /// split between them as edkd does when a teacher and a trainer share a machine.
+    #[arg(long, value_delimiter = ',')]
+    remote_threads: Vec<String>,
     /// Seeds data, weights and the fixed batch.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -58,6 +63,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let placements = if a.remote_threads.is_empty() {
+        Options::default_placements(a.threads.max(1) as usize)
+    } else {
+        a.remote_threads
+            .iter()
+            .map(|s| Placement::parse(s))
+            .collect::<Result<_, _>>()?
+    };
     let opts = Options {
         steps: a.steps,
         warmup: a.warmup,
@@ -71,6 +84,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         teacher_d_model: a.teacher_d_model,
         teacher_layers: a.teacher_layers,
         top_k: a.top_k,
+        placements,
         seed: a.seed,
         out: a.out,
     };

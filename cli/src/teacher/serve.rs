@@ -214,6 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         idle_timeout,
         keepalive_interval,
         keepalive_timeout,
+        threads,
     };
     let server = edkd_teacher::start(teacher, config).await?;
     let info = &server.info;

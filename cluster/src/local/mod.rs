@@ -133,6 +133,9 @@ pub struct LocalOptions {
     pub stop: StopHandle,
     /// Where prefixed output lines go.
     pub sink: LogSink,
+    /// CPU cores shared by the CPU teacher replicas and CPU ranks (this machine's by
+    /// default); see [`process_threads`].
+    pub cores: usize,
 }
 
 impl Default for LocalOptions {
@@ -146,6 +149,7 @@ impl Default for LocalOptions {
             handle_signals: true,
             stop: StopHandle::new(),
             sink: stdio_sink(),
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -175,18 +179,72 @@ pub struct RunOutcome {
     pub restarts: u32,
 }
 
+/// Splits `cores` between `parts` processes that compute at the same time: each gets
+/// `cores / parts`, the first `cores % parts` one more, and none fewer than one (more
+/// processes than cores oversubscribe by one thread each).
+pub fn split_cores(cores: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| (cores / parts + usize::from(i < cores % parts)).max(1))
+        .collect()
+}
+
+/// libtorch threads of each process of a local run: `(per teacher replica, per rank)`,
+/// `None` where the process keeps libtorch's default (one thread per core). Explicit
+/// `teacher.threads` / `trainer.threads_per_rank` win. Otherwise, when more than one
+/// process computes on the CPU, the CPU ranks split the cores between themselves
+/// (`cores / ranks` each: they step in lockstep) and each CPU replica gets its fair share
+/// of all of them ([`split_cores`] over ranks and replicas, ranks first, so replicas get
+/// the smaller shares). Teachers thus overlap the trainer's threads a little: in the
+/// distillation loop a teacher computes mostly while the trainer waits or runs serial
+/// code, and measured on 2 cores (`edkd bench train`) 1 teacher + 2 trainer threads beat
+/// both 1 + 1 and 2 + 2. GPU replicas and ranks are left alone.
+pub fn process_threads(spec: &JobSpec, cores: usize) -> (Vec<Option<u32>>, Option<u32>) {
+    let cpu_ranks = if spec.trainer.devices_per_rank == 0 {
+        spec.trainer.ranks as usize
+    } else {
+        0
+    };
+    let replicas: Vec<bool> = spec
+        .teacher
+        .iter()
+        .flat_map(|t| (0..t.replicas).map(move |r| !t.device(r).is_cuda()))
+        .collect();
+    let cpu_teachers = replicas.iter().filter(|&&cpu| cpu).count();
+    let parts = cpu_ranks + cpu_teachers;
+    let split = parts > 1;
+    let rank = match spec.trainer.threads_per_rank {
+        Some(n) if cpu_ranks > 0 => Some(n),
+        _ => (split && cpu_ranks > 0).then(|| (cores / cpu_ranks.max(1)).max(1) as u32),
+    };
+    let mut shares = split_cores(cores, parts).into_iter().skip(cpu_ranks);
+    let explicit = spec.teacher.as_ref().and_then(|t| t.threads);
+    let teachers = replicas
+        .iter()
+        .map(|&cpu| {
+            let share = if cpu { shares.next() } else { None };
+            match explicit {
+                Some(n) if cpu => Some(n),
+                _ => share.filter(|_| split).map(|n| n as u32),
+            }
+        })
+        .collect();
+    (teachers, rank)
+}
+
 /// The commands that run `spec` locally with the given `edkd` binary (pure: touches no
 /// file). Teacher replica `i` listens on `127.0.0.1:(base_port + i)`; the trainer gets all
 /// teacher addresses, comma-separated, in `--teacher-addr`.
 pub fn plan(spec: &JobSpec, edkd: &Path, opts: &LocalOptions) -> LaunchPlan {
     let edkd_arg = edkd.to_string_lossy().into_owned();
+    let (teacher_threads, rank_threads) = process_threads(spec, opts.cores);
     let teachers: Vec<TeacherLaunch> = spec
         .teacher
         .iter()
         .flat_map(|teacher| {
+            let threads = &teacher_threads;
             (0..teacher.replicas).map(move |replica| {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, teacher.port(replica)));
-                let args = [
+                let mut args: Vec<String> = [
                     "teacher",
                     "serve",
                     "--model",
@@ -200,6 +258,9 @@ pub fn plan(spec: &JobSpec, edkd: &Path, opts: &LocalOptions) -> LaunchPlan {
                 ]
                 .map(str::to_owned)
                 .to_vec();
+                if let Some(n) = threads[replica as usize] {
+                    args.extend(["--threads".into(), n.to_string()]);
+                }
                 TeacherLaunch {
                     process: ProcessSpec {
                         label: format!("teacher{replica}"),
@@ -232,6 +293,9 @@ pub fn plan(spec: &JobSpec, edkd: &Path, opts: &LocalOptions) -> LaunchPlan {
         let addrs: Vec<String> = teachers.iter().map(|t| t.addr.to_string()).collect();
         args.push("--teacher-addr".into());
         args.push(addrs.join(","));
+    }
+    if let Some(n) = rank_threads {
+        args.extend(["--set".into(), format!("threads={n}")]);
     }
     args.extend(spec.trainer.extra_args.iter().cloned());
     LaunchPlan {
@@ -285,4 +349,65 @@ pub fn run(spec: &JobSpec, edkd: &Path, opts: &LocalOptions) -> Result<RunOutcom
     }
     std::fs::create_dir_all(&spec.output).map_err(|e| Error::io("creating", &spec.output, e))?;
     supervise(&plan(spec, edkd, opts), opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra_teacher: &str, trainer: &str) -> JobSpec {
+        let text = format!(
+            "name = \"t\"\noutput = \"out\"\n[teacher]\nmodel = \"m\"\n{extra_teacher}\n\
+             [trainer]\nconfig = \"c.toml\"\n{trainer}\n[data]\nmanifest = \"d\"\n"
+        );
+        JobSpec::from_toml_str(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn cores_are_split_without_loss_and_never_to_zero() {
+        assert_eq!(split_cores(2, 2), [1, 1]);
+        assert_eq!(split_cores(16, 3), [6, 5, 5]);
+        assert_eq!(split_cores(2, 3), [1, 1, 1]);
+        assert_eq!(split_cores(8, 1), [8]);
+        assert!(split_cores(4, 0).is_empty());
+    }
+
+    #[test]
+    fn a_cpu_teacher_and_rank_share_the_cores_and_explicit_counts_win() {
+        // One CPU replica and one CPU rank on 2 cores: the rank keeps both, the replica gets
+        // its fair share, on the command lines.
+        let s = spec("", "");
+        assert_eq!(process_threads(&s, 2), (vec![Some(1)], Some(2)));
+        let opts = LocalOptions {
+            cores: 2,
+            ..Default::default()
+        };
+        let p = plan(&s, Path::new("edkd"), &opts);
+        let teacher = p.teachers[0].process.args.join(" ");
+        assert!(teacher.ends_with("--threads 1"), "{teacher}");
+        assert!(p.trainer.args.join(" ").contains("--set threads=2"));
+        // Two CPU replicas and two ranks: the ranks split the cores, each replica gets a
+        // quarter (the smaller shares of 7).
+        let s = spec("replicas = 2", "ranks = 2");
+        assert_eq!(process_threads(&s, 7), (vec![Some(2), Some(1)], Some(3)));
+        assert_eq!(process_threads(&s, 16), (vec![Some(4), Some(4)], Some(8)));
+        // Explicit counts are passed as given.
+        let s = spec("threads = 3", "threads_per_rank = 5");
+        assert_eq!(process_threads(&s, 2), (vec![Some(3)], Some(5)));
+        // GPU replicas are left alone; a lone CPU rank keeps libtorch's default.
+        let s = spec("devices = [\"cuda:0\"]", "");
+        assert_eq!(process_threads(&s, 8), (vec![None], None));
+        let p = plan(&s, Path::new("edkd"), &opts);
+        assert!(!p.trainer.args.iter().any(|a| a.starts_with("threads=")));
+    }
+
+    #[test]
+    fn absurd_thread_counts_are_refused_by_name() {
+        let text = "name = \"t\"\noutput = \"o\"\n[trainer]\nconfig = \"c\"\n\
+                    threads_per_rank = 0\n[data]\nmanifest = \"d\"\n";
+        let err = JobSpec::from_toml_str(text, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trainer.threads_per_rank"), "{err}");
+    }
 }

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 
 pub use flops::{Flops, matmul_peak};
 pub use step::StepReport;
-pub use teacher_source::{LoopRun, TeacherReport};
+pub use teacher_source::{LoopRun, Placement, TeacherReport};
 
 /// The demo's students: an encoder-decoder with most layers in the encoder (the long
 /// input). `edkd bench train` measures the same shape.
@@ -86,6 +86,9 @@ pub struct Options {
     pub teacher_layers: i64,
     /// Teacher top-k per position (service and cache alike).
     pub top_k: usize,
+    /// How the remote-teacher runs share the cores (teacher + trainer threads); one loop run
+    /// per placement and round.
+    pub placements: Vec<Placement>,
     /// Seeds data, weights and the fixed batch.
     pub seed: u64,
     /// Working folder; the bench's subfolders in it are rebuilt on every run.
@@ -93,6 +96,28 @@ pub struct Options {
 }
 
 impl Options {
+    /// The remote placements measured by default for `threads`: both sides on every
+    /// thread (what two processes that each take the machine do), and the teacher on its
+    /// fair half with the trainer on every thread (what `edkd launch` and the demo do for
+    /// a CPU teacher that shares the trainer's cores).
+    pub fn default_placements(threads: usize) -> Vec<Placement> {
+        let threads = threads.max(1);
+        let mut v = vec![Placement {
+            teacher_threads: threads,
+            trainer_threads: threads,
+            prefetch: None,
+        }];
+        let shared = Placement {
+            teacher_threads: (threads / 2).max(1),
+            trainer_threads: threads,
+            prefetch: None,
+        };
+        if shared != v[0] {
+            v.push(shared);
+        }
+        v
+    }
+
     /// A smoke run in a few minutes: 6 steps after 2, one round, 300 examples.
     pub fn quick(self) -> Self {
         Self {
@@ -116,6 +141,9 @@ impl Options {
                     self.batch, self.input_len, self.target_len
                 ),
             ));
+        }
+        if !self.skip_loop && self.placements.is_empty() {
+            return Err(Error::input("placements", "give at least one, e.g. 1+1"));
         }
         if self.teacher_layers < 1 {
             return Err(Error::input("teacher_layers", "must be at least 1"));

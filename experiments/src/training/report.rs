@@ -38,43 +38,57 @@ impl fmt::Display for Report {
 impl Report {
     fn fmt_loop(&self, f: &mut fmt::Formatter<'_>, t: &TeacherReport) -> fmt::Result {
         let o = &self.options;
-        let (r_step, c_step) = t.means(|r| r.step_s);
         writeln!(
             f,
             "\n1. distillation loop, remote teacher vs cache: mean over {} steps after {} \
-             warm-up, {} run(s) each, alternated",
+             warm-up, {} run(s) each, in an order rotated every round",
             o.steps, o.warmup, o.rounds
         )?;
         writeln!(
             f,
-            "   teacher: random Llama, d_model {} x {} layers ({:.2}M params), gRPC on {} in \
-             this process (same cores); top-k {}, T {TEMPERATURE}; batches <= {BATCH_TOKENS} \
+            "   teacher: random Llama, d_model {} x {} layers ({:.2}M params), gRPC on loopback \
+             in this process (same cores); top-k {}, T {TEMPERATURE}; batches <= {BATCH_TOKENS} \
              tokens / {BATCH_ROWS} rows",
             o.teacher_d_model,
             o.teacher_layers,
             t.teacher_params as f64 / 1e6,
-            t.addr,
             o.top_k
         )?;
         writeln!(
             f,
-            "   {:<10} {:>9} {:>9} {:>10}",
-            "teacher", "step s", "wait s", "tokens/s"
+            "   {:<40} {:>9} {:>9} {:>10} {:>13}",
+            "teacher (threads)", "step s", "wait s", "tokens/s", "step / cache"
         )?;
-        let (r_wait, c_wait) = t.means(|r| r.wait_s);
-        let (r_tps, c_tps) = t.means(|r| r.tokens_per_s);
-        for (name, step, wait, tps) in [
-            ("cache", c_step, c_wait, c_tps),
-            ("remote", r_step, r_wait, r_tps),
-        ] {
-            writeln!(f, "   {name:<10} {step:>9.4} {wait:>9.4} {tps:>10.0}")?;
+        let avg = TeacherReport::avg;
+        let c_step = avg(&t.cache, |r| r.step_s);
+        let mut rows = vec![(format!("cache (trainer {})", o.threads), &t.cache)];
+        for (place, runs) in &t.remote {
+            let prefetch = place
+                .prefetch
+                .map_or(String::new(), |p| format!(", prefetch {p}"));
+            rows.push((
+                format!(
+                    "remote ({} teacher + {} trainer{prefetch})",
+                    place.teacher_threads, place.trainer_threads
+                ),
+                runs,
+            ));
+        }
+        for (name, runs) in rows {
+            let step = avg(runs, |r| r.step_s);
+            writeln!(
+                f,
+                "   {name:<40} {step:>9.4} {:>9.4} {:>10.0} {:>12.3}x",
+                avg(runs, |r| r.wait_s),
+                avg(runs, |r| r.tokens_per_s),
+                step / c_step
+            )?;
         }
         writeln!(
             f,
-            "   remote/cache step time: {:.3}x (goal <= 1.15); one synchronous Score of a \
-             batch takes {:.4} s, the remote run waited {r_wait:.4} s per step",
-            r_step / c_step,
-            t.latency_s,
+            "   goal: a co-located remote teacher within 1.15x of the cache; one synchronous \
+             Score of a batch takes {:.4} s on {} threads",
+            t.latency_s, o.threads
         )
     }
 

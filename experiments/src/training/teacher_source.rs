@@ -42,25 +42,69 @@ pub struct LoopRun {
     pub tokens_per_s: f64,
 }
 
+/// How a remote-teacher loop run shares the machine: the teacher's batcher thread and the
+/// trainer each get their own libtorch intra-op thread count (see
+/// `edkd_models::device::set_thread_intra_op_threads`), and the trainer fetches teacher
+/// answers `prefetch` batches ahead (0: only when the step needs them, so the two never
+/// compute at once; `None`: the trainer's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    pub teacher_threads: usize,
+    pub trainer_threads: usize,
+    pub prefetch: Option<usize>,
+}
+
+impl Placement {
+    /// `TEACHER+TRAINER[@PREFETCH]`, e.g. `1+1` or `2+2@0`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::input(
+                "remote placement",
+                format!(
+                    "{s:?}: expected TEACHER+TRAINER threads (both >= 1), optionally \
+                     @PREFETCH batches, e.g. 1+1 or 2+2@0"
+                ),
+            )
+        };
+        let (threads, prefetch) = match s.split_once('@') {
+            Some((t, p)) => (t, Some(p.trim().parse::<usize>().map_err(|_| bad())?)),
+            None => (s, None),
+        };
+        let (t, r) = threads.split_once('+').ok_or_else(bad)?;
+        let n = |x: &str| x.trim().parse::<usize>().ok().filter(|&n| n >= 1);
+        Ok(Self {
+            teacher_threads: n(t).ok_or_else(bad)?,
+            trainer_threads: n(r).ok_or_else(bad)?,
+            prefetch,
+        })
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}+{}", self.teacher_threads, self.trainer_threads)?;
+        match self.prefetch {
+            Some(p) => write!(f, "@{p}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Section 1's findings.
 #[derive(Debug, Clone, Serialize)]
 pub struct TeacherReport {
     pub teacher_params: i64,
-    pub addr: String,
-    pub remote: Vec<LoopRun>,
+    /// The remote runs of each placement, in the order given.
+    pub remote: Vec<(Placement, Vec<LoopRun>)>,
+    /// Cache-fed runs, with the bench's `threads`.
     pub cache: Vec<LoopRun>,
-    /// Seconds of one synchronous `Score` of a training batch.
+    /// Seconds of one synchronous `Score` of a training batch (first placement's server).
     pub latency_s: f64,
 }
 
 impl TeacherReport {
-    fn avg(runs: &[LoopRun], f: fn(&LoopRun) -> f64) -> f64 {
+    pub fn avg(runs: &[LoopRun], f: fn(&LoopRun) -> f64) -> f64 {
         mean(&runs.iter().map(f).collect::<Vec<_>>())
-    }
-
-    /// Mean of `f` over the remote runs and over the cache runs.
-    pub fn means(&self, f: fn(&LoopRun) -> f64) -> (f64, f64) {
-        (Self::avg(&self.remote, f), Self::avg(&self.cache, f))
     }
 }
 
@@ -162,7 +206,6 @@ fn loop_overrides(opts: &Options, p: &Prepared, teacher: &[String]) -> Vec<Strin
         format!("data.manifest=\"{}\"", p.data.display()),
         format!("data.tokenizer=\"{}\"", p.tokenizer.display()),
         format!("seed={}", opts.seed),
-        format!("threads={}", opts.threads),
         format!("optim.steps={}", opts.warmup + opts.steps),
         format!("optim.lr={LR}"),
         "optim.schedule=constant".into(),
@@ -183,8 +226,9 @@ fn loop_overrides(opts: &Options, p: &Prepared, teacher: &[String]) -> Vec<Strin
     o
 }
 
-/// Prepares data and a teacher, serves it on loopback, annotates a cache with it, and
-/// times `opts.rounds` loop runs per teacher source, alternated.
+/// Prepares data and a teacher, annotates a cache with it, and times `opts.rounds` loop
+/// runs per teacher source (the cache, and the teacher served on loopback in this process
+/// under each of `opts.placements`), in an order that rotates every round.
 pub fn remote_vs_cache(opts: &Options, work: &Path) -> Result<TeacherReport> {
     eprintln!(
         "preparing {} synthetic examples and a tokenizer ...",
@@ -195,77 +239,111 @@ pub fn remote_vs_cache(opts: &Options, work: &Path) -> Result<TeacherReport> {
     let teacher_params = make_teacher(opts, &p, &teacher_dir)?;
 
     tch::set_num_threads(opts.threads);
-    let (rt, server) = serve_on_loopback(&teacher_dir, "edkd-bench-teacher", SERVER_WORKERS)?;
-    let addr = server.addr.to_string();
-    eprintln!("teacher service on {addr}; annotating the cache ...");
     let cache_dir = work.join("cache");
-    rt.block_on(async {
-        let client = edkd_teacher::Client::connect(edkd_teacher::ClientConfig::new(addr.clone()))?;
-        let cfg = edkd_teacher::AnnotateConfig {
-            data: p.data.clone(),
-            split: "train".into(),
-            out: cache_dir.clone(),
-            top_k: opts.top_k,
-            temperature: TEMPERATURE as f32,
-            sequences_per_request: BATCH_ROWS,
-            in_flight: ANNOTATE_IN_FLIGHT,
-            shard_rows: SHARD_ROWS,
-            limit: None,
-            progress: false,
-            view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
-        };
-        edkd_teacher::annotate(&client, &cfg).await?;
-        Ok::<_, Error>(())
-    })?;
+    let latency_s = {
+        let threads = opts.threads.max(1) as usize;
+        let (rt, server) = serve(&teacher_dir, threads)?;
+        let addr = server.addr.to_string();
+        eprintln!("teacher service on {addr}; annotating the cache ...");
+        rt.block_on(annotate_cache(&p, opts, &addr, &cache_dir))?;
+        let latency = teacher_latency(opts, &p, &addr)?;
+        rt.block_on(server.shutdown())?;
+        latency
+    };
 
-    let latency_s = teacher_latency(opts, &p, &addr)?;
-
-    let remote_kind = vec![
-        "teacher.kind=remote".to_string(),
-        format!("teacher.addr=\"{addr}\""),
-    ];
     let cache_kind = vec![
         "teacher.kind=cache".to_string(),
         format!("teacher.cache=\"{}\"", cache_dir.display()),
     ];
-    let (mut remote, mut cache) = (Vec::new(), Vec::new());
+    // Arm 0 is the cache, arm i + 1 is placement i.
+    let arms = opts.placements.len() + 1;
+    let mut runs: Vec<Vec<LoopRun>> = vec![Vec::new(); arms];
     for round in 0..opts.rounds {
-        // Remote, cache, cache, remote, ...: load drift hits both sides alike.
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for is_remote in order {
-            let name = if is_remote { "remote" } else { "cache" };
-            eprintln!("loop run {}/{}: {name} teacher ...", round + 1, opts.rounds);
-            let kind = if is_remote { &remote_kind } else { &cache_kind };
-            let cfg = TrainConfig::from_overrides(&loop_overrides(opts, &p, kind))?;
-            let out = work.join(format!("runs/{name}-{round}"));
+        for turn in 0..arms {
+            let arm = (turn + round) % arms;
+            let name = if arm == 0 {
+                "cache".to_string()
+            } else {
+                format!("remote {}", opts.placements[arm - 1])
+            };
+            eprintln!("loop run {}/{}: {name} ...", round + 1, opts.rounds);
+            let out = work.join(format!(
+                "runs/{}-{round}",
+                name.replace([' ', '+', '@'], "-")
+            ));
             if out.exists() {
                 std::fs::remove_dir_all(&out).map_err(Error::io(&out))?;
             }
-            let run_opts = RunOptions {
-                out: out.clone(),
-                ..Default::default()
-            };
-            train(&cfg, &run_opts, &mut Single)?;
-            let run = read_metrics(&out.join("metrics.jsonl"), opts.warmup)?;
-            if is_remote {
-                remote.push(run);
+            let run = if arm == 0 {
+                loop_run(opts, &p, &cache_kind, opts.threads, &out)?
             } else {
-                cache.push(run);
-            }
+                let place = opts.placements[arm - 1];
+                let (rt, server) = serve(&teacher_dir, place.teacher_threads)?;
+                let mut kind = vec![
+                    "teacher.kind=remote".to_string(),
+                    format!("teacher.addr=\"{}\"", server.addr),
+                ];
+                kind.extend(place.prefetch.map(|p| format!("teacher.prefetch={p}")));
+                let run = loop_run(opts, &p, &kind, place.trainer_threads as i32, &out);
+                rt.block_on(server.shutdown())?;
+                run?
+            };
+            runs[arm].push(run);
         }
     }
-    rt.block_on(server.shutdown())?;
+    let cache = runs.remove(0);
     Ok(TeacherReport {
         teacher_params,
-        addr,
-        remote,
+        remote: opts.placements.iter().copied().zip(runs).collect(),
         cache,
         latency_s,
     })
+}
+
+/// The bench teacher on a free loopback port, its forward passes on `threads` threads.
+fn serve(
+    teacher_dir: &Path,
+    threads: usize,
+) -> Result<(tokio::runtime::Runtime, edkd_teacher::RunningServer)> {
+    serve_on_loopback(teacher_dir, "edkd-bench-teacher", SERVER_WORKERS, threads)
+}
+
+async fn annotate_cache(p: &Prepared, opts: &Options, addr: &str, out: &Path) -> Result<()> {
+    let client = edkd_teacher::Client::connect(edkd_teacher::ClientConfig::new(addr.to_owned()))?;
+    let cfg = edkd_teacher::AnnotateConfig {
+        data: p.data.clone(),
+        split: "train".into(),
+        out: out.to_owned(),
+        top_k: opts.top_k,
+        temperature: TEMPERATURE as f32,
+        sequences_per_request: BATCH_ROWS,
+        in_flight: ANNOTATE_IN_FLIGHT,
+        shard_rows: SHARD_ROWS,
+        limit: None,
+        progress: false,
+        view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+    };
+    edkd_teacher::annotate(&client, &cfg).await?;
+    Ok(())
+}
+
+/// One training loop run with `teacher` overrides and `threads` trainer threads.
+fn loop_run(
+    opts: &Options,
+    p: &Prepared,
+    teacher: &[String],
+    threads: i32,
+    out: &Path,
+) -> Result<LoopRun> {
+    let mut o = loop_overrides(opts, p, teacher);
+    o.push(format!("threads={threads}"));
+    let cfg = TrainConfig::from_overrides(&o)?;
+    let run_opts = RunOptions {
+        out: out.to_owned(),
+        ..Default::default()
+    };
+    train(&cfg, &run_opts, &mut Single)?;
+    read_metrics(&out.join("metrics.jsonl"), opts.warmup)
 }
 
 /// Mean seconds of a synchronous `Score` call for a training batch (what prefetching hides).
@@ -308,6 +386,21 @@ fn teacher_latency(opts: &Options, p: &Prepared, addr: &str) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placements_parse_and_bad_ones_are_named() {
+        let p = Placement::parse("2+1@0").unwrap();
+        assert_eq!(
+            (p.teacher_threads, p.trainer_threads, p.prefetch),
+            (2, 1, Some(0))
+        );
+        assert_eq!(p.to_string(), "2+1@0");
+        assert_eq!(Placement::parse("1+1").unwrap().prefetch, None);
+        for bad in ["2", "0+1", "1+x", "1+1@", "1+1@-1"] {
+            let err = Placement::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
 
     #[test]
     fn metrics_means_skip_the_warm_up_and_name_missing_fields() {

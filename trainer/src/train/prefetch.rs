@@ -2,7 +2,7 @@
 //! the teacher about them while the current step computes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,23 +30,45 @@ pub(crate) struct Fetched {
 /// Reads batches and asks the teacher about them ahead of the training step.
 pub(crate) struct Prefetcher {
     rx: Receiver<Result<Fetched>>,
+    /// With depth 0: one message per batch the step asks for (the thread waits for it).
+    demand: Option<SyncSender<()>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Prefetcher {
-    /// Starts the thread; at most `depth` scored batches wait for the step.
+    /// Starts the thread; at most `depth` scored batches wait for the step. With depth 0
+    /// the thread reads and scores a batch only when [`Prefetcher::next`] asks for it.
     pub fn start(mut reader: Reader, teacher: Option<SharedSource>, depth: usize) -> Self {
         let (tx, rx) = sync_channel(depth.max(1));
+        let (demand, demand_rx) = if depth == 0 {
+            let (d, r) = sync_channel::<()>(1);
+            (Some(d), Some(r))
+        } else {
+            (None, None)
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("edkd-prefetch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
-                    let batch = match reader.try_next_batch() {
-                        Ok(Some(b)) => b,
-                        Ok(None) => continue, // epoch boundary: the next call starts a new one
+                    if let Some(d) = &demand_rx
+                        && d.recv().is_err()
+                    {
+                        break;
+                    }
+                    let batch = loop {
+                        match reader.try_next_batch() {
+                            Ok(Some(b)) => break Ok(b),
+                            // Epoch boundary: the next call starts one.
+                            Ok(None) if !flag.load(Ordering::Relaxed) => continue,
+                            Ok(None) => return,
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    let batch = match batch {
+                        Ok(b) => b,
                         Err(e) => {
                             // A bad shard (ids out of range, a corrupt row): the step reports
                             // it, naming file and row.
@@ -72,6 +94,7 @@ impl Prefetcher {
             .expect("spawn prefetch thread");
         Self {
             rx,
+            demand,
             stop,
             handle: Some(handle),
         }
@@ -79,6 +102,10 @@ impl Prefetcher {
 
     /// The next batch, waiting for the thread if it is behind.
     pub fn next(&self) -> Result<Fetched> {
+        if let Some(d) = &self.demand {
+            d.send(())
+                .map_err(|_| Error::Source("the data/teacher prefetch thread stopped".into()))?;
+        }
         self.rx
             .recv()
             .map_err(|_| Error::Source("the data/teacher prefetch thread stopped".into()))?
@@ -88,6 +115,8 @@ impl Prefetcher {
 impl Drop for Prefetcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // A thread waiting for demand sees the channel close.
+        self.demand = None;
         // Unblock a send waiting for room.
         while self.rx.try_recv().is_ok() {}
         if let Some(h) = self.handle.take() {
