@@ -94,7 +94,8 @@ fn read_record(
     let mut f = zip
         .by_name(name)
         .map_err(|e| bad(path, format!("record {name}: {e}")))?;
-    let mut out = Vec::with_capacity(f.size() as usize);
+    // No capacity from the header: a forged size must not allocate before bytes arrive.
+    let mut out = Vec::new();
     f.read_to_end(&mut out).map_err(Error::io(path))?;
     Ok(out)
 }
@@ -163,8 +164,10 @@ fn read_storage(
     let kind = spec.storage.kind();
     let bytes = read_record(zip, &format!("{prefix}data/{}", spec.key), path)?;
     let elt = kind.elt_size_in_bytes();
-    let expected = usize::try_from(spec.storage_numel).unwrap_or(usize::MAX) * elt;
-    if bytes.len() != expected {
+    let expected = usize::try_from(spec.storage_numel)
+        .ok()
+        .and_then(|n| n.checked_mul(elt));
+    if expected != Some(bytes.len()) {
         return Err(bad(
             path,
             format!(
