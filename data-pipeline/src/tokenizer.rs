@@ -15,7 +15,12 @@ use crate::error::{Error, Result};
 /// Special tokens of tokenizers trained here, in id order: pad=0, bos=1, eos=2, unk=3.
 pub const SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
-/// Names under which common tokenizer families spell each special token, tried in order.
+/// Files beside `tokenizer.json` in which Hugging Face checkpoints declare their special
+/// tokens (`bos_token`, `eos_token`, `pad_token`, `unk_token`).
+pub const DECLARING_FILES: [&str; 2] = ["special_tokens_map.json", "tokenizer_config.json"];
+
+/// Names under which common tokenizer families spell each special token, tried in order
+/// when no file declares the role.
 const BOS_NAMES: &[&str] = &[
     "<s>",
     "<|begin_of_text|>",
@@ -67,27 +72,43 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json` and resolves its special tokens.
+    /// Loads `tokenizer.json` and resolves its special tokens: the ones declared in
+    /// [`DECLARING_FILES`] beside it (Phi-3.5's eos is `<|endoftext|>`, 32000, not
+    /// `</s>`), else the first known name the vocabulary has.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(Error::io(path))?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Tokenizer {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let find = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
-        let bos = find(BOS_NAMES).ok_or_else(|| Error::MissingSpecial {
+        let declared = Declared::read(path.parent().unwrap_or(Path::new(".")))?;
+        let resolve = |field: &str, names: &[&str]| -> Result<Option<u32>> {
+            match declared.token(field)? {
+                Some((token, file)) => {
+                    inner
+                        .token_to_id(&token)
+                        .map(Some)
+                        .ok_or_else(|| Error::Tokenizer {
+                            path: file,
+                            message: format!("`{field}` {token:?} is not in {}", path.display()),
+                        })
+                }
+                None => Ok(names.iter().find_map(|n| inner.token_to_id(n))),
+            }
+        };
+        let bos = resolve("bos_token", BOS_NAMES)?.ok_or_else(|| Error::MissingSpecial {
             token: BOS_NAMES.join(" | "),
             role: "bos",
         })?;
-        let eos = find(EOS_NAMES).ok_or_else(|| Error::MissingSpecial {
+        let eos = resolve("eos_token", EOS_NAMES)?.ok_or_else(|| Error::MissingSpecial {
             token: EOS_NAMES.join(" | "),
             role: "eos",
         })?;
         let specials = SpecialIds {
             bos,
             eos,
-            pad: find(PAD_NAMES).unwrap_or(eos),
-            unk: find(UNK_NAMES),
+            pad: resolve("pad_token", PAD_NAMES)?.unwrap_or(eos),
+            unk: resolve("unk_token", UNK_NAMES)?,
         };
         Ok(Self {
             inner,
@@ -130,6 +151,59 @@ impl Tokenizer {
             path: self.path.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+/// The special tokens that [`DECLARING_FILES`] in one folder name.
+struct Declared {
+    files: Vec<(PathBuf, serde_json::Value)>,
+}
+
+impl Declared {
+    fn read(dir: &Path) -> Result<Self> {
+        let mut files = Vec::new();
+        for name in DECLARING_FILES {
+            let path = dir.join(name);
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let value = serde_json::from_slice(&text).map_err(|e| Error::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            files.push((path, value));
+        }
+        Ok(Self { files })
+    }
+
+    /// The token text declared for `field` (a string, or an AddedToken object with
+    /// `content`) and the file that declares it; files that disagree are an error.
+    fn token(&self, field: &str) -> Result<Option<(String, PathBuf)>> {
+        let mut found: Option<(String, PathBuf)> = None;
+        for (path, value) in &self.files {
+            let text = match value.get(field) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Object(o)) => match o.get("content") {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            match &found {
+                Some((prev, prev_path)) if *prev != text => {
+                    return Err(Error::Tokenizer {
+                        path: path.clone(),
+                        message: format!(
+                            "`{field}` is {text:?} here but {prev:?} in {}",
+                            prev_path.display()
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => found = Some((text, path.clone())),
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -63,6 +63,22 @@ pub fn export_folder(model_dir: &Path, out: &Path, opts: &ExportOptions) -> Resu
         FolderKind::Student => {
             let s = StudentModel::load(model_dir, load)?;
             let c = s.model.config.clone();
+            // Neither is in the graphs yet; refuse rather than export other logits.
+            for (on, feature) in [
+                (
+                    c.mask_pad_tokens,
+                    "mask_pad_tokens (pad ids masked inside the input)",
+                ),
+                (c.lm_head_bias, "lm_head_bias (the mu_v2 output bias)"),
+            ] {
+                if on {
+                    return Err(Error::Unsupported {
+                        model: name,
+                        feature: feature.into(),
+                        supported: "students whose padding is each row's tail and whose head has no bias",
+                    });
+                }
+            }
             let mut w = Weights::new(&s.vs, &name);
             let enc = student::encoder(&c, &mut w, q, qe)?;
             let doc = "edkd encoder-decoder student: encoder (cross-attention K/V computed once)";

@@ -49,6 +49,8 @@ pub enum Error {
     },
     #[error("{}: tokenizer: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
+    #[error("{}: PyTorch checkpoint: {msg}", path.display())]
+    Pickle { path: PathBuf, msg: String },
     #[error("{}: GGUF: {msg}", path.display())]
     Gguf { path: PathBuf, msg: String },
     #[error(

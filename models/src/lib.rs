@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod gguf;
 pub mod nn;
+pub mod pt;
 pub mod sampling;
 pub mod student;
 pub mod teacher;

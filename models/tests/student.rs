@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edkd_models::generate::right_pad;
-use edkd_models::student::{
-    StudentConfig, StudentModel, convert::convert_reference, init_twin, save_folder, twin_config,
-};
+use edkd_models::student::convert::{ConvertOptions, SpecialIds, convert_reference};
+use edkd_models::student::{StudentConfig, StudentModel, init_twin, save_folder, twin_config};
 use edkd_models::{Decoding, GenerationConfig, LoadOptions, Teacher, generate, generate_seq2seq};
 use tch::{Device, Kind, Tensor};
 
@@ -206,12 +205,17 @@ fn strict_student_loading_names_the_problem() {
 fn reference_layout_import_matches_the_pytorch_reimplementation() {
     let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mu_reference");
     let out = tempfile::tempdir().unwrap();
-    let s = convert_reference(
-        &fx.join("model.safetensors"),
-        Some(&fx.join("config.json")),
-        None,
-        out.path(),
-    )
+    let s = convert_reference(&ConvertOptions {
+        weights: fx.join("model.safetensors"),
+        config: Some(fx.join("config.json")),
+        out: out.path().to_path_buf(),
+        // The fixture's vocabulary (200) cannot hold the released eos (32000).
+        specials: SpecialIds {
+            eos: Some(2),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
     .unwrap();
     assert!(
         s.model.config.tie_word_embeddings,

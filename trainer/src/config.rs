@@ -12,7 +12,9 @@ use crate::loss::{Divergence, KdLoss};
 use crate::optim::{AdamWConfig, Schedule};
 
 mod numbers;
+mod recipe;
 pub use numbers::{MAX_EPS, MAX_LR, MAX_PREFETCH, MAX_THREADS_PER_CORE, MAX_TIMEOUT_S};
+pub use recipe::RECIPES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,6 +36,10 @@ fn field(field: &str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// A named recipe laid under this config (`mu`: the paper's KD recipe; see
+    /// `trainer/README.md`); fields set here or with `--set` keep their values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     /// Seeds initialisation, data order, dropout and sampling.
     pub seed: u64,
     /// `cpu` or `cuda:N`.
@@ -54,6 +60,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            recipe: None,
             seed: 0,
             device: "cpu".into(),
             threads: 0,
@@ -468,6 +475,7 @@ impl TrainConfig {
         // Relative paths in the file are relative to the file.
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         apply_overrides(&mut table, overrides)?;
+        recipe::apply(&mut table)?;
         let mut cfg: TrainConfig =
             toml::Value::Table(table)
                 .try_into()
@@ -483,6 +491,7 @@ impl TrainConfig {
     pub fn from_overrides(overrides: &[String]) -> Result<Self, ConfigError> {
         let mut table = toml::Table::new();
         apply_overrides(&mut table, overrides)?;
+        recipe::apply(&mut table)?;
         toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| field("--set", e.to_string()))

@@ -64,6 +64,15 @@ pub struct StudentConfig {
     /// Encoder positions `i - (len-1) div 2` of each row's real length, instead of `i`.
     pub centered_encoder_positions: bool,
     pub tie_word_embeddings: bool,
+    /// A bias on the output projection (the reference's mu_v2 `lm_head` is an
+    /// `nn.Linear` with bias, its weight tied to the embedding).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub lm_head_bias: bool,
+    /// Every token whose id is `pad_token_id` is padding wherever it stands: masked as a
+    /// key in every attention, as the reference's `encode`/`decode` do
+    /// (`~(ids == pad_token_id)`); off: only the positions outside each row's length are.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mask_pad_tokens: bool,
     pub dropout: f64,
     pub max_positions: i64,
     pub pad_token_id: i64,
@@ -99,6 +108,8 @@ impl StudentConfig {
             rope_decoder: true,
             centered_encoder_positions: true,
             tie_word_embeddings: true,
+            lm_head_bias: false,
+            mask_pad_tokens: false,
             dropout: 0.1,
             max_positions: 4096,
             pad_token_id: 0,
@@ -234,7 +245,7 @@ impl StudentConfig {
         let enc = self.encoder_layers * (attn + ffn + 2 * d);
         let dec = self.decoder_layers * (2 * attn + ffn + 3 * d);
         let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
-        embed + enc + dec + 2 * d
+        embed + b(self.lm_head_bias, self.vocab_size) + enc + dec + 2 * d
     }
 }
 

@@ -203,6 +203,8 @@ pub fn student_config(source: &CausalLmConfig, spec: &InitSpec) -> StudentConfig
         rope_decoder: true,
         centered_encoder_positions: spec.centered_encoder_positions,
         tie_word_embeddings: source.tie_word_embeddings,
+        lm_head_bias: false,
+        mask_pad_tokens: false,
         dropout: spec.dropout,
         max_positions: spec.max_positions.unwrap_or(source.max_positions),
         pad_token_id: ids.pad,

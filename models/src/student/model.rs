@@ -77,6 +77,9 @@ pub struct Encoded {
 pub struct DecoderCache {
     self_kv: Vec<KvCache>,
     cross_kv: Vec<(Tensor, Tensor)>,
+    /// Which cached decoder tokens are not the pad id (`[b, len]`), when
+    /// `mask_pad_tokens` is on.
+    self_valid: Option<Tensor>,
 }
 
 impl DecoderCache {
@@ -97,6 +100,8 @@ pub struct Student {
     decoder_layers: Vec<DecoderLayer>,
     decoder_norm: RmsNorm,
     lm_head: Option<nn::Linear>,
+    /// `lm_head.bias` of a tied head (an untied head keeps its bias in `lm_head`).
+    tied_head_bias: Option<Tensor>,
     rope: RopeConfig,
     pub config: StudentConfig,
 }
@@ -159,11 +164,13 @@ impl Student {
                 c.d_model,
                 c.vocab_size,
                 nn::LinearConfig {
-                    bias: false,
+                    bias: c.lm_head_bias,
                     ..Default::default()
                 },
             )
         });
+        let tied_head_bias = (c.tie_word_embeddings && c.lm_head_bias)
+            .then(|| (root / "lm_head").zeros("bias", &[c.vocab_size]));
         Self {
             embed_tokens,
             encoder_layers,
@@ -171,6 +178,7 @@ impl Student {
             decoder_layers,
             decoder_norm: norm(&dec / "norm"),
             lm_head,
+            tied_head_bias,
             rope: c.rope(),
             config: c.clone(),
         }
@@ -202,6 +210,13 @@ impl Student {
     /// Runs the encoder over right-padded `input_ids` (`[b, s]`) with `valid` marking real tokens.
     pub fn encode(&self, input_ids: &Tensor, valid: &Tensor, train: bool) -> Encoded {
         #![allow(clippy::assign_op_pattern)] // out-of-place residuals: autograd saved `x`
+        let pad_masked;
+        let valid = if self.config.mask_pad_tokens {
+            pad_masked = valid.logical_and(&input_ids.ne(self.config.pad_token_id));
+            &pad_masked
+        } else {
+            valid
+        };
         let dense = valid.all().int64_value(&[]) == 1;
         let mask = if dense {
             AttnMask::Full
@@ -271,7 +286,22 @@ impl Student {
             .config
             .rope_decoder
             .then(|| self.rope.tables(&positions, x.kind()));
-        let self_mask = if t == 1 {
+        let mut cache = cache;
+        let self_mask = if self.config.mask_pad_tokens {
+            let new_valid = decoder_ids.ne(self.config.pad_token_id); // [b, t]
+            let key_valid = match cache.as_deref_mut() {
+                Some(c) => {
+                    let all = match &c.self_valid {
+                        Some(past) => Tensor::cat(&[past, &new_valid], 1),
+                        None => new_valid,
+                    };
+                    c.self_valid = Some(all.shallow_clone());
+                    all
+                }
+                None => new_valid,
+            };
+            AttnMask::Explicit(pad_token_mask(&key_valid, start, t))
+        } else if t == 1 {
             AttnMask::Full
         } else if start == 0 {
             AttnMask::Causal
@@ -281,7 +311,6 @@ impl Student {
         };
         let cross_mask = Self::cross_mask(enc);
         let p = self.config.dropout;
-        let mut cache = cache;
         for (i, layer) in self.decoder_layers.iter().enumerate() {
             let (self_kv, cross_kv) = match cache.as_deref_mut() {
                 Some(c) => (Some(&mut c.self_kv[i]), Some(&c.cross_kv[i])),
@@ -314,7 +343,11 @@ impl Student {
 
     /// Vocabulary logits for decoder hidden states.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens)
+        let logits = crate::nn::lm_logits(hidden, self.lm_head.as_ref(), &self.embed_tokens);
+        match &self.tied_head_bias {
+            Some(bias) => logits + bias,
+            None => logits,
+        }
     }
 
     /// Teacher-forced logits `[b, t, vocab]`.
@@ -346,6 +379,23 @@ impl Student {
                 .iter()
                 .map(|l| l.cross_attn.project_kv(&enc.memory))
                 .collect(),
+            self_valid: None,
         }
     }
+}
+
+/// The reference's decoder self-attention mask (`[b, 1, t_q, t_k]`): causal, and no key
+/// whose token is the pad id, the query's own included. A query left with no key (its row
+/// starts with pad ids) sees itself, so softmax stays finite.
+fn pad_token_mask(key_valid: &Tensor, past: i64, t_q: i64) -> Tensor {
+    let (_, t_k) = key_valid.size2().expect("[b, t_k] key mask");
+    let device = key_valid.device();
+    let q_slot = Tensor::arange_start(past, past + t_q, (Kind::Int64, device)).unsqueeze(1);
+    let k_slot = Tensor::arange(t_k, (Kind::Int64, device)).unsqueeze(0);
+    let allowed = k_slot
+        .le_tensor(&q_slot)
+        .logical_and(&key_valid.unsqueeze(1)); // [b, t_q, t_k]
+    let none = allowed.any_dim(-1, true).logical_not(); // [b, t_q, 1]
+    let own = k_slot.eq_tensor(&q_slot); // [t_q, t_k]
+    allowed.logical_or(&own.logical_and(&none)).unsqueeze(1)
 }
