@@ -450,3 +450,47 @@ fn a_bf16_run_learns_and_saves_a_loadable_model() {
     };
     Net::build(&section, vocab_of(&data), Device::Cpu, 0).expect("the saved model loads");
 }
+
+/// `teacher.prefetch = 0` (the teacher is asked only when the step needs a batch) trains
+/// on the same batches with the same teacher answers as the default read-ahead, across an
+/// epoch boundary: every step's loss is equal.
+#[test]
+fn prefetch_zero_asks_on_demand_and_trains_the_same_steps() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 16, 4);
+    let mut losses = Vec::new();
+    for prefetch in [2, 0] {
+        let cfg = config(
+            &data,
+            &[
+                "optim.steps=12",
+                "eval.every=0",
+                "checkpoint.every=0",
+                "eval.generate=false",
+                "teacher.kind=model",
+                &format!("teacher.model=\"{}\"", teacher_dir().display()),
+                &format!("teacher.prefetch={prefetch}"),
+            ],
+        );
+        let out = tmp.path().join(format!("run-{prefetch}"));
+        train(
+            &cfg,
+            &RunOptions {
+                out: out.clone(),
+                ..Default::default()
+            },
+            &mut Single,
+        )
+        .unwrap();
+        let steps = step_metrics(&out);
+        assert_eq!(steps.len(), 12, "prefetch {prefetch}");
+        losses.push(
+            steps
+                .iter()
+                .map(|m| (m["loss"].as_f64().unwrap(), m["kd"].as_f64().unwrap()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(losses[0], losses[1]);
+}
