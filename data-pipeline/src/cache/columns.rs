@@ -37,6 +37,8 @@ pub(super) fn fields(layout: &Layout) -> Vec<Field> {
 }
 
 /// Rows waiting to become a shard.
+// One per writer, never in a collection: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Pending {
     V1 {
         ids: StringBuilder,

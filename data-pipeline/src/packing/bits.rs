@@ -74,14 +74,12 @@ impl<'a> BitReader<'a> {
         Some((window >> shift) & ((1u64 << bits) - 1))
     }
 
-    /// A unary count (ones up to a zero), at most `limit`; `None` past the end or the limit.
-    pub fn get_unary(&mut self, limit: u64) -> Option<u64> {
+    /// Ones up to a zero (consumed) or up to `limit` ones (then no zero is read); `None`
+    /// past the end.
+    pub fn get_ones(&mut self, limit: u64) -> Option<u64> {
         let mut q = 0;
-        while self.get(1)? == 1 {
+        while q < limit && self.get(1)? == 1 {
             q += 1;
-            if q > limit {
-                return None;
-            }
         }
         Some(q)
     }
@@ -122,8 +120,9 @@ mod tests {
         for &(v, b) in &items {
             assert_eq!(r.get(b), Some(v));
         }
-        assert_eq!(r.get_unary(100), Some(0));
-        assert_eq!(r.get_unary(69), None, "a run past its limit is refused");
+        assert_eq!(r.get_ones(100), Some(0));
+        assert_eq!(r.get_ones(69), Some(69), "stops at the limit");
+        assert_eq!(r.get_ones(100), Some(1), "then reads on");
     }
 
     #[test]
@@ -131,7 +130,7 @@ mod tests {
         let mut r = BitReader::new(&[0xff]);
         assert_eq!(r.get(8), Some(255));
         assert_eq!(r.get(1), None);
-        assert_eq!(BitReader::new(&[0xff]).get_unary(100), None);
+        assert_eq!(BitReader::new(&[0xff]).get_ones(100), None);
     }
 
     #[test]
