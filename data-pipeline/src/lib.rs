@@ -6,6 +6,7 @@
 //! - [`synth`]: synthetic long-input/short-output tasks.
 //! - [`tokenizer`]: loading `tokenizer.json` and training byte-level BPE.
 //! - [`cache`]: teacher top-k log-prob shards keyed by example id.
+//! - [`packing`]: compact top-k rows (narrow ids, quantised log-probs) for the wire and cache v2.
 //! - [`inspect`]: human-readable summaries of a dataset folder.
 
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod fsutil;
 pub mod ingest;
 pub mod inspect;
 pub mod manifest;
+pub mod packing;
 pub mod prepare;
 pub mod reader;
 pub mod rng;
@@ -27,7 +29,7 @@ pub mod tokenizer;
 pub use error::{Error, Result};
 
 pub use batch::{Batch, IGNORE_INDEX};
-pub use cache::{CacheEntry, CacheMeta, CacheReader, CacheWriter, TeacherBatch};
+pub use cache::{CacheEntry, CacheMeta, CacheReader, CacheRow, CacheWriter, TeacherBatch};
 pub use dataset::{Dataset, OpenOptions};
 pub use manifest::{Manifest, Verify};
 pub use reader::{Cursor, Reader, ReaderConfig};

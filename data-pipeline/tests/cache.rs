@@ -66,7 +66,8 @@ fn write_resume_and_read_back() {
     assert_eq!(r.meta(), &meta());
     for i in 0..23 {
         let (id, ids, lps, tail, gold) = fake(i, 1 + i % 4, K);
-        let e = r.get(&id).unwrap();
+        let row = r.get(&id).unwrap().unwrap();
+        let e = row.entry();
         assert_eq!(
             (e.id, e.topk_ids, e.topk_logprobs),
             (id.as_str(), ids.as_slice(), lps.as_slice())
@@ -76,7 +77,7 @@ fn write_resume_and_read_back() {
             (tail.as_slice(), gold.as_slice())
         );
     }
-    assert!(r.get("ex-999").is_none());
+    assert!(r.get("ex-999").unwrap().is_none());
     r.check_tokenizer(&"c".repeat(64)).unwrap();
     assert!(matches!(
         r.check_tokenizer(&"d".repeat(64)),

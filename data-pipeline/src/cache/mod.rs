@@ -1,7 +1,8 @@
 //! Teacher-logit cache: Arrow IPC shards keyed by example id, so one cache serves any batch
 //! size, world size or shuffle order.
 //!
-//! Folder: `DIR/cache-00000.arrow`, `DIR/cache-00001.arrow`, ... Each row is one example:
+//! Folder: `DIR/cache-00000.arrow`, `DIR/cache-00001.arrow`, ... Each row is one example.
+//! Format version 1 (f32 log-probs, u32 ids: 8 bytes per top-k entry):
 //!
 //! | column | type | shape |
 //! |---|---|---|
@@ -10,6 +11,18 @@
 //! | `topk_logprobs` | list<float32> | `[positions * k]`, log-probs at temperature T |
 //! | `tail_logmass` | list<float32> | `[positions]`: `log(1 - sum(exp(topk_logprobs)))` |
 //! | `gold_logprob` | list<float32> | `[positions]`: teacher log-prob of the label token |
+//!
+//! Format version 2 (the same arrays packed by [`crate::packing`], named in the metadata's
+//! `packing`, each row optionally zstd-compressed at `zstd_level`):
+//!
+//! | column | type | |
+//! |---|---|---|
+//! | `id` | utf8 | |
+//! | `positions` | uint32 | target positions of the row |
+//! | `packed` | binary | one [`crate::packing::pack`] row (zstd frame if compressed) |
+//!
+//! Readers take both versions; [`CacheReader::get`] decodes a version-2 row into a
+//! [`CacheRow::Decoded`].
 //!
 //! `positions` is the student's decoder length `T + 1` (target tokens then eos; see
 //! [`crate::batch`]). The schema metadata key [`CACHE_METADATA_KEY`] holds [`CacheMeta`]
@@ -22,20 +35,26 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, ListBuilder, StringBuilder, UInt32Builder};
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, UInt32Type};
-use arrow_array::{ArrayRef, RecordBatch, StringArray};
-use arrow_buffer::{OffsetBuffer, ScalarBuffer};
+mod columns;
+mod summary;
+
+use arrow_array::RecordBatch;
 use arrow_ipc::writer::FileWriter;
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::Schema;
 use serde::{Deserialize, Serialize};
+
+pub use columns::CacheRow;
+use columns::{Part, Pending, part_of};
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
+use crate::packing::Packing;
 use crate::shard::MappedIpc;
 
+/// Version of caches written without a packing (lists of u32 ids and f32 values).
 pub const CACHE_FORMAT_VERSION: u32 = 1;
+/// Version of packed caches (one binary row per example).
+pub const CACHE_FORMAT_VERSION_PACKED: u32 = 2;
 pub const CACHE_METADATA_KEY: &str = "edkd.teacher_cache";
 const SHARD_PREFIX: &str = "cache-";
 const SHARD_SUFFIX: &str = ".arrow";
@@ -52,6 +71,26 @@ pub struct CacheMeta {
     /// written before views existed read as `raw`.
     #[serde(default = "raw_prompt")]
     pub teacher_prompt: String,
+    /// Version 2: the packing of the `packed` column (`bits-q8`, `delta-q4`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<String>,
+    /// Version 2: the teacher's vocabulary size (the id width of packed rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_size: Option<usize>,
+    /// Version 2: zstd level each packed row was compressed at (absent: not compressed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_level: Option<i32>,
+}
+
+/// How a cache's rows are stored, resolved from its [`CacheMeta`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Layout {
+    V1,
+    V2 {
+        packing: Packing,
+        vocab: usize,
+        zstd_level: Option<i32>,
+    },
 }
 
 fn raw_prompt() -> String {
@@ -67,6 +106,55 @@ impl CacheMeta {
             k,
             temperature,
             teacher_prompt: raw_prompt(),
+            packing: None,
+            vocab_size: None,
+            zstd_level: None,
+        }
+    }
+
+    /// The same cache as format version 2: rows packed with `packing` for a teacher
+    /// vocabulary of `vocab_size`, each compressed with zstd at `zstd_level` if given.
+    pub fn packed(self, packing: Packing, vocab_size: usize, zstd_level: Option<i32>) -> Self {
+        Self {
+            format_version: CACHE_FORMAT_VERSION_PACKED,
+            packing: Some(packing.name()),
+            vocab_size: Some(vocab_size),
+            zstd_level,
+            ..self
+        }
+    }
+
+    /// The row layout this metadata describes; a newer version or a packing this build
+    /// does not know is an error naming the field.
+    pub fn layout(&self) -> std::result::Result<Layout, String> {
+        match self.format_version {
+            CACHE_FORMAT_VERSION => Ok(Layout::V1),
+            CACHE_FORMAT_VERSION_PACKED => {
+                let name = self
+                    .packing
+                    .as_deref()
+                    .ok_or("format version 2 without `packing`")?;
+                let packing = Packing::from_name(name).map_err(|e| e.to_string())?;
+                let vocab = self
+                    .vocab_size
+                    .filter(|&v| v > 0)
+                    .ok_or("format version 2 without a positive `vocab_size`")?;
+                if self.k > crate::packing::MAX_K {
+                    return Err(format!(
+                        "k {} is over {} for packed rows",
+                        self.k,
+                        crate::packing::MAX_K
+                    ));
+                }
+                Ok(Layout::V2 {
+                    packing,
+                    vocab,
+                    zstd_level: self.zstd_level,
+                })
+            }
+            v => Err(format!(
+                "format_version {v} is newer than this build reads ({CACHE_FORMAT_VERSION} and {CACHE_FORMAT_VERSION_PACKED})"
+            )),
         }
     }
 }
@@ -92,20 +180,12 @@ impl CacheEntry<'_> {
     }
 }
 
-fn schema(meta: &CacheMeta) -> Schema {
-    let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+fn schema(meta: &CacheMeta, layout: &Layout) -> Schema {
     let metadata = HashMap::from([(
         CACHE_METADATA_KEY.to_owned(),
         serde_json::to_string(meta).expect("meta serializes"),
     )]);
-    Schema::new(vec![
-        Field::new("id", DataType::Utf8, false),
-        Field::new("topk_ids", list(DataType::UInt32), false),
-        Field::new("topk_logprobs", list(DataType::Float32), false),
-        Field::new("tail_logmass", list(DataType::Float32), false),
-        Field::new("gold_logprob", list(DataType::Float32), false),
-    ])
-    .with_metadata(metadata)
+    Schema::new(columns::fields(layout)).with_metadata(metadata)
 }
 
 fn shard_name(index: usize) -> String {
@@ -138,31 +218,28 @@ fn read_meta(ipc: &MappedIpc) -> Result<CacheMeta> {
             path: ipc.path.clone(),
             message: format!("no `{CACHE_METADATA_KEY}` schema metadata"),
         })?;
-    serde_json::from_str(text).map_err(|e| Error::Cache {
+    let meta: CacheMeta = serde_json::from_str(text).map_err(|e| Error::Cache {
         path: ipc.path.clone(),
         message: format!("bad metadata: {e}"),
-    })
+    })?;
+    meta.layout().map_err(|message| Error::Cache {
+        path: ipc.path.clone(),
+        message,
+    })?;
+    Ok(meta)
 }
 
 /// Appends examples to a cache folder, one finished shard at a time.
 pub struct CacheWriter {
     dir: PathBuf,
     meta: CacheMeta,
+    layout: Layout,
     schema: Arc<Schema>,
     shard_rows: usize,
     next_shard: usize,
     done: HashSet<String>,
     pending: Pending,
-}
-
-#[derive(Default)]
-struct Pending {
-    rows: usize,
-    ids: StringBuilder,
-    topk_ids: ListBuilder<UInt32Builder>,
-    topk_logprobs: ListBuilder<Float32Builder>,
-    tail: ListBuilder<Float32Builder>,
-    gold: ListBuilder<Float32Builder>,
+    pending_rows: usize,
 }
 
 impl CacheWriter {
@@ -174,6 +251,7 @@ impl CacheWriter {
                 message: "cache shard_rows and k must be positive".into(),
             });
         }
+        let layout = meta.layout().map_err(|message| Error::Config { message })?;
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
             let path = entry.map_err(Error::io(dir))?.path();
@@ -200,12 +278,14 @@ impl CacheWriter {
         }
         Ok(Self {
             dir: dir.to_owned(),
-            schema: Arc::new(schema(&meta)),
+            schema: Arc::new(schema(&meta, &layout)),
             meta,
+            layout,
             shard_rows,
             next_shard: shards.len(),
             done,
-            pending: Pending::default(),
+            pending: Pending::new(&layout),
+            pending_rows: 0,
         })
     }
 
@@ -246,19 +326,10 @@ impl CacheWriter {
         if self.done.contains(entry.id) {
             return Err(bad("already in the cache".into()));
         }
-        let p = &mut self.pending;
-        p.ids.append_value(entry.id);
-        p.topk_ids.values().append_slice(entry.topk_ids);
-        p.topk_ids.append(true);
-        p.topk_logprobs.values().append_slice(entry.topk_logprobs);
-        p.topk_logprobs.append(true);
-        p.tail.values().append_slice(entry.tail_logmass);
-        p.tail.append(true);
-        p.gold.values().append_slice(entry.gold_logprob);
-        p.gold.append(true);
-        p.rows += 1;
+        self.pending.push(entry, &self.layout, k, &self.dir)?;
+        self.pending_rows += 1;
         self.done.insert(entry.id.to_owned());
-        if self.pending.rows >= self.shard_rows {
+        if self.pending_rows >= self.shard_rows {
             self.flush()?;
         }
         Ok(())
@@ -266,17 +337,11 @@ impl CacheWriter {
 
     /// Writes pending rows as a finished shard (temp file, fsync, rename).
     pub fn flush(&mut self) -> Result<()> {
-        if self.pending.rows == 0 {
+        if self.pending_rows == 0 {
             return Ok(());
         }
-        let mut p = std::mem::take(&mut self.pending);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(p.ids.finish()),
-            Arc::new(p.topk_ids.finish()),
-            Arc::new(p.topk_logprobs.finish()),
-            Arc::new(p.tail.finish()),
-            Arc::new(p.gold.finish()),
-        ];
+        let columns = self.pending.finish();
+        self.pending_rows = 0;
         let name = shard_name(self.next_shard);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -305,32 +370,15 @@ impl CacheWriter {
     }
 }
 
-/// `list<T>` column borrowed from the map: offsets + values.
-struct ListColumn<T: arrow_buffer::ArrowNativeType> {
-    offsets: OffsetBuffer<i32>,
-    values: ScalarBuffer<T>,
-}
-
-impl<T: arrow_buffer::ArrowNativeType> ListColumn<T> {
-    fn row(&self, row: usize) -> &[T] {
-        let o = self.offsets.as_ref();
-        &self.values[o[row] as usize..o[row + 1] as usize]
-    }
-}
-
-struct CachePart {
-    ids: StringArray,
-    topk_ids: ListColumn<u32>,
-    topk_logprobs: ListColumn<f32>,
-    tail: ListColumn<f32>,
-    gold: ListColumn<f32>,
-}
-
 /// Random access by example id over a cache folder (memory-mapped).
 pub struct CacheReader {
     dir: PathBuf,
     meta: CacheMeta,
-    parts: Vec<CachePart>,
+    layout: Layout,
+    /// Shard files, and the shard of each part.
+    shards: Vec<PathBuf>,
+    part_shard: Vec<usize>,
+    parts: Vec<Part>,
     /// `(hash(id), part, row)` sorted by hash: 16 bytes per example, no strings in RAM.
     index: Vec<(u64, u32, u32)>,
 }
@@ -346,10 +394,12 @@ impl CacheReader {
         }
         let mut meta: Option<CacheMeta> = None;
         let mut parts = Vec::new();
+        let mut part_shard = Vec::new();
         let mut index = Vec::new();
-        for path in &shards {
+        for (shard, path) in shards.iter().enumerate() {
             let ipc = MappedIpc::open(path)?;
             let found = read_meta(&ipc)?;
+            let layout = found.layout().expect("checked by read_meta");
             match &meta {
                 Some(m) if *m != found => {
                     return Err(Error::Cache {
@@ -359,19 +409,25 @@ impl CacheReader {
                 }
                 _ => meta = Some(found),
             }
+
             for batch in &ipc.batches {
-                let part = part_of(path, batch)?;
+                let part = part_of(path, batch, &layout)?;
                 let p = parts.len() as u32;
                 for row in 0..batch.num_rows() {
-                    index.push((crate::rng::hash_str(part.ids.value(row)), p, row as u32));
+                    index.push((crate::rng::hash_str(part.ids().value(row)), p, row as u32));
                 }
                 parts.push(part);
+                part_shard.push(shard);
             }
         }
         index.sort_unstable();
+        let meta = meta.expect("at least one shard");
         let reader = Self {
             dir: dir.to_owned(),
-            meta: meta.expect("at least one shard"),
+            layout: meta.layout().expect("checked by read_meta"),
+            meta,
+            shards,
+            part_shard,
             parts,
             index,
         };
@@ -390,7 +446,7 @@ impl CacheReader {
     }
 
     fn id_at(&self, (_, p, r): (u64, u32, u32)) -> &str {
-        self.parts[p as usize].ids.value(r as usize)
+        self.parts[p as usize].ids().value(r as usize)
     }
 
     pub fn meta(&self) -> &CacheMeta {
@@ -417,23 +473,28 @@ impl CacheReader {
         Ok(())
     }
 
-    pub fn get(&self, id: &str) -> Option<CacheEntry<'_>> {
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Example `id`'s targets (`None` if the cache does not hold it); a packed row that does
+    /// not decode is an error naming the shard and the example.
+    pub fn get(&self, id: &str) -> Result<Option<CacheRow<'_>>> {
         let h = crate::rng::hash_str(id);
         let start = self.index.partition_point(|e| e.0 < h);
-        self.index[start..]
+        let Some(&(_, p, r)) = self.index[start..]
             .iter()
             .take_while(|e| e.0 == h)
             .find(|&&e| self.id_at(e) == id)
-            .map(|&(_, p, r)| {
-                let (part, r) = (&self.parts[p as usize], r as usize);
-                CacheEntry {
-                    id: part.ids.value(r),
-                    topk_ids: part.topk_ids.row(r),
-                    topk_logprobs: part.topk_logprobs.row(r),
-                    tail_logmass: part.tail.row(r),
-                    gold_logprob: part.gold.row(r),
-                }
-            })
+        else {
+            return Ok(None);
+        };
+        self.row_at(p as usize, r as usize).map(Some)
+    }
+
+    fn row_at(&self, part: usize, row: usize) -> Result<CacheRow<'_>> {
+        let path = &self.shards[self.part_shard[part]];
+        self.parts[part].row(row, &self.layout, self.meta.k, path)
     }
 
     /// Teacher targets aligned with `batch`'s decoder positions.
@@ -449,10 +510,11 @@ impl CacheReader {
             gold_logprob: vec![0.0; rows * dec_len],
         };
         for (r, id) in batch.ids.iter().enumerate() {
-            let e = self.get(id).ok_or_else(|| Error::Cache {
+            let row = self.get(id)?.ok_or_else(|| Error::Cache {
                 path: self.dir.clone(),
                 message: format!("no entry for example `{id}`"),
             })?;
+            let e = row.entry();
             let want = batch.decoder_mask[r * dec_len..(r + 1) * dec_len]
                 .iter()
                 .filter(|&&m| m)
@@ -495,50 +557,4 @@ pub struct TeacherBatch {
     pub tail_logmass: Vec<f32>,
     /// `[rows, dec_len]`, 0 at padding.
     pub gold_logprob: Vec<f32>,
-}
-
-fn part_of(path: &Path, batch: &RecordBatch) -> Result<CachePart> {
-    let bad = |name: &str| Error::Schema {
-        path: path.to_owned(),
-        message: format!("missing or mistyped column `{name}`"),
-    };
-    let ids = batch
-        .column_by_name("id")
-        .and_then(|c| c.as_string_opt::<i32>().cloned())
-        .ok_or_else(|| bad("id"))?;
-    let u32_list = |name: &str| -> Result<ListColumn<u32>> {
-        let list = batch
-            .column_by_name(name)
-            .and_then(|c| c.as_list_opt::<i32>())
-            .ok_or_else(|| bad(name))?;
-        let values = list
-            .values()
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| bad(name))?;
-        Ok(ListColumn {
-            offsets: list.offsets().clone(),
-            values: values.values().clone(),
-        })
-    };
-    let f32_list = |name: &str| -> Result<ListColumn<f32>> {
-        let list = batch
-            .column_by_name(name)
-            .and_then(|c| c.as_list_opt::<i32>())
-            .ok_or_else(|| bad(name))?;
-        let values = list
-            .values()
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| bad(name))?;
-        Ok(ListColumn {
-            offsets: list.offsets().clone(),
-            values: values.values().clone(),
-        })
-    };
-    Ok(CachePart {
-        ids,
-        topk_ids: u32_list("topk_ids")?,
-        topk_logprobs: f32_list("topk_logprobs")?,
-        tail: f32_list("tail_logmass")?,
-        gold: f32_list("gold_logprob")?,
-    })
 }

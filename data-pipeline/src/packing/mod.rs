@@ -1,0 +1,561 @@
+//! Compact teacher targets: one byte string per sequence, used on the wire
+//! (`ScoredSequence.packed`) and in version-2 cache shards (the `packed` column).
+//!
+//! Each target position holds the top-k ids, their log-probs, the tail log-mass and the
+//! gold token's log-prob. A packing chooses how ids and log-probs are written:
+//!
+//! - ids, `bits`: each id in `ceil(log2 vocab)` bits, in rank order (16 bits at a 49k
+//!   vocabulary). `delta`: the row's ids as an ascending set, each gap Rice-coded with a
+//!   parameter that follows the running mean of the gaps before it (BPE vocabularies put
+//!   frequent tokens at low ids, so a row's gaps grow along it: about 10 bits an id at
+//!   k = 64 on SmolLM2, against 11 for the best single parameter per row); a quotient of
+//!   [`RICE_ESCAPE`] or more is sent as the raw gap instead. Log-probs are then stored in
+//!   id order and a decoded row is sorted again by descending log-prob.
+//! - log-probs, `q8` / `q6` / `q4`: the row's top log-prob as f16, every other as a code of
+//!   `b` bits on `r = (p / p_top)^(1/3)`, uniform on `[0, 1]` (`c = round((1 - r) M)`,
+//!   `M = 2^b - 1`). The cube root spends codes where the mass is: the relative error of
+//!   `p` is about `3 / (2 M r)`, small near the top and large only for tokens that carry
+//!   little mass; `r` itself is off by at most `1 / (2 M)`.
+//! - tail log-mass and gold log-prob: f16 each (-inf kept for the tail, values below f16's
+//!   range floored at -65504).
+//!
+//! Layout, little endian: an 8-byte header (packing number, id bits, k as u16, positions as
+//! u32); per position `top, tail, gold` as f16; the id section, one bit stream ([`bits`])
+//! over all positions (`bits`: k ids each; `delta`: k gaps each);
+//! the code section from the next byte on (`bits`: k - 1 codes each, the top's code being
+//! 0; `delta`: k codes each, in id order), ending on a byte boundary. Sections keep like
+//! with like, so zstd over a row finds the skew of ids and codes. A row whose length or
+//! contents disagree with its header is an error naming the field.
+
+pub mod bits;
+
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+use bits::{BitReader, BitWriter, id_bits};
+
+/// Header bytes of a packed row.
+pub const HEADER_BYTES: usize = 8;
+/// f16 fields per position: top log-prob, tail log-mass, gold log-prob.
+const F16_FIELDS: usize = 3;
+/// A Rice quotient this large is sent as that many ones and the raw gap (bounds a row).
+pub const RICE_ESCAPE: u64 = 8;
+/// Largest id width a packed row can hold.
+pub const MAX_ID_BITS: u32 = 31;
+/// Exponent of the code domain `r = (p / p_top)^(1 / VALUE_ROOT)`.
+const VALUE_ROOT: f32 = 3.0;
+/// Largest k a packed row can hold (its header keeps k in 16 bits).
+pub const MAX_K: usize = u16::MAX as usize;
+
+/// How ids are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdCoding {
+    /// `ceil(log2 vocab)` bits each, rank order.
+    Bits,
+    /// Ascending set, Rice-coded gaps.
+    Delta,
+}
+
+/// A packing: id coding and log-prob code width. Its number is the proto's `Packing` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Packing {
+    pub ids: IdCoding,
+    /// 4, 6 or 8.
+    pub value_bits: u32,
+}
+
+/// Every packing, in the order of their numbers (1..).
+pub const PACKINGS: [Packing; 6] = [
+    Packing::new(IdCoding::Bits, 8),
+    Packing::new(IdCoding::Bits, 4),
+    Packing::new(IdCoding::Delta, 8),
+    Packing::new(IdCoding::Delta, 4),
+    Packing::new(IdCoding::Bits, 6),
+    Packing::new(IdCoding::Delta, 6),
+];
+
+/// What went wrong, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PackError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, PackError> {
+    Err(PackError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+impl Packing {
+    pub const fn new(ids: IdCoding, value_bits: u32) -> Self {
+        Self { ids, value_bits }
+    }
+
+    /// The proto's `Packing` number (0 is "not packed").
+    pub fn code(self) -> u8 {
+        PACKINGS
+            .iter()
+            .position(|&p| p == self)
+            .map_or(0, |i| i as u8 + 1)
+    }
+
+    pub fn from_code(code: i32) -> Option<Self> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|c| c.checked_sub(1))
+            .and_then(|i| PACKINGS.get(i).copied())
+    }
+
+    /// `bits-q8`, `delta-q4`, ...
+    pub fn name(self) -> String {
+        let ids = match self.ids {
+            IdCoding::Bits => "bits",
+            IdCoding::Delta => "delta",
+        };
+        format!("{ids}-q{}", self.value_bits)
+    }
+
+    pub fn from_name(name: &str) -> Result<Self, PackError> {
+        PACKINGS
+            .iter()
+            .copied()
+            .find(|p| p.name() == name)
+            .map_or_else(
+                || {
+                    let known: Vec<String> = PACKINGS.iter().map(|p| p.name()).collect();
+                    err(
+                        "packing",
+                        format!("unknown `{name}` (known: {})", known.join(", ")),
+                    )
+                },
+                Ok,
+            )
+    }
+
+    fn code_max(self) -> u32 {
+        (1 << self.value_bits) - 1
+    }
+
+    /// Largest `|r' - r|` of a decoded log-prob, `r = exp((lp - top') / 3)` with `top'` the
+    /// decoded top log-prob: half a code step.
+    pub fn r_error_bound(self) -> f32 {
+        0.5 / self.code_max() as f32
+    }
+
+    /// Most bytes a row of `positions` x `k` ids below `vocab` can take.
+    pub fn max_bytes(self, positions: usize, k: usize, vocab: usize) -> usize {
+        let w = id_bits(vocab) as usize;
+        let b = self.value_bits as usize;
+        let (id_bits, code_bits) = match self.ids {
+            IdCoding::Bits => (k * w, k.saturating_sub(1) * b),
+            // An escaped gap is the dearest: RICE_ESCAPE ones and w bits.
+            IdCoding::Delta => (k * (RICE_ESCAPE as usize + w), k * b),
+        };
+        HEADER_BYTES
+            + positions * 2 * F16_FIELDS
+            + (positions * id_bits).div_ceil(8)
+            + (positions * code_bits).div_ceil(8)
+    }
+}
+
+/// One sequence's teacher targets, row-major `[positions, k]` / `[positions]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Targets {
+    pub k: usize,
+    pub topk_ids: Vec<u32>,
+    pub topk_logprobs: Vec<f32>,
+    pub tail_logmass: Vec<f32>,
+    pub gold_logprob: Vec<f32>,
+}
+
+/// Borrowed [`Targets`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TargetsRef<'a> {
+    pub k: usize,
+    pub topk_ids: &'a [u32],
+    pub topk_logprobs: &'a [f32],
+    pub tail_logmass: &'a [f32],
+    pub gold_logprob: &'a [f32],
+}
+
+impl Targets {
+    pub fn positions(&self) -> usize {
+        self.tail_logmass.len()
+    }
+
+    pub fn as_ref(&self) -> TargetsRef<'_> {
+        TargetsRef {
+            k: self.k,
+            topk_ids: &self.topk_ids,
+            topk_logprobs: &self.topk_logprobs,
+            tail_logmass: &self.tail_logmass,
+            gold_logprob: &self.gold_logprob,
+        }
+    }
+}
+
+impl TargetsRef<'_> {
+    pub fn positions(&self) -> usize {
+        self.tail_logmass.len()
+    }
+
+    fn check(&self, vocab: usize) -> Result<(), PackError> {
+        let (p, k) = (self.positions(), self.k);
+        if k == 0 || k > MAX_K {
+            return err("k", format!("{k} is outside 1..={MAX_K}"));
+        }
+        if vocab == 0 || id_bits(vocab) > MAX_ID_BITS {
+            return err(
+                "vocab_size",
+                format!("{vocab} needs more than {MAX_ID_BITS} id bits"),
+            );
+        }
+        for (name, len, want) in [
+            ("topk_ids", self.topk_ids.len(), p * k),
+            ("topk_logprobs", self.topk_logprobs.len(), p * k),
+            ("gold_logprob", self.gold_logprob.len(), p),
+        ] {
+            if len != want {
+                return err(
+                    name,
+                    format!("{len} values for {p} positions x k {k} (expected {want})"),
+                );
+            }
+        }
+        if u32::try_from(p).is_err() {
+            return err("positions", format!("{p} is over {}", u32::MAX));
+        }
+        Ok(())
+    }
+}
+
+/// f16 bits of a log-prob: NaN refused, values below f16's range floored at its lowest,
+/// -inf kept only where `keep_neg_inf`.
+fn f16_bits(v: f32, keep_neg_inf: bool, field: impl FnOnce() -> String) -> Result<u64, PackError> {
+    if v.is_nan() {
+        return err(field(), "is NaN");
+    }
+    let lowest = f16::MIN.to_f32();
+    let v = if v == f32::NEG_INFINITY && keep_neg_inf {
+        v
+    } else {
+        v.clamp(lowest, f16::MAX.to_f32())
+    };
+    Ok(f16::from_f32(v).to_bits() as u64)
+}
+
+fn from_f16_bits(bits: u64) -> f32 {
+    f16::from_bits(bits as u16).to_f32()
+}
+
+/// The code of log-prob `lp` below the decoded top `top`.
+fn value_code(lp: f32, top: f32, max: u32) -> u32 {
+    let r = ((lp - top).min(0.0) / VALUE_ROOT).exp(); // in [0, 1]; 0 for -inf
+    ((1.0 - r) * max as f32).round().clamp(0.0, max as f32) as u32
+}
+
+/// The log-prob a code stands for; the last code (`r` in `[0, 1/(2M)]`) reads as the middle
+/// of its interval, so every decoded log-prob is finite.
+fn code_value(code: u32, top: f32, max: u32) -> f32 {
+    let r = if code == max {
+        0.25 / max as f32
+    } else {
+        1.0 - code as f32 / max as f32
+    };
+    top + VALUE_ROOT * r.ln()
+}
+
+/// The Rice parameter of each gap of a row: `floor(log2(0.69 * mean))` of an exponential
+/// running mean (weight 0.3) of the gaps before it, starting at `vocab / k`; integer
+/// arithmetic (the mean in sixteenths) so both ends agree bit for bit.
+struct AdaptiveRice {
+    mean16: u64,
+    max: u32,
+}
+
+impl AdaptiveRice {
+    fn new(vocab: usize, k: usize, w: u32) -> Self {
+        Self {
+            mean16: (vocab / k).max(1) as u64 * 16,
+            max: w,
+        }
+    }
+
+    fn param(&self) -> u32 {
+        let m = self.mean16 * 69 / 1600;
+        if m <= 1 {
+            0
+        } else {
+            (63 - m.leading_zeros()).min(self.max)
+        }
+    }
+
+    fn update(&mut self, gap: u64) {
+        self.mean16 = (7 * self.mean16 + 48 * (gap + 1)) / 10;
+    }
+}
+
+/// Packs `t` (ids below `vocab`) with `packing`.
+pub fn pack(t: &TargetsRef<'_>, packing: Packing, vocab: usize) -> Result<Vec<u8>, PackError> {
+    t.check(vocab)?;
+    let (positions, k) = (t.positions(), t.k);
+    let w = id_bits(vocab);
+    let max = packing.code_max();
+    let mut out = Vec::with_capacity(packing.max_bytes(positions, k, vocab));
+    out.push(packing.code());
+    out.push(w as u8);
+    out.extend_from_slice(&(k as u16).to_le_bytes());
+    out.extend_from_slice(&(positions as u32).to_le_bytes());
+    let mut ids_out = BitWriter::with_capacity(positions * k * (w as usize + 1) / 8);
+    let mut codes_out = BitWriter::with_capacity(positions * k * packing.value_bits as usize / 8);
+    let mut order: Vec<usize> = Vec::with_capacity(k);
+    let mut gaps: Vec<u32> = Vec::with_capacity(k);
+    for p in 0..positions {
+        let ids = &t.topk_ids[p * k..(p + 1) * k];
+        let lps = &t.topk_logprobs[p * k..(p + 1) * k];
+        if let Some(j) = ids.iter().position(|&id| id as usize >= vocab) {
+            return err(
+                format!("topk_ids[{p}][{j}]"),
+                format!(
+                    "{} is not below the vocabulary size {vocab} ({w} id bits)",
+                    ids[j]
+                ),
+            );
+        }
+        if let Some(j) = lps.iter().position(|v| v.is_nan()) {
+            return err(format!("topk_logprobs[{p}][{j}]"), "is NaN");
+        }
+        let top_raw = lps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let top_bits = f16_bits(top_raw, false, || format!("topk_logprobs[{p}]"))?;
+        let top = from_f16_bits(top_bits);
+        out.extend_from_slice(&(top_bits as u16).to_le_bytes());
+        let tail = f16_bits(t.tail_logmass[p], true, || format!("tail_logmass[{p}]"))?;
+        out.extend_from_slice(&(tail as u16).to_le_bytes());
+        let gold = f16_bits(t.gold_logprob[p], false, || format!("gold_logprob[{p}]"))?;
+        out.extend_from_slice(&(gold as u16).to_le_bytes());
+        match packing.ids {
+            IdCoding::Bits => {
+                // Rank 0 must be the top: rows arrive sorted by descending log-prob.
+                if lps[0] != top_raw {
+                    return err(
+                        format!("topk_logprobs[{p}]"),
+                        "is not sorted by descending log-prob",
+                    );
+                }
+                ids.iter().for_each(|&id| ids_out.put(id as u64, w));
+                for &lp in &lps[1..] {
+                    codes_out.put(value_code(lp, top, max) as u64, packing.value_bits);
+                }
+            }
+            IdCoding::Delta => {
+                order.clear();
+                order.extend(0..k);
+                order.sort_unstable_by_key(|&j| ids[j]);
+                gaps.clear();
+                let mut next = 0u32; // smallest id the next one may take
+                for &j in &order {
+                    if ids[j] < next {
+                        return err(
+                            format!("topk_ids[{p}]"),
+                            format!("holds id {} twice", ids[j]),
+                        );
+                    }
+                    gaps.push(ids[j] - next);
+                    next = ids[j] + 1;
+                }
+                let mut rice = AdaptiveRice::new(vocab, k, w);
+                for &g in &gaps {
+                    let r = rice.param();
+                    let q = (g >> r) as u64;
+                    if q < RICE_ESCAPE {
+                        ids_out.put_unary(q);
+                        ids_out.put((g & ((1u32 << r) - 1)) as u64, r);
+                    } else {
+                        ids_out.put((1 << RICE_ESCAPE) - 1, RICE_ESCAPE as u32);
+                        ids_out.put(g as u64, w);
+                    }
+                    rice.update(g as u64);
+                }
+                for &j in &order {
+                    codes_out.put(value_code(lps[j], top, max) as u64, packing.value_bits);
+                }
+            }
+        }
+    }
+    out.extend_from_slice(&ids_out.finish());
+    out.extend_from_slice(&codes_out.finish());
+    Ok(out)
+}
+
+/// The header of a packed row: `(packing, id bits, k, positions)`.
+pub fn header(bytes: &[u8]) -> Result<(Packing, u32, usize, usize), PackError> {
+    if bytes.len() < HEADER_BYTES {
+        return err(
+            "packed",
+            format!(
+                "{} bytes, shorter than the {HEADER_BYTES}-byte header",
+                bytes.len()
+            ),
+        );
+    }
+    let packing = Packing::from_code(bytes[0] as i32).ok_or_else(|| PackError {
+        field: "packed".into(),
+        message: format!(
+            "unknown packing number {} (this build knows 1..={})",
+            bytes[0],
+            PACKINGS.len()
+        ),
+    })?;
+    let k = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
+    let positions = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    Ok((packing, bytes[1] as u32, k, positions))
+}
+
+/// Unpacks a row made by [`pack`], checking it against what the receiver expects.
+pub fn unpack(
+    bytes: &[u8],
+    packing: Packing,
+    vocab: usize,
+    k: usize,
+) -> Result<Targets, PackError> {
+    let (found, w, found_k, positions) = header(bytes)?;
+    if found != packing {
+        return err(
+            "packed",
+            format!(
+                "row is packed as {}, expected {}",
+                found.name(),
+                packing.name()
+            ),
+        );
+    }
+    if w != id_bits(vocab) {
+        return err(
+            "packed",
+            format!(
+                "row's ids take {w} bits, but the vocabulary size {vocab} needs {}",
+                id_bits(vocab)
+            ),
+        );
+    }
+    if found_k != k {
+        return err("packed", format!("row has k {found_k}, expected {k}"));
+    }
+    let max = packing.code_max();
+    let corrupt = |what: String| PackError {
+        field: "packed".into(),
+        message: format!("corrupt row: {what}"),
+    };
+    let longest = packing.max_bytes(positions, k, vocab);
+    if bytes.len() > longest {
+        return Err(corrupt(format!(
+            "{} bytes, more than {longest} for {positions} positions x k {k}",
+            bytes.len()
+        )));
+    }
+    let f16_end = HEADER_BYTES + positions * 2 * F16_FIELDS;
+    if bytes.len() < f16_end {
+        return Err(corrupt(format!(
+            "{} bytes, its {positions} positions' f16 fields alone take {f16_end}",
+            bytes.len()
+        )));
+    }
+    let f16_at = |p: usize, field: usize| {
+        let o = HEADER_BYTES + (p * F16_FIELDS + field) * 2;
+        from_f16_bits(u16::from_le_bytes([bytes[o], bytes[o + 1]]) as u64)
+    };
+    let mut out = Targets {
+        k,
+        topk_ids: Vec::with_capacity(positions * k),
+        topk_logprobs: Vec::with_capacity(positions * k),
+        tail_logmass: (0..positions).map(|p| f16_at(p, 1)).collect(),
+        gold_logprob: (0..positions).map(|p| f16_at(p, 2)).collect(),
+    };
+    // The id section, all positions; then the code section on the next byte.
+    let mut ids_in = BitReader::new(&bytes[f16_end..]);
+    let short =
+        |what: &str, p: usize| corrupt(format!("{what} end inside position {p} of {positions}"));
+    for p in 0..positions {
+        match packing.ids {
+            IdCoding::Bits => {
+                for _ in 0..k {
+                    let id = ids_in.get(w).ok_or_else(|| short("ids", p))?;
+                    out.topk_ids.push(id as u32);
+                }
+            }
+            IdCoding::Delta => {
+                let mut rice = AdaptiveRice::new(vocab, k, w);
+                let mut next = 0u64;
+                for _ in 0..k {
+                    let r = rice.param();
+                    let q = ids_in
+                        .get_ones(RICE_ESCAPE)
+                        .ok_or_else(|| short("ids", p))?;
+                    let gap = if q < RICE_ESCAPE {
+                        q << r | ids_in.get(r).ok_or_else(|| short("ids", p))?
+                    } else {
+                        ids_in.get(w).ok_or_else(|| short("ids", p))?
+                    };
+                    rice.update(gap);
+                    let id = next + gap;
+                    if id >= vocab as u64 {
+                        return Err(corrupt(format!(
+                            "id {id} at position {p} is not below the vocabulary size {vocab}"
+                        )));
+                    }
+                    out.topk_ids.push(id as u32);
+                    next = id + 1;
+                }
+            }
+        }
+    }
+    let codes_start = f16_end + ids_in.position().div_ceil(8);
+    let mut codes_in = BitReader::new(&bytes[codes_start.min(bytes.len())..]);
+    let mut row: Vec<(u32, f32)> = Vec::with_capacity(k);
+    for p in 0..positions {
+        let top = f16_at(p, 0);
+        if !top.is_finite() {
+            return Err(corrupt(format!("top log-prob {top} at position {p}")));
+        }
+        row.clear();
+        row.extend(out.topk_ids[p * k..(p + 1) * k].iter().map(|&id| (id, top)));
+        let coded = match packing.ids {
+            IdCoding::Bits => &mut row[1..],
+            IdCoding::Delta => &mut row[..],
+        };
+        for entry in coded {
+            let c = codes_in
+                .get(packing.value_bits)
+                .ok_or_else(|| short("codes", p))? as u32;
+            entry.1 = code_value(c, top, max);
+        }
+        if packing.ids == IdCoding::Delta {
+            // Back to rank order: descending log-prob, ties by id.
+            row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for (slot, e) in out.topk_ids[p * k..(p + 1) * k].iter_mut().zip(&row) {
+                *slot = e.0;
+            }
+        }
+        if let Some(&(id, _)) = row.iter().find(|e| e.0 as usize >= vocab) {
+            return Err(corrupt(format!(
+                "id {id} at position {p} is not below the vocabulary size {vocab}"
+            )));
+        }
+        out.topk_logprobs.extend(row.iter().map(|e| e.1));
+    }
+    let used = codes_start + codes_in.position().div_ceil(8);
+    if used != bytes.len() {
+        return Err(corrupt(format!(
+            "{} bytes, its {positions} positions take {used}",
+            bytes.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
