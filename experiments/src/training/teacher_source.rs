@@ -213,6 +213,8 @@ pub fn remote_vs_cache(opts: &Options, work: &Path) -> Result<TeacherReport> {
             limit: None,
             progress: false,
             view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+            packing: None,
+            zstd_level: None,
         };
         edkd_teacher::annotate(&client, &cfg).await?;
         Ok::<_, Error>(())
