@@ -1,6 +1,6 @@
 //! `edkd experiment`: experiments that answer a question end to end and write a report.
 
-use crate::experiment_kd;
+use crate::{experiment_compression, experiment_kd};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -12,11 +12,15 @@ pub enum Command {
     /// The student's training step at a 49k vocabulary split into body, LM head and loss
     /// (forward and backward), before and after the loss changes, and with a bf16 LM head.
     KdStep(experiment_kd::StepArgs),
+    /// What packing the teacher's top-k costs: bytes per target token and the relative
+    /// error of the KD loss and its gradient, per packing and k, on real SmolLM2 targets.
+    Compression(experiment_compression::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Kd(args) => experiment_kd::kd(args),
         Command::KdStep(args) => experiment_kd::step(args),
+        Command::Compression(args) => experiment_compression::run(args),
     }
 }

@@ -6,6 +6,7 @@ mod data;
 mod demo;
 mod device;
 mod experiment;
+mod experiment_compression;
 mod experiment_kd;
 mod export;
 mod generate;

@@ -192,6 +192,7 @@ fn server_memory_and_connections_stay_bounded_under_abuse() {
         temperature: 1.0,
         value_format: 1,
         tokenizer_sha256: String::new(),
+        ..Default::default()
     };
     let score = |client: &edkd_teacher::Client| {
         let answer = rt.block_on(client.score(good.clone())).unwrap();

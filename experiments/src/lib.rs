@@ -18,11 +18,14 @@
 //! - [`kd_real`]: distillation on a real teacher and task (SmolLM2-135M-Instruct, code
 //!   summarisation): random- vs decoder-initialised students, CE vs KD, with bootstrap
 //!   intervals; and the student step's time split at a 49k vocabulary.
+//! - [`compression`]: what packing the teacher's top-k (narrow ids, quantised log-probs,
+//!   zstd) costs in KD loss and gradient, per packing and k, on real SmolLM2 targets.
 //!
 //! The Python reference implementations these compare against are in `scripts/`, run with
 //! the project venv's interpreter ([`python`]).
 
 pub mod allreduce;
+pub mod compression;
 pub mod edge;
 pub mod efficiency;
 pub mod error;

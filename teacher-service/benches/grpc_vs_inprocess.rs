@@ -176,6 +176,7 @@ fn main() -> anyhow::Result<()> {
         temperature: 1.0,
         value_format: ValueFormat::F16 as i32,
         tokenizer_sha256: String::new(),
+        ..Default::default()
     };
 
     // In-process: the same batches through the same scoring code, no network, on a thread

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edkd_data::manifest::Verify;
+use edkd_data::packing::Packing;
 use edkd_data::{CacheEntry, CacheMeta, CacheWriter, Dataset, OpenOptions};
 use edkd_models::chat::TeacherView;
 use edkd_proto::teacher::v1::{ScoreRequest, Sequence, ValueFormat};
@@ -37,6 +38,11 @@ pub struct AnnotateConfig {
     pub progress: bool,
     /// How the teacher reads each input (recorded in the cache's metadata).
     pub view: Arc<TeacherView>,
+    /// Write a format-version-2 cache packed this way (scores still travel as f32, so
+    /// they are quantised once); `None`: version 1 (u32 ids, f32 values).
+    pub packing: Option<Packing>,
+    /// With `packing`: compress each row with zstd at this level.
+    pub zstd_level: Option<i32>,
 }
 
 /// What a run did.
@@ -154,7 +160,7 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     let ds = Arc::new(Dataset::open(&config.data, &options)?);
     let tokenizer_sha256 = ds.manifest.tokenizer.sha256.clone();
     let eos = ds.manifest.tokenizer.special_ids.eos;
-    let meta = CacheMeta {
+    let mut meta = CacheMeta {
         teacher_prompt: config.view.key(),
         ..CacheMeta::new(
             &info.model_id,
@@ -163,6 +169,13 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
             config.temperature,
         )
     };
+    if let Some(packing) = config.packing {
+        meta = meta.packed(packing, info.vocab_size as usize, config.zstd_level);
+    } else if config.zstd_level.is_some() {
+        return Err(Error::Config(
+            "zstd applies to packed caches: choose a packing too".into(),
+        ));
+    }
     let mut writer = CacheWriter::open(&config.out, meta, config.shard_rows)?;
 
     let total = ds.len() as usize;
@@ -247,6 +260,7 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
                 temperature,
                 value_format: ValueFormat::F32 as i32,
                 tokenizer_sha256: tokenizer_sha256.clone(),
+                ..Default::default()
             }
         }))
     };

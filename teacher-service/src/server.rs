@@ -70,18 +70,21 @@ impl Inner {
     async fn score(&self, req: ScoreRequest) -> Result<ScoreResponse> {
         let (request_id, top_k) = (req.request_id, req.top_k);
         let valid = validate(req, &self.limits, &self.info.tokenizer_sha256)?;
-        let format = valid.format;
+        let (format, packing) = (valid.format, valid.packing);
         let scores = self.batcher.score(valid.seqs).await?;
+        let vocab = self.limits.vocab_size;
         let sequences = scores
             .iter()
             .zip(valid.ids)
-            .map(|(s, id)| encode(id, s, format))
-            .collect();
+            .map(|(s, id)| encode(id, s, format, packing, vocab))
+            .collect::<Result<_>>()?;
         Ok(ScoreResponse {
             request_id,
             top_k,
             value_format: format as i32,
             sequences,
+            packing: packing.map_or(0, |p| p.code() as i32),
+            vocab_size: if packing.is_some() { vocab as u32 } else { 0 },
         })
     }
 
@@ -117,15 +120,28 @@ fn encode(
     id: String,
     s: &SeqScores,
     format: edkd_proto::teacher::v1::ValueFormat,
-) -> ScoredSequence {
-    ScoredSequence {
+    packing: Option<edkd_data::packing::Packing>,
+    vocab: usize,
+) -> Result<ScoredSequence> {
+    if let Some(packing) = packing {
+        let t = edkd_data::packing::TargetsRef {
+            k: s.k,
+            topk_ids: &s.topk_ids,
+            topk_logprobs: &s.topk_logprobs,
+            tail_logmass: &s.tail_logmass,
+            gold_logprob: &s.gold_logprob,
+        };
+        return wire::encode_packed(id, &t, packing, vocab);
+    }
+    Ok(ScoredSequence {
         id,
         num_positions: s.tail_logmass.len() as u32,
         topk_ids: wire::encode_ids(&s.topk_ids),
         topk_logprobs: wire::encode_logprobs(&s.topk_logprobs, format),
         tail_logmass: wire::encode_tail(&s.tail_logmass, format),
         gold_logprob: wire::encode_logprobs(&s.gold_logprob, format),
-    }
+        packed: Default::default(),
+    })
 }
 
 /// Counts a request in `requests_in_flight` until it is answered or dropped (cancelled).
@@ -352,6 +368,10 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             max_request_bytes: config.max_request_bytes as u64,
             max_response_bytes: config.max_response_bytes as u64,
         }),
+        packings: edkd_data::packing::PACKINGS
+            .iter()
+            .map(|p| p.code() as i32)
+            .collect(),
     };
 
     let metrics = Arc::new(Metrics::new()?);

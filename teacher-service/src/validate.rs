@@ -36,6 +36,8 @@ pub struct Validated {
     pub seqs: Vec<SeqInput>,
     pub ids: Vec<String>,
     pub format: ValueFormat,
+    /// `None`: the separate arrays in `format`.
+    pub packing: Option<edkd_data::packing::Packing>,
 }
 
 /// Checks `req` against `limits` and the teacher's tokenizer (`tokenizer_sha256`, empty if
@@ -64,6 +66,7 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
         )
     })?;
     let format = wire::resolve(format);
+    let packing = wire::requested_packing(req.packing)?;
     let k = req.top_k as usize;
     if k == 0 || k > limits.max_top_k {
         return Err(Error::invalid(
@@ -149,7 +152,15 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
             ),
         ));
     }
-    let bytes = wire::payload_bytes(total_targets, k, format);
+    let bytes = match packing {
+        Some(p) => wire::packed_payload_bytes(
+            seqs.iter().map(|s| s.target.len()),
+            k,
+            p,
+            limits.vocab_size,
+        ),
+        None => wire::payload_bytes(total_targets, k, format),
+    };
     if bytes > limits.max_response_bytes {
         return Err(Error::invalid(
             "top_k",
@@ -159,5 +170,10 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
             ),
         ));
     }
-    Ok(Validated { seqs, ids, format })
+    Ok(Validated {
+        seqs,
+        ids,
+        format,
+        packing,
+    })
 }

@@ -1,6 +1,9 @@
-//! Packed little-endian arrays on the wire: token ids as u32, values as f32, f16 or bf16.
+//! Packed little-endian arrays on the wire: token ids as u32, values as f32, f16 or bf16;
+//! or, when the request asks for a `packing`, one packed row per sequence
+//! ([`edkd_data::packing`]: narrow ids, quantised log-probs).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use edkd_data::packing::{self, Packing, TargetsRef};
 use edkd_proto::teacher::v1::{ScoreResponse, ScoredSequence, ValueFormat};
 use half::{bf16, f16};
 
@@ -116,6 +119,44 @@ pub struct Scores {
     pub gold_logprob: Vec<f32>,
 }
 
+/// The packing a request asks for (`None`: the separate arrays). A number this build does
+/// not know (a newer client) is INVALID_ARGUMENT naming `packing`.
+pub fn requested_packing(code: i32) -> Result<Option<Packing>> {
+    if code == 0 {
+        return Ok(None);
+    }
+    Packing::from_code(code).map(Some).ok_or_else(|| {
+        let known: Vec<String> = packing::PACKINGS
+            .iter()
+            .map(|p| format!("{} {}", p.code(), p.name()))
+            .collect();
+        Error::invalid(
+            "packing",
+            format!(
+                "unknown value {code} (this server knows 0 unpacked, {})",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
+/// One packed sequence: `SeqScores`-shaped arrays as a [`ScoredSequence`] with `packed` set.
+pub fn encode_packed(
+    id: String,
+    t: &TargetsRef<'_>,
+    packing: Packing,
+    vocab: usize,
+) -> Result<ScoredSequence> {
+    let packed = packing::pack(t, packing, vocab)
+        .map_err(|e| Error::Model(format!("packing sequence `{id}`: {e}")))?;
+    Ok(ScoredSequence {
+        id,
+        num_positions: t.positions() as u32,
+        packed: packed.into(),
+        ..Default::default()
+    })
+}
+
 impl Scores {
     /// Packs into the wire message.
     pub fn encode(&self, format: ValueFormat) -> ScoredSequence {
@@ -126,7 +167,48 @@ impl Scores {
             topk_logprobs: encode_logprobs(&self.topk_logprobs, format),
             tail_logmass: encode_tail(&self.tail_logmass, format),
             gold_logprob: encode_logprobs(&self.gold_logprob, format),
+            packed: Bytes::new(),
         }
+    }
+
+    /// Packs into the wire message as one packed row.
+    pub fn encode_packed(&self, packing: Packing, vocab: usize) -> Result<ScoredSequence> {
+        let t = TargetsRef {
+            k: self.k,
+            topk_ids: &self.topk_ids,
+            topk_logprobs: &self.topk_logprobs,
+            tail_logmass: &self.tail_logmass,
+            gold_logprob: &self.gold_logprob,
+        };
+        encode_packed(self.id.clone(), &t, packing, vocab)
+    }
+
+    /// Unpacks a packed wire message, checking it against `positions`, `k` and `vocab`.
+    pub fn decode_packed(
+        seq: &ScoredSequence,
+        k: usize,
+        packing: Packing,
+        vocab: usize,
+    ) -> Result<Self> {
+        let t = packing::unpack(&seq.packed, packing, vocab, k)
+            .map_err(|e| Error::Wire(format!("sequence `{}`: {e}", seq.id)))?;
+        if t.positions() != seq.num_positions as usize {
+            return Err(Error::Wire(format!(
+                "sequence `{}`: packed row has {} positions, num_positions says {}",
+                seq.id,
+                t.positions(),
+                seq.num_positions
+            )));
+        }
+        Ok(Self {
+            id: seq.id.clone(),
+            positions: t.positions(),
+            k,
+            topk_ids: t.topk_ids,
+            topk_logprobs: t.topk_logprobs,
+            tail_logmass: t.tail_logmass,
+            gold_logprob: t.gold_logprob,
+        })
     }
 
     /// Unpacks a wire message, checking every array's length against `positions` and `k`.
@@ -159,14 +241,44 @@ impl Scores {
     }
 }
 
-/// Unpacks every sequence of a response.
+/// Unpacks every sequence of a response, packed or not (as the response says: a server
+/// that predates packing answers a packed request with the separate arrays).
 pub fn decode_response(response: &ScoreResponse) -> Result<Vec<Scores>> {
+    let k = response.top_k as usize;
+    if response.packing != 0 {
+        let packing = Packing::from_code(response.packing).ok_or_else(|| {
+            Error::Wire(format!(
+                "response packing {} is unknown to this client",
+                response.packing
+            ))
+        })?;
+        let vocab = response.vocab_size as usize;
+        return response
+            .sequences
+            .iter()
+            .map(|s| Scores::decode_packed(s, k, packing, vocab))
+            .collect();
+    }
     let format = response.value_format();
     response
         .sequences
         .iter()
-        .map(|s| Scores::decode(s, response.top_k as usize, format))
+        .map(|s| Scores::decode(s, k, format))
         .collect()
+}
+
+/// Largest encoded size of sequences of `positions` each at `k`, packed with `packing` for
+/// `vocab`, protobuf framing excluded.
+pub fn packed_payload_bytes(
+    positions: impl IntoIterator<Item = usize>,
+    k: usize,
+    packing: Packing,
+    vocab: usize,
+) -> usize {
+    positions
+        .into_iter()
+        .map(|p| packing.max_bytes(p, k, vocab))
+        .sum()
 }
 
 /// Encoded size of `positions` scored positions at `k` in `format`, protobuf framing excluded.

@@ -76,6 +76,8 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
         limit: Some(12),
         progress: false,
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+        packing: None,
+        zstd_level: None,
     };
     // An interrupted run: 12 examples, two full shards and a short last one.
     let first = annotate(&client, &config).await.unwrap();
@@ -143,6 +145,8 @@ fn config(data: &Path, out: &Path) -> AnnotateConfig {
         limit: None,
         progress: false,
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+        packing: None,
+        zstd_level: None,
     }
 }
 

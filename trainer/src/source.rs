@@ -361,6 +361,7 @@ impl TeacherSource for Remote {
                     temperature: self.config.temperature,
                     value_format: ValueFormat::F32 as i32,
                     tokenizer_sha256: sha.clone(),
+                    ..Default::default()
                 });
                 rows_of.push(Vec::new());
                 tokens = 0;

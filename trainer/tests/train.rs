@@ -248,6 +248,8 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
             limit: None,
             progress: false,
             view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+            packing: None,
+            zstd_level: None,
         };
         edkd_teacher::annotate(&client, &cfg).await.unwrap();
     });

@@ -1,4 +1,4 @@
-//! `edkd data inspect`.
+//! `edkd data inspect`: a prepared dataset folder, or a teacher-logit cache folder.
 
 use std::path::PathBuf;
 
@@ -6,11 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use edkd_data::manifest::{Manifest, Verify};
 use edkd_data::tokenizer::Tokenizer;
-use edkd_data::{Dataset, OpenOptions, inspect};
+use edkd_data::{CacheReader, Dataset, OpenOptions, inspect};
 
 #[derive(Parser)]
 pub struct Args {
-    /// A folder written by `edkd data prepare`.
+    /// A folder written by `edkd data prepare`, or a teacher-logit cache folder written by
+    /// `edkd teacher annotate` (format, packing, bytes per target position, a few rows).
     dir: PathBuf,
     /// Tokenizer to decode examples with (default: tokenizer.json in or next to DIR, if its
     /// sha256 matches the manifest).
@@ -19,12 +20,36 @@ pub struct Args {
     /// Examples to decode per split.
     #[arg(long, default_value_t = 3)]
     examples: usize,
-    /// Also check every shard's sha256 against the manifest.
+    /// Also check every shard's sha256 against the manifest (a cache: decode every row).
     #[arg(long)]
     verify: bool,
 }
 
+/// A folder without a manifest holding `cache-*.arrow` shards is a teacher-logit cache.
+fn is_cache(dir: &std::path::Path) -> bool {
+    !dir.join("manifest.json").exists()
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("cache-") && name.ends_with(".arrow")
+            })
+        })
+}
+
+fn inspect_cache(a: &Args) -> anyhow::Result<()> {
+    let reader = CacheReader::open(&a.dir)?;
+    print!("{}", reader.describe(a.examples)?);
+    if a.verify {
+        println!("all {} rows decode", reader.verify()?);
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if is_cache(&a.dir) {
+        return inspect_cache(&a);
+    }
     let manifest = Manifest::load(&a.dir)?;
     print!("{}", inspect::summary(&manifest));
     let tokenizer = match &a.tokenizer {

@@ -56,6 +56,14 @@ pub struct Args {
     /// The plain prompt, with one `{input}`.
     #[arg(long, default_value = "")]
     prompt_template: String,
+    /// Write a packed cache (format version 2): bits-q8, bits-q6, bits-q4, delta-q8,
+    /// delta-q6 or delta-q4 (see `experiments/reports/compression.md` for what each costs).
+    /// Default: version 1, u32 ids and f32 values.
+    #[arg(long)]
+    packing: Option<String>,
+    /// With --packing: compress each row with zstd at this level (1..=22).
+    #[arg(long)]
+    zstd: Option<i32>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -79,6 +87,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         limit: args.limit,
         progress: true,
         view: Arc::new(view),
+        packing: args
+            .packing
+            .as_deref()
+            .map(edkd_data::packing::Packing::from_name)
+            .transpose()?,
+        zstd_level: args.zstd,
     };
     let s = edkd_teacher::annotate(&client, &config).await?;
     println!("cache      {}", args.out.display());

@@ -28,6 +28,9 @@ pub struct Args {
     /// Softmax temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
+    /// Ask for packed scores (bits-q8, delta-q4, ...): what a trainer would receive.
+    #[arg(long)]
+    packing: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -74,6 +77,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             temperature: args.temperature,
             value_format: ValueFormat::F32 as i32,
             tokenizer_sha256: tokenizer.sha256().to_owned(),
+            packing: args
+                .packing
+                .as_deref()
+                .map(edkd_data::packing::Packing::from_name)
+                .transpose()?
+                .map_or(0, |p| p.code() as i32),
         })
         .await?;
     let scores = decode_response(&response)?.remove(0);

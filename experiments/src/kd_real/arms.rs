@@ -374,6 +374,8 @@ pub fn annotate(cfg: &KdRealConfig, files: &Files, teacher: &Path, device: Devic
         limit: None,
         progress: true,
         view: Arc::new(teacher_view(cfg, files)?),
+        packing: None,
+        zstd_level: None,
     };
     let summary = rt.block_on(edkd_teacher::annotate(&client, &config));
     rt.block_on(server.shutdown())?;

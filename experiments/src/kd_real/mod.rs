@@ -11,7 +11,7 @@
 //! Every phase leaves its result in the output folder and is skipped when it is there, so
 //! an interrupted run resumes (trainer runs resume from their checkpoints).
 
-mod arms;
+pub(crate) mod arms;
 pub mod report;
 mod report_md;
 mod score;

@@ -322,6 +322,8 @@ async fn annotate_cache(p: &Prepared, opts: &Options, addr: &str, out: &Path) ->
         limit: None,
         progress: false,
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
+        packing: None,
+        zstd_level: None,
     };
     edkd_teacher::annotate(&client, &cfg).await?;
     Ok(())

@@ -67,6 +67,7 @@ pub fn request(sequences: Vec<Sequence>, k: u32, temperature: f32) -> ScoreReque
         temperature,
         value_format: ValueFormat::F32 as i32,
         tokenizer_sha256: String::new(),
+        ..Default::default()
     }
 }
 
