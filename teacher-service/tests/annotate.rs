@@ -113,7 +113,8 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
     let teacher = load("llama_linear");
     for i in (0..ds.len()).step_by(7) {
         let e = ds.example(i);
-        let entry = reader.get(e.id).unwrap();
+        let row = reader.get(e.id).unwrap().expect("every example is cached");
+        let entry = row.entry();
         let mut target = e.target_ids.to_vec();
         target.push(eos);
         assert_eq!(entry.positions(), target.len());

@@ -168,11 +168,11 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
 async fn an_unknown_packing_from_a_newer_client_names_the_field() {
     let server = server("llama_linear", ServerConfig::default()).await;
     let client = client(&server);
-    let request = ScoreRequest {
+    let unknown = ScoreRequest {
         packing: 99,
         ..request(vec![sequence("n", vec![1, 2], vec![3, 4])], 4, 1.0)
     };
-    match client.score(request).await.unwrap_err() {
+    match client.score(unknown).await.unwrap_err() {
         Error::Rpc(s) => {
             assert_eq!(s.code(), Code::InvalidArgument);
             assert!(s.message().starts_with("packing: unknown value 99"), "{}", s.message());
