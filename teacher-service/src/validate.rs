@@ -153,12 +153,9 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
         ));
     }
     let bytes = match packing {
-        Some(p) => wire::packed_payload_bytes(
-            seqs.iter().map(|s| s.target.len()),
-            k,
-            p,
-            limits.vocab_size,
-        ),
+        Some(p) => {
+            wire::packed_payload_bytes(seqs.iter().map(|s| s.target.len()), k, p, limits.vocab_size)
+        }
         None => wire::payload_bytes(total_targets, k, format),
     };
     if bytes > limits.max_response_bytes {

@@ -114,7 +114,10 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
     let server = server("llama_linear", ServerConfig::default()).await;
     let client = client(&server);
     let info = client.info().await.unwrap();
-    assert_eq!(info.packings, (1..=PACKINGS.len() as i32).collect::<Vec<_>>());
+    assert_eq!(
+        info.packings,
+        (1..=PACKINGS.len() as i32).collect::<Vec<_>>()
+    );
     let seqs = || {
         vec![
             sequence("a", tokens(3, 7, VOCAB), tokens(4, 6, VOCAB)),
@@ -138,9 +141,15 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
             .iter()
             .map(|s| s.topk_ids.len() + s.topk_logprobs.len() + s.tail_logmass.len())
             .sum();
-        assert!(packed_bytes * 3 < f32_bytes, "{packing:?}: {packed_bytes} vs {f32_bytes}");
+        assert!(
+            packed_bytes * 3 < f32_bytes,
+            "{packing:?}: {packed_bytes} vs {f32_bytes}"
+        );
         for (got, want) in decode_response(&response).unwrap().iter().zip(&exact) {
-            assert_eq!((got.id.as_str(), got.positions), (want.id.as_str(), want.positions));
+            assert_eq!(
+                (got.id.as_str(), got.positions),
+                (want.id.as_str(), want.positions)
+            );
             let k = k as usize;
             for p in 0..got.positions {
                 let top = half::f16::from_f32(want.topk_logprobs[p * k]).to_f32();
@@ -154,8 +163,12 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
                         assert_eq!(at, j);
                     }
                     let r = |lp: f32| ((lp - top).min(0.0) / 3.0).exp();
-                    let err = (r(got.topk_logprobs[p * k + at]) - r(want.topk_logprobs[p * k + j])).abs();
-                    assert!(err <= packing.r_error_bound() + 1e-6, "{packing:?} p {p} j {j}: {err}");
+                    let err =
+                        (r(got.topk_logprobs[p * k + at]) - r(want.topk_logprobs[p * k + j])).abs();
+                    assert!(
+                        err <= packing.r_error_bound() + 1e-6,
+                        "{packing:?} p {p} j {j}: {err}"
+                    );
                 }
                 assert!((got.tail_logmass[p] - want.tail_logmass[p]).abs() <= 1e-2);
             }
@@ -175,7 +188,11 @@ async fn an_unknown_packing_from_a_newer_client_names_the_field() {
     match client.score(unknown).await.unwrap_err() {
         Error::Rpc(s) => {
             assert_eq!(s.code(), Code::InvalidArgument);
-            assert!(s.message().starts_with("packing: unknown value 99"), "{}", s.message());
+            assert!(
+                s.message().starts_with("packing: unknown value 99"),
+                "{}",
+                s.message()
+            );
         }
         other => panic!("expected INVALID_ARGUMENT, got {other}"),
     }

@@ -42,7 +42,8 @@ pub fn truncate(t: &Targets, k: usize) -> Targets {
     };
     for r in 0..p {
         let row = r * big..(r + 1) * big;
-        out.topk_ids.extend_from_slice(&t.topk_ids[row.clone()][..k]);
+        out.topk_ids
+            .extend_from_slice(&t.topk_ids[row.clone()][..k]);
         out.topk_logprobs
             .extend_from_slice(&t.topk_logprobs[row.clone()][..k]);
         let dropped = t.topk_logprobs[row][k..]
@@ -174,7 +175,6 @@ pub fn errors(reference: &KdGrad, got: &KdGrad) -> Errors {
         grad_rel: rel(diff, gr),
     }
 }
-
 
 #[cfg(test)]
 mod tests {

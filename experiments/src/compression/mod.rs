@@ -84,7 +84,10 @@ impl CompressionConfig {
     fn check(&self) -> Result<()> {
         let bad = |field, msg: String| Err(Error::Input { field, msg });
         if self.examples == 0 || self.rows_per_batch == 0 {
-            return bad("examples", "examples and rows per batch must be positive".into());
+            return bad(
+                "examples",
+                "examples and rows per batch must be positive".into(),
+            );
         }
         if let Some(&k) = self.ks.iter().find(|&&k| k == 0 || k > self.annotate_k) {
             return bad(
@@ -241,12 +244,13 @@ fn measure_all(cfg: &CompressionConfig, files: &arms::Files) -> Result<Measured>
                 tail_logmass: e.tail_logmass.to_vec(),
                 gold_logprob: e.gold_logprob.to_vec(),
             };
-            let _grad = tch::with_grad(|| -> Result<()> {
+            tch::with_grad(|| -> Result<()> {
                 let top = measure::truncate(&full, largest);
                 let top_ref = measure::kd_and_grad(&z, &top, temperature as f64, vocab as i64);
                 for (ki, &k) in cfg.ks.iter().enumerate() {
                     let t_k = measure::truncate(&full, k);
-                    let reference = measure::kd_and_grad(&z, &t_k, temperature as f64, vocab as i64);
+                    let reference =
+                        measure::kd_and_grad(&z, &t_k, temperature as f64, vocab as i64);
                     reference_sum[ki] += reference.kl;
                     for (vi, &variant) in variants.iter().enumerate() {
                         let (back, bytes) = measure::through(&t_k, variant, vocab)?;
@@ -254,14 +258,17 @@ fn measure_all(cfg: &CompressionConfig, files: &arms::Files) -> Result<Measured>
                         let cell = &mut cells[vi][ki];
                         cell.bytes += bytes;
                         cell.zstd_bytes += match variant {
-                            Variant::Packed(p) => measure::zstd_bytes(&t_k, p, vocab, cfg.zstd_level)?,
+                            Variant::Packed(p) => {
+                                measure::zstd_bytes(&t_k, p, vocab, cfg.zstd_level)?
+                            }
                             _ => bytes,
                         };
                         cell.errors.push(measure::errors(&reference, &got));
                         cell.pooled.0 += got.kl * p as f64;
                         cell.pooled.1 += reference.kl * p as f64;
-                        cell.vs_largest
-                            .push((got.kl - top_ref.kl).abs() / top_ref.kl.abs().max(f64::MIN_POSITIVE));
+                        cell.vs_largest.push(
+                            (got.kl - top_ref.kl).abs() / top_ref.kl.abs().max(f64::MIN_POSITIVE),
+                        );
                     }
                 }
                 Ok(())

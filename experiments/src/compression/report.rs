@@ -104,7 +104,10 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores ({cpu}), libtorch {} threads", tch::get_num_threads())
+    format!(
+        "{cores} cores ({cpu}), libtorch {} threads",
+        tch::get_num_threads()
+    )
 }
 
 impl CompressionReport {
@@ -270,5 +273,8 @@ fn figure(r: &CompressionReport) -> Figure {
         560,
     )
     .with(panel("mean relative KD-loss error (%)", &|row| row.kl_rel_mean).titled("forward KL"))
-    .with(panel("mean relative gradient error (%)", &|row| row.grad_rel_mean).titled("gradient |g' - g| / |g|"))
+    .with(
+        panel("mean relative gradient error (%)", &|row| row.grad_rel_mean)
+            .titled("gradient |g' - g| / |g|"),
+    )
 }

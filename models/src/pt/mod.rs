@@ -100,11 +100,11 @@ fn read_record(
     Ok(out)
 }
 
+/// Named tensor specs in file order, and the config stored beside them.
+type StateDict<'p> = (Vec<(String, &'p TensorSpec)>, Option<serde_json::Value>);
+
 /// The dict of tensors (names in file order) and the optional config.
-fn find_state_dict<'p>(
-    p: &'p Pickle,
-    path: &Path,
-) -> Result<(Vec<(String, &'p TensorSpec)>, Option<serde_json::Value>)> {
+fn find_state_dict<'p>(p: &'p Pickle, path: &Path) -> Result<StateDict<'p>> {
     let Value::Dict(top) = p.get(p.root) else {
         return Err(bad(path, "the pickled object is not a dict"));
     };

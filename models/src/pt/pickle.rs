@@ -309,7 +309,7 @@ impl Machine {
     }
 
     fn set_items(&mut self, dict: usize, items: &[usize]) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("pickle: SETITEMS with an odd number of items".into());
         }
         for pair in items.chunks(2) {

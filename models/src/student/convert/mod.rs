@@ -54,8 +54,11 @@ pub struct ConvertOptions {
     pub mask_pad_tokens: bool,
 }
 
+/// Named tensors and the config stored with them, if any.
+type Weights = (Vec<(String, Tensor)>, Option<serde_json::Value>);
+
 /// The weights of a reference checkpoint and the config stored with them, if any.
-fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, Option<serde_json::Value>)> {
+fn read_weights(path: &Path) -> Result<Weights> {
     if crate::pt::is_pt(path) {
         let c = crate::pt::read(path)?;
         return Ok((c.tensors, c.config));
