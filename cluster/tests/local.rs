@@ -531,8 +531,10 @@ manifest = "data"
 "#,
         "test",
     )?;
+    // Three CPU ranks share 6 cores (GPU teachers are left alone): 2 threads each.
     let opts = LocalOptions {
         resume: true,
+        cores: 6,
         ..LocalOptions::default()
     };
     let plan = local::plan(&spec, Path::new("/opt/edkd"), &opts);
@@ -547,7 +549,8 @@ manifest = "data"
     assert_eq!(
         plan.trainer.args.join(" "),
         "--allow-run-as-root --oversubscribe -np 3 --tag-output /opt/edkd train \
-         --config train.toml --out runs/p --teacher-addr 127.0.0.1:6000,127.0.0.1:6001 --seed 1"
+         --config train.toml --out runs/p --teacher-addr 127.0.0.1:6000,127.0.0.1:6001 \
+         --set threads=2 --seed 1"
     );
     assert_eq!(plan.trainer.output, OutputFormat::MpiTagged);
     assert!(plan.resume_first);
