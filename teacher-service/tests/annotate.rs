@@ -133,6 +133,63 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
     server.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packed_cache_holds_the_f32_cache_within_the_packing_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 40);
+    let server = server("llama_linear", ServerConfig::default()).await;
+    let client = client(&server);
+    let plain = tmp.path().join("f32");
+    annotate(&client, &config(&data, &plain)).await.unwrap();
+    let packing = edkd_data::packing::Packing::new(edkd_data::packing::IdCoding::Delta, 8);
+    let packed = tmp.path().join("packed");
+    let mut cfg = config(&data, &packed);
+    cfg.packing = Some(packing);
+    cfg.zstd_level = Some(3);
+    annotate(&client, &cfg).await.unwrap();
+    let (a, b) = (
+        CacheReader::open(&plain).unwrap(),
+        CacheReader::open(&packed).unwrap(),
+    );
+    assert_eq!(b.meta().format_version, 2);
+    assert_eq!(b.meta().packing.as_deref(), Some("delta-q8"));
+    assert_eq!(b.meta().vocab_size, Some(160));
+    // k = 4 on a 160-token vocabulary: 40 B a position in f32; packed rows carry f16
+    // fields and a zstd frame each, so the saving is smaller than at a real k.
+    let (fa, fb) = (a.stats().unwrap(), b.stats().unwrap());
+    assert!(
+        fb.stored_per_position() * 1.5 < fa.stored_per_position(),
+        "{fa:?} {fb:?}"
+    );
+    let ds = open_train(&data);
+    for i in 0..ds.len() {
+        let id = ds.example(i).id;
+        let (ra, rb) = (a.get(id).unwrap().unwrap(), b.get(id).unwrap().unwrap());
+        let (x, y) = (ra.entry(), rb.entry());
+        assert_eq!(x.positions(), y.positions());
+        for p in 0..x.positions() {
+            let top = half::f16::from_f32(x.topk_logprobs[p * 4]).to_f32();
+            for j in 0..4 {
+                let at = (0..4)
+                    .find(|&c| y.topk_ids[p * 4 + c] == x.topk_ids[p * 4 + j])
+                    .unwrap();
+                let r = |lp: f32| ((lp - top).min(0.0) / 3.0).exp();
+                let err = (r(y.topk_logprobs[p * 4 + at]) - r(x.topk_logprobs[p * 4 + j])).abs();
+                assert!(
+                    err <= packing.r_error_bound() + 1e-6,
+                    "{id} p {p} j {j}: {err}"
+                );
+            }
+        }
+    }
+    // zstd without a packing is refused before anything is scored.
+    let mut bad = config(&data, &tmp.path().join("bad"));
+    bad.zstd_level = Some(3);
+    let e = annotate(&client, &bad).await.unwrap_err().to_string();
+    assert!(e.contains("zstd applies to packed caches"), "{e}");
+    server.shutdown().await.unwrap();
+}
+
 fn config(data: &Path, out: &Path) -> AnnotateConfig {
     AnnotateConfig {
         data: data.to_owned(),
