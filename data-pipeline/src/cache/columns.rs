@@ -9,7 +9,7 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt32Type};
-use arrow_array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, ArrowPrimitiveType, BinaryArray, RecordBatch, StringArray};
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field};
 
@@ -354,39 +354,31 @@ pub(super) fn part_of(path: &Path, batch: &RecordBatch, layout: &Layout) -> Resu
             packed,
         });
     }
-    let u32_list = |name: &str| -> Result<ListColumn<u32>> {
-        let list = batch
-            .column_by_name(name)
-            .and_then(|c| c.as_list_opt::<i32>())
-            .ok_or_else(|| bad(name))?;
-        let values = list
-            .values()
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| bad(name))?;
-        Ok(ListColumn {
-            offsets: list.offsets().clone(),
-            values: values.values().clone(),
-        })
-    };
-    let f32_list = |name: &str| -> Result<ListColumn<f32>> {
-        let list = batch
-            .column_by_name(name)
-            .and_then(|c| c.as_list_opt::<i32>())
-            .ok_or_else(|| bad(name))?;
-        let values = list
-            .values()
-            .as_primitive_opt::<Float32Type>()
-            .ok_or_else(|| bad(name))?;
-        Ok(ListColumn {
-            offsets: list.offsets().clone(),
-            values: values.values().clone(),
-        })
-    };
     Ok(Part::V1 {
         ids,
-        topk_ids: u32_list("topk_ids")?,
-        topk_logprobs: f32_list("topk_logprobs")?,
-        tail: f32_list("tail_logmass")?,
-        gold: f32_list("gold_logprob")?,
+        topk_ids: list_column::<UInt32Type>(batch, "topk_ids", &bad)?,
+        topk_logprobs: list_column::<Float32Type>(batch, "topk_logprobs", &bad)?,
+        tail: list_column::<Float32Type>(batch, "tail_logmass", &bad)?,
+        gold: list_column::<Float32Type>(batch, "gold_logprob", &bad)?,
+    })
+}
+
+/// The list<T> column `name` of `batch` (offsets and values), or `bad(name)`.
+fn list_column<T: ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    name: &str,
+    bad: &dyn Fn(&str) -> Error,
+) -> Result<ListColumn<T::Native>> {
+    let list = batch
+        .column_by_name(name)
+        .and_then(|c| c.as_list_opt::<i32>())
+        .ok_or_else(|| bad(name))?;
+    let values = list
+        .values()
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| bad(name))?;
+    Ok(ListColumn {
+        offsets: list.offsets().clone(),
+        values: values.values().clone(),
     })
 }
