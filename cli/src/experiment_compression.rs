@@ -19,9 +19,13 @@ pub struct Args {
     /// Python whose stdlib and site-packages give the task's functions.
     #[arg(long)]
     python: Option<PathBuf>,
-    /// Training examples annotated and measured.
+    /// Training examples measured.
     #[arg(long, default_value_t = 200)]
     examples: usize,
+    /// Training examples annotated before them whose rows give the freq packings' id
+    /// order (not measured).
+    #[arg(long, default_value_t = 50)]
+    calibration_examples: usize,
     /// k values measured (each at most 128, the annotated k), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64,128")]
     ks: Vec<usize>,
@@ -46,6 +50,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let sources = default_sources(&python)?;
     let mut cfg = CompressionConfig::new(a.out, teacher, python, sources);
     cfg.examples = a.examples;
+    cfg.calibration_examples = a.calibration_examples;
     cfg.ks = a.ks;
     cfg.zstd_level = a.zstd_level;
     cfg.threads = a.threads;

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use edkd_data::Batch;
 use edkd_data::cache::{CacheEntry, CacheMeta, CacheReader, CacheWriter, Layout};
-use edkd_data::packing::{IdCoding, PACKINGS, Packing};
+use std::sync::Arc;
+
+use edkd_data::packing::{IdCoding, IdOrder, PACKINGS, Packing};
 
 const K: usize = 4;
 const VOCAB: usize = 400;
@@ -42,7 +44,16 @@ fn packed_caches_read_back_within_the_packing_bounds() {
     for packing in PACKINGS {
         for zstd in [None, Some(3)] {
             let tmp = tempfile::tempdir().unwrap();
-            let m = meta().packed(packing, VOCAB, zstd);
+            let mut m = meta().packed(packing, VOCAB, zstd);
+            // A freq cache's order, calibrated on its first examples.
+            let order = packing.needs_order().then(|| {
+                let calib: Vec<Vec<u32>> =
+                    (0..4).map(|i| common::fake_teacher(i, 2, K).1).collect();
+                IdOrder::from_rows(VOCAB, calib.iter().flat_map(|ids| ids.chunks(K))).unwrap()
+            });
+            if let Some(o) = &order {
+                m = m.with_id_order(o);
+            }
             write(tmp.path(), m.clone(), 10);
             let r = CacheReader::open(tmp.path()).unwrap();
             assert_eq!(r.meta(), &m);
@@ -51,7 +62,8 @@ fn packed_caches_read_back_within_the_packing_bounds() {
                 &Layout::V2 {
                     packing,
                     vocab: VOCAB,
-                    zstd_level: zstd
+                    zstd_level: zstd,
+                    order: order.map(Arc::new),
                 }
             );
             assert_eq!(r.verify().unwrap(), 10);
@@ -160,6 +172,16 @@ fn bad_packed_caches_are_refused_naming_the_problem() {
         .unwrap()
         .to_string();
     assert!(e.contains("unknown `ans-q3`"), "{e}");
+    // A freq packing without the order its rows need.
+    let orderless = meta().packed(Packing::new(IdCoding::Freq, 6).rice(), VOCAB, None);
+    let e = CacheWriter::open(tmp.path(), orderless, 4)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("packing freq-e6 without the `id_order` its rows need"),
+        "{e}"
+    );
     let mut newer = meta();
     newer.format_version = 3;
     let e = CacheWriter::open(tmp.path(), newer, 4)

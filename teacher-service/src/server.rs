@@ -368,8 +368,7 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             max_request_bytes: config.max_request_bytes as u64,
             max_response_bytes: config.max_response_bytes as u64,
         }),
-        packings: edkd_data::packing::PACKINGS
-            .iter()
+        packings: crate::wire::wire_packings()
             .map(|p| p.code() as i32)
             .collect(),
     };

@@ -119,25 +119,40 @@ pub struct Scores {
     pub gold_logprob: Vec<f32>,
 }
 
+/// Packings the wire carries: all but `freq`, whose rows need an id order the messages do
+/// not hold.
+pub fn wire_packings() -> impl Iterator<Item = Packing> {
+    packing::PACKINGS.into_iter().filter(|p| !p.needs_order())
+}
+
 /// The packing a request asks for (`None`: the separate arrays). A number this build does
-/// not know (a newer client) is INVALID_ARGUMENT naming `packing`.
+/// not know (a newer client), or a cache-only packing, is INVALID_ARGUMENT naming `packing`.
 pub fn requested_packing(code: i32) -> Result<Option<Packing>> {
     if code == 0 {
         return Ok(None);
     }
-    Packing::from_code(code).map(Some).ok_or_else(|| {
-        let known: Vec<String> = packing::PACKINGS
-            .iter()
-            .map(|p| format!("{} {}", p.code(), p.name()))
-            .collect();
-        Error::invalid(
-            "packing",
-            format!(
-                "unknown value {code} (this server knows 0 unpacked, {})",
-                known.join(", ")
-            ),
-        )
-    })
+    match Packing::from_code(code) {
+        Some(p) if !p.needs_order() => Ok(Some(p)),
+        found => {
+            let known: Vec<String> = wire_packings()
+                .map(|p| format!("{} {}", p.code(), p.name()))
+                .collect();
+            let what = match found {
+                Some(p) => format!(
+                    "{code} ({}) needs an id order and is for caches only",
+                    p.name()
+                ),
+                None => format!("unknown value {code}"),
+            };
+            Err(Error::invalid(
+                "packing",
+                format!(
+                    "{what} (this server sends 0 unpacked, {})",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// One packed sequence: `SeqScores`-shaped arrays as a [`ScoredSequence`] with `packed` set.
@@ -147,7 +162,7 @@ pub fn encode_packed(
     packing: Packing,
     vocab: usize,
 ) -> Result<ScoredSequence> {
-    let packed = packing::pack(t, packing, vocab)
+    let packed = packing::pack(t, packing, vocab, None)
         .map_err(|e| Error::Model(format!("packing sequence `{id}`: {e}")))?;
     Ok(ScoredSequence {
         id,
@@ -190,7 +205,7 @@ impl Scores {
         packing: Packing,
         vocab: usize,
     ) -> Result<Self> {
-        let t = packing::unpack(&seq.packed, packing, vocab, k)
+        let t = packing::unpack(&seq.packed, packing, vocab, k, None)
             .map_err(|e| Error::Wire(format!("sequence `{}`: {e}", seq.id)))?;
         if t.positions() != seq.num_positions as usize {
             return Err(Error::Wire(format!(

@@ -115,9 +115,10 @@ impl Pending {
                     packing,
                     vocab,
                     zstd_level,
+                    ref order,
                 },
             ) => {
-                let row = packing::pack(&e.targets(k), packing, vocab)
+                let row = packing::pack(&e.targets(k), packing, vocab, order.as_deref())
                     .map_err(|err| bad(err.to_string()))?;
                 let row = match zstd_level {
                     Some(level) => zstd::bulk::compress(&row, level)
@@ -282,6 +283,7 @@ impl Part {
                     packing,
                     vocab,
                     zstd_level,
+                    ref order,
                 },
             ) => {
                 let id = ids.value(r);
@@ -299,8 +301,8 @@ impl Part {
                 } else {
                     bytes
                 };
-                let targets =
-                    packing::unpack(row, packing, vocab, k).map_err(|e| bad(e.to_string()))?;
+                let targets = packing::unpack(row, packing, vocab, k, order.as_deref())
+                    .map_err(|e| bad(e.to_string()))?;
                 if targets.positions() != p {
                     return Err(bad(format!(
                         "packed row has {} positions, the `positions` column says {p}",

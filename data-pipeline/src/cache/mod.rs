@@ -48,7 +48,7 @@ use columns::{Part, Pending, part_of};
 
 use crate::batch::Batch;
 use crate::error::{Error, Result};
-use crate::packing::Packing;
+use crate::packing::{IdOrder, Packing};
 use crate::shard::MappedIpc;
 
 /// Version of caches written without a packing (lists of u32 ids and f32 values).
@@ -80,16 +80,22 @@ pub struct CacheMeta {
     /// Version 2: zstd level each packed row was compressed at (absent: not compressed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zstd_level: Option<i32>,
+    /// Version 2, `freq` packings: the leading ids of the [`IdOrder`] the rows were packed
+    /// with (most frequent first; [`IdOrder::leading`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_order: Option<Vec<u32>>,
 }
 
 /// How a cache's rows are stored, resolved from its [`CacheMeta`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Layout {
     V1,
     V2 {
         packing: Packing,
         vocab: usize,
         zstd_level: Option<i32>,
+        /// The id order of a `freq` packing.
+        order: Option<Arc<IdOrder>>,
     },
 }
 
@@ -109,6 +115,7 @@ impl CacheMeta {
             packing: None,
             vocab_size: None,
             zstd_level: None,
+            id_order: None,
         }
     }
 
@@ -120,6 +127,14 @@ impl CacheMeta {
             packing: Some(packing.name()),
             vocab_size: Some(vocab_size),
             zstd_level,
+            ..self
+        }
+    }
+
+    /// With the id order a `freq` packing packs by.
+    pub fn with_id_order(self, order: &IdOrder) -> Self {
+        Self {
+            id_order: Some(order.leading().to_vec()),
             ..self
         }
     }
@@ -146,10 +161,22 @@ impl CacheMeta {
                         crate::packing::MAX_K
                     ));
                 }
+                let order = match (&self.id_order, packing.needs_order()) {
+                    (Some(leading), true) => Some(Arc::new(
+                        IdOrder::from_leading(vocab, leading).map_err(|e| e.to_string())?,
+                    )),
+                    (None, true) => {
+                        return Err(format!(
+                            "packing {name} without the `id_order` its rows need"
+                        ));
+                    }
+                    (_, false) => None,
+                };
                 Ok(Layout::V2 {
                     packing,
                     vocab,
                     zstd_level: self.zstd_level,
+                    order,
                 })
             }
             v => Err(format!(
@@ -280,11 +307,11 @@ impl CacheWriter {
             dir: dir.to_owned(),
             schema: Arc::new(schema(&meta, &layout)),
             meta,
+            pending: Pending::new(&layout),
             layout,
             shard_rows,
             next_shard: shards.len(),
             done,
-            pending: Pending::new(&layout),
             pending_rows: 0,
         })
     }

@@ -81,16 +81,21 @@ impl CacheReader {
             m.format_version, m.teacher_model, m.teacher_prompt, m.k, m.temperature
         );
         let _ = writeln!(s, "tokenizer sha256 {}", m.tokenizer_sha256);
-        let layout = match self.layout {
+        let layout = match &self.layout {
             Layout::V1 => "u32 ids, f32 log-probs, tail and gold (lists)".to_owned(),
             Layout::V2 {
                 packing,
                 vocab,
                 zstd_level,
+                order,
             } => format!(
-                "packed {} (vocabulary {vocab}, {} id bits), {}",
+                "packed {} (vocabulary {vocab}, {} id bits{}), {}",
                 packing.name(),
-                crate::packing::bits::id_bits(vocab),
+                crate::packing::bits::id_bits(*vocab),
+                order.as_ref().map_or(String::new(), |o| format!(
+                    ", id order of {} calibration ids",
+                    o.leading().len()
+                )),
                 zstd_level.map_or("no zstd".into(), |l| format!("zstd level {l}"))
             ),
         };

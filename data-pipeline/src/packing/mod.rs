@@ -11,11 +11,20 @@
 //!   k = 64 on SmolLM2, against 11 for the best single parameter per row); a quotient of
 //!   [`RICE_ESCAPE`] or more is sent as the raw gap instead. Log-probs are then stored in
 //!   id order and a decoded row is sorted again by descending log-prob.
-//! - log-probs, `q8` / `q6` / `q4`: the row's top log-prob as f16, every other as a code of
-//!   `b` bits on `r = (p / p_top)^(1/3)`, uniform on `[0, 1]` (`c = round((1 - r) M)`,
+//!   `freq`: as `delta`, on each id's rank in an [`IdOrder`] (the ids by how often they
+//!   appear in a calibration set's top-k rows) instead of the id itself. A cache's top-k
+//!   sets concentrate on a few thousand tokens of its domain, so ranks are denser than ids
+//!   (about 8 bits a rank at k = 64 on SmolLM2, against 10 an id). The order travels with
+//!   the rows (a cache keeps it in its metadata), so `freq` is for caches, not the wire.
+//! - log-probs, `q8` / `q6` / `q5` / `q4`: the row's top log-prob as f16, every other as a
+//!   code of `b` bits on `r = (p / p_top)^(1/3)`, uniform on `[0, 1]` (`c = round((1 - r) M)`,
 //!   `M = 2^b - 1`). The cube root spends codes where the mass is: the relative error of
 //!   `p` is about `3 / (2 M r)`, small near the top and large only for tokens that carry
-//!   little mass; `r` itself is off by at most `1 / (2 M)`.
+//!   little mass; `r` itself is off by at most `1 / (2 M)`. `e8` / `e6` / `e5` / `e4`: the
+//!   same codes, entropy-coded: each position's `v = M - c` (small for the many tokens far
+//!   below the top) Rice-coded with the cheapest parameter for that position, sent first in
+//!   3 bits; a quotient of [`CODE_ESCAPE`] or more is sent as the raw `b`-bit code. Same
+//!   error as `q<b>`, about 30 % fewer bits.
 //! - tail log-mass and gold log-prob: f16 each (-inf kept for the tail, values below f16's
 //!   range floored at -65504).
 //!
@@ -23,11 +32,15 @@
 //! u32); per position `top, tail, gold` as f16; the id section, one bit stream ([`bits`])
 //! over all positions (`bits`: k ids each; `delta`: k gaps each);
 //! the code section from the next byte on (`bits`: k - 1 codes each, the top's code being
-//! 0; `delta`: k codes each, in id order), ending on a byte boundary. Sections keep like
+//! 0; `delta`, `freq`: k codes each, in id order; `e`: each position's 3-bit Rice
+//! parameter first), ending on a byte boundary. Sections keep like
 //! with like, so zstd over a row finds the skew of ids and codes. A row whose length or
 //! contents disagree with its header is an error naming the field.
 
 pub mod bits;
+mod order;
+
+pub use order::IdOrder;
 
 use half::f16;
 use serde::{Deserialize, Serialize};
@@ -40,6 +53,10 @@ pub const HEADER_BYTES: usize = 8;
 const F16_FIELDS: usize = 3;
 /// A Rice quotient this large is sent as that many ones and the raw gap (bounds a row).
 pub const RICE_ESCAPE: u64 = 8;
+/// A Rice quotient of an `e` code this large is sent as that many ones and the raw code.
+pub const CODE_ESCAPE: u64 = 6;
+/// Bits of an `e` position's Rice parameter.
+const CODE_PARAM_BITS: u32 = 3;
 /// Largest id width a packed row can hold.
 pub const MAX_ID_BITS: u32 = 31;
 /// Exponent of the code domain `r = (p / p_top)^(1 / VALUE_ROOT)`.
@@ -55,24 +72,38 @@ pub enum IdCoding {
     Bits,
     /// Ascending set, Rice-coded gaps.
     Delta,
+    /// As `Delta`, on ranks in an [`IdOrder`].
+    Freq,
 }
 
 /// A packing: id coding and log-prob code width. Its number is the proto's `Packing` value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Packing {
     pub ids: IdCoding,
-    /// 4, 6 or 8.
+    /// 4, 5, 6 or 8.
     pub value_bits: u32,
+    /// Codes entropy-coded (`e<b>`) rather than `b` bits each (`q<b>`).
+    pub rice_codes: bool,
 }
 
-/// Every packing, in the order of their numbers (1..).
-pub const PACKINGS: [Packing; 6] = [
+/// Every packing, in the order of their numbers (1..); new ones are appended.
+pub const PACKINGS: [Packing; 16] = [
     Packing::new(IdCoding::Bits, 8),
     Packing::new(IdCoding::Bits, 4),
     Packing::new(IdCoding::Delta, 8),
     Packing::new(IdCoding::Delta, 4),
     Packing::new(IdCoding::Bits, 6),
     Packing::new(IdCoding::Delta, 6),
+    Packing::new(IdCoding::Delta, 5),
+    Packing::new(IdCoding::Delta, 8).rice(),
+    Packing::new(IdCoding::Delta, 6).rice(),
+    Packing::new(IdCoding::Delta, 5).rice(),
+    Packing::new(IdCoding::Freq, 8),
+    Packing::new(IdCoding::Freq, 6),
+    Packing::new(IdCoding::Freq, 4),
+    Packing::new(IdCoding::Freq, 8).rice(),
+    Packing::new(IdCoding::Freq, 6).rice(),
+    Packing::new(IdCoding::Freq, 5).rice(),
 ];
 
 /// What went wrong, naming the field.
@@ -92,7 +123,24 @@ fn err<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T, Pac
 
 impl Packing {
     pub const fn new(ids: IdCoding, value_bits: u32) -> Self {
-        Self { ids, value_bits }
+        Self {
+            ids,
+            value_bits,
+            rice_codes: false,
+        }
+    }
+
+    /// The same packing with entropy-coded codes.
+    pub const fn rice(self) -> Self {
+        Self {
+            rice_codes: true,
+            ..self
+        }
+    }
+
+    /// Whether rows need an [`IdOrder`] to be packed and read (`freq`).
+    pub fn needs_order(self) -> bool {
+        self.ids == IdCoding::Freq
     }
 
     /// The proto's `Packing` number (0 is "not packed").
@@ -115,8 +163,10 @@ impl Packing {
         let ids = match self.ids {
             IdCoding::Bits => "bits",
             IdCoding::Delta => "delta",
+            IdCoding::Freq => "freq",
         };
-        format!("{ids}-q{}", self.value_bits)
+        let codes = if self.rice_codes { 'e' } else { 'q' };
+        format!("{ids}-{codes}{}", self.value_bits)
     }
 
     pub fn from_name(name: &str) -> Result<Self, PackError> {
@@ -149,11 +199,21 @@ impl Packing {
     /// Most bytes a row of `positions` x `k` ids below `vocab` can take.
     pub fn max_bytes(self, positions: usize, k: usize, vocab: usize) -> usize {
         let w = id_bits(vocab) as usize;
-        let b = self.value_bits as usize;
+        // An escaped code is the dearest: CODE_ESCAPE ones and b bits.
+        let b = if self.rice_codes {
+            CODE_ESCAPE as usize + self.value_bits as usize
+        } else {
+            self.value_bits as usize
+        };
+        let param = if self.rice_codes {
+            CODE_PARAM_BITS as usize
+        } else {
+            0
+        };
         let (id_bits, code_bits) = match self.ids {
-            IdCoding::Bits => (k * w, k.saturating_sub(1) * b),
+            IdCoding::Bits => (k * w, k.saturating_sub(1) * b + param),
             // An escaped gap is the dearest: RICE_ESCAPE ones and w bits.
-            IdCoding::Delta => (k * (RICE_ESCAPE as usize + w), k * b),
+            IdCoding::Delta | IdCoding::Freq => (k * (RICE_ESCAPE as usize + w), k * b + param),
         };
         HEADER_BYTES
             + positions * 2 * F16_FIELDS
@@ -299,9 +359,116 @@ impl AdaptiveRice {
     }
 }
 
-/// Packs `t` (ids below `vocab`) with `packing`.
-pub fn pack(t: &TargetsRef<'_>, packing: Packing, vocab: usize) -> Result<Vec<u8>, PackError> {
+/// The order a `freq` packing needs, checked against the vocabulary; `None` for the others.
+fn order_for<'a>(
+    packing: Packing,
+    vocab: usize,
+    order: Option<&'a IdOrder>,
+) -> Result<Option<&'a IdOrder>, PackError> {
+    if !packing.needs_order() {
+        return Ok(None);
+    }
+    match order {
+        None => err(
+            "id_order",
+            format!(
+                "{} rows need an id order, and none was given",
+                packing.name()
+            ),
+        ),
+        Some(o) if o.vocab() != vocab => err(
+            "id_order",
+            format!(
+                "orders {} ids, but the vocabulary size is {vocab}",
+                o.vocab()
+            ),
+        ),
+        Some(o) => Ok(Some(o)),
+    }
+}
+
+/// Writes one position's codes: `b` bits each, or (`e`) Rice-coded `M - c` after the
+/// cheapest parameter.
+fn put_codes(out: &mut BitWriter, codes: &[u32], packing: Packing) {
+    let b = packing.value_bits;
+    if !packing.rice_codes {
+        codes.iter().for_each(|&c| out.put(c as u64, b));
+        return;
+    }
+    let max = packing.code_max();
+    let cost = |r: u32| -> u64 {
+        codes
+            .iter()
+            .map(|&c| {
+                let q = ((max - c) >> r) as u64;
+                if q < CODE_ESCAPE {
+                    q + 1 + r as u64
+                } else {
+                    CODE_ESCAPE + b as u64
+                }
+            })
+            .sum()
+    };
+    let r = (0..b.min(1 << CODE_PARAM_BITS))
+        .min_by_key(|&r| cost(r))
+        .unwrap_or(0);
+    out.put(r as u64, CODE_PARAM_BITS);
+    for &c in codes {
+        let v = max - c;
+        let q = (v >> r) as u64;
+        if q < CODE_ESCAPE {
+            out.put_unary(q);
+            out.put((v & ((1 << r) - 1)) as u64, r);
+        } else {
+            out.put((1 << CODE_ESCAPE) - 1, CODE_ESCAPE as u32);
+            out.put(c as u64, b);
+        }
+    }
+}
+
+/// Reads `n` codes written by [`put_codes`]; `None` where the stream ends or a code is
+/// out of range.
+fn get_codes(
+    input: &mut BitReader<'_>,
+    n: usize,
+    packing: Packing,
+    out: &mut Vec<u32>,
+) -> Option<()> {
+    let (b, max) = (packing.value_bits, packing.code_max());
+    out.clear();
+    if !packing.rice_codes {
+        for _ in 0..n {
+            out.push(input.get(b)? as u32);
+        }
+        return Some(());
+    }
+    let r = input.get(CODE_PARAM_BITS)? as u32;
+    if r >= b {
+        return None;
+    }
+    for _ in 0..n {
+        let q = input.get_ones(CODE_ESCAPE)?;
+        let c = if q < CODE_ESCAPE {
+            let v = (q << r | input.get(r)?) as u32;
+            max.checked_sub(v)?
+        } else {
+            input.get(b)? as u32
+        };
+        out.push(c);
+    }
+    Some(())
+}
+
+/// Packs `t` (ids below `vocab`) with `packing`; `order` is the id order of a `freq`
+/// packing (ignored by the others).
+pub fn pack(
+    t: &TargetsRef<'_>,
+    packing: Packing,
+    vocab: usize,
+    order: Option<&IdOrder>,
+) -> Result<Vec<u8>, PackError> {
     t.check(vocab)?;
+    let order = order_for(packing, vocab, order)?;
     let (positions, k) = (t.positions(), t.k);
     let w = id_bits(vocab);
     let max = packing.code_max();
@@ -312,8 +479,10 @@ pub fn pack(t: &TargetsRef<'_>, packing: Packing, vocab: usize) -> Result<Vec<u8
     out.extend_from_slice(&(positions as u32).to_le_bytes());
     let mut ids_out = BitWriter::with_capacity(positions * k * (w as usize + 1) / 8);
     let mut codes_out = BitWriter::with_capacity(positions * k * packing.value_bits as usize / 8);
-    let mut order: Vec<usize> = Vec::with_capacity(k);
+    let mut sorted: Vec<usize> = Vec::with_capacity(k);
+    let mut keys: Vec<u32> = Vec::with_capacity(k);
     let mut gaps: Vec<u32> = Vec::with_capacity(k);
+    let mut codes: Vec<u32> = Vec::with_capacity(k);
     for p in 0..positions {
         let ids = &t.topk_ids[p * k..(p + 1) * k];
         let lps = &t.topk_logprobs[p * k..(p + 1) * k];
@@ -347,25 +516,31 @@ pub fn pack(t: &TargetsRef<'_>, packing: Packing, vocab: usize) -> Result<Vec<u8
                     );
                 }
                 ids.iter().for_each(|&id| ids_out.put(id as u64, w));
-                for &lp in &lps[1..] {
-                    codes_out.put(value_code(lp, top, max) as u64, packing.value_bits);
-                }
+                codes.clear();
+                codes.extend(lps[1..].iter().map(|&lp| value_code(lp, top, max)));
+                put_codes(&mut codes_out, &codes, packing);
             }
-            IdCoding::Delta => {
-                order.clear();
-                order.extend(0..k);
-                order.sort_unstable_by_key(|&j| ids[j]);
+            IdCoding::Delta | IdCoding::Freq => {
+                // The coded keys: ids, or their ranks in the order.
+                keys.clear();
+                match order {
+                    Some(o) => keys.extend(ids.iter().map(|&id| o.rank(id))),
+                    None => keys.extend_from_slice(ids),
+                }
+                sorted.clear();
+                sorted.extend(0..k);
+                sorted.sort_unstable_by_key(|&j| keys[j]);
                 gaps.clear();
-                let mut next = 0u32; // smallest id the next one may take
-                for &j in &order {
-                    if ids[j] < next {
+                let mut next = 0u32; // smallest key the next one may take
+                for &j in &sorted {
+                    if keys[j] < next {
                         return err(
                             format!("topk_ids[{p}]"),
                             format!("holds id {} twice", ids[j]),
                         );
                     }
-                    gaps.push(ids[j] - next);
-                    next = ids[j] + 1;
+                    gaps.push(keys[j] - next);
+                    next = keys[j] + 1;
                 }
                 let mut rice = AdaptiveRice::new(vocab, k, w);
                 for &g in &gaps {
@@ -380,9 +555,9 @@ pub fn pack(t: &TargetsRef<'_>, packing: Packing, vocab: usize) -> Result<Vec<u8
                     }
                     rice.update(g as u64);
                 }
-                for &j in &order {
-                    codes_out.put(value_code(lps[j], top, max) as u64, packing.value_bits);
-                }
+                codes.clear();
+                codes.extend(sorted.iter().map(|&j| value_code(lps[j], top, max)));
+                put_codes(&mut codes_out, &codes, packing);
             }
         }
     }
@@ -415,13 +590,16 @@ pub fn header(bytes: &[u8]) -> Result<(Packing, u32, usize, usize), PackError> {
     Ok((packing, bytes[1] as u32, k, positions))
 }
 
-/// Unpacks a row made by [`pack`], checking it against what the receiver expects.
+/// Unpacks a row made by [`pack`], checking it against what the receiver expects; `order`
+/// as given to [`pack`].
 pub fn unpack(
     bytes: &[u8],
     packing: Packing,
     vocab: usize,
     k: usize,
+    order: Option<&IdOrder>,
 ) -> Result<Targets, PackError> {
+    let order = order_for(packing, vocab, order)?;
     let (found, w, found_k, positions) = header(bytes)?;
     if found != packing {
         return err(
@@ -487,7 +665,7 @@ pub fn unpack(
                     out.topk_ids.push(id as u32);
                 }
             }
-            IdCoding::Delta => {
+            IdCoding::Delta | IdCoding::Freq => {
                 let mut rice = AdaptiveRice::new(vocab, k, w);
                 let mut next = 0u64;
                 for _ in 0..k {
@@ -501,14 +679,15 @@ pub fn unpack(
                         ids_in.get(w).ok_or_else(|| short("ids", p))?
                     };
                     rice.update(gap);
-                    let id = next + gap;
-                    if id >= vocab as u64 {
+                    let key = next + gap;
+                    if key >= vocab as u64 {
                         return Err(corrupt(format!(
-                            "id {id} at position {p} is not below the vocabulary size {vocab}"
+                            "id {key} at position {p} is not below the vocabulary size {vocab}"
                         )));
                     }
-                    out.topk_ids.push(id as u32);
-                    next = id + 1;
+                    out.topk_ids
+                        .push(order.map_or(key as u32, |o| o.id(key as u32)));
+                    next = key + 1;
                 }
             }
         }
@@ -516,6 +695,7 @@ pub fn unpack(
     let codes_start = f16_end + ids_in.position().div_ceil(8);
     let mut codes_in = BitReader::new(&bytes[codes_start.min(bytes.len())..]);
     let mut row: Vec<(u32, f32)> = Vec::with_capacity(k);
+    let mut codes: Vec<u32> = Vec::with_capacity(k);
     for p in 0..positions {
         let top = f16_at(p, 0);
         if !top.is_finite() {
@@ -525,15 +705,17 @@ pub fn unpack(
         row.extend(out.topk_ids[p * k..(p + 1) * k].iter().map(|&id| (id, top)));
         let coded = match packing.ids {
             IdCoding::Bits => &mut row[1..],
-            IdCoding::Delta => &mut row[..],
+            IdCoding::Delta | IdCoding::Freq => &mut row[..],
         };
-        for entry in coded {
-            let c = codes_in
-                .get(packing.value_bits)
-                .ok_or_else(|| short("codes", p))? as u32;
+        get_codes(&mut codes_in, coded.len(), packing, &mut codes).ok_or_else(|| {
+            corrupt(format!(
+                "codes end or leave their range inside position {p} of {positions}"
+            ))
+        })?;
+        for (entry, &c) in coded.iter_mut().zip(&codes) {
             entry.1 = code_value(c, top, max);
         }
-        if packing.ids == IdCoding::Delta {
+        if packing.ids != IdCoding::Bits {
             // Back to rank order: descending log-prob, ties by id.
             row.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             for (slot, e) in out.topk_ids[p * k..(p + 1) * k].iter_mut().zip(&row) {

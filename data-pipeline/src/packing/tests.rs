@@ -38,6 +38,11 @@ fn rows(positions: usize, k: usize, vocab: usize, seed: u64) -> Targets {
     t
 }
 
+/// The order of `t`'s own ids (what a cache calibrated on these rows would hold).
+fn order_of(t: &Targets, vocab: usize) -> IdOrder {
+    IdOrder::from_rows(vocab, t.topk_ids.chunks(t.k)).unwrap()
+}
+
 fn f16_round(v: f32) -> f32 {
     f16::from_f32(v).to_f32()
 }
@@ -54,7 +59,7 @@ fn assert_within_bounds(orig: &Targets, back: &Targets, packing: Packing) {
         let got = &back.topk_logprobs[p * k..(p + 1) * k];
         match packing.ids {
             IdCoding::Bits => assert_eq!(got_ids, ids, "{packing:?}: rank order kept"),
-            IdCoding::Delta => {
+            IdCoding::Delta | IdCoding::Freq => {
                 let (mut a, mut b) = (ids.to_vec(), got_ids.to_vec());
                 a.sort_unstable();
                 b.sort_unstable();
@@ -88,17 +93,20 @@ fn every_packing_round_trips_within_its_quantisation_step() {
     for packing in PACKINGS {
         for (k, vocab) in [(1, 2), (16, VOCAB), (64, VOCAB), (128, VOCAB), (7, 300_000)] {
             let t = rows(5, k, vocab, k as u64);
-            let bytes = pack(&t.as_ref(), packing, vocab).unwrap();
+            // Calibrated on other rows: most of these ids are outside its leading part.
+            let order = order_of(&rows(3, k, vocab, 99), vocab);
+            let o = Some(&order);
+            let bytes = pack(&t.as_ref(), packing, vocab, o).unwrap();
             assert!(bytes.len() <= packing.max_bytes(5, k, vocab));
-            if packing.ids == IdCoding::Bits {
+            if packing.ids == IdCoding::Bits && !packing.rice_codes {
                 assert_eq!(bytes.len(), packing.max_bytes(5, k, vocab), "{packing:?}");
             }
-            let back = unpack(&bytes, packing, vocab, k).unwrap();
+            let back = unpack(&bytes, packing, vocab, k, o).unwrap();
             assert_within_bounds(&t, &back, packing);
             // Packing what was decoded changes nothing: the codes are fixed points.
-            let again = pack(&back.as_ref(), packing, vocab).unwrap();
+            let again = pack(&back.as_ref(), packing, vocab, o).unwrap();
             assert_eq!(
-                unpack(&again, packing, vocab, k).unwrap(),
+                unpack(&again, packing, vocab, k, o).unwrap(),
                 back,
                 "{packing:?}"
             );
@@ -109,7 +117,7 @@ fn every_packing_round_trips_within_its_quantisation_step() {
 #[test]
 fn sizes_per_position_match_the_design() {
     let t = rows(40, 64, VOCAB, 1);
-    let per_token = |p: Packing| pack(&t.as_ref(), p, VOCAB).unwrap().len() as f64 / 40.0;
+    let per_token = |p: Packing| pack(&t.as_ref(), p, VOCAB, None).unwrap().len() as f64 / 40.0;
     let bits_q8 = per_token(Packing::new(IdCoding::Bits, 8));
     // 64 x 16-bit ids, 63 x 8-bit codes, 3 x f16, header amortised.
     assert!(
@@ -120,6 +128,90 @@ fn sizes_per_position_match_the_design() {
     // Random ids: gaps near 768, about log2(768) + 1.5 = 11.1 bits an id.
     assert!(delta_q8 < 64.0 * 12.0 / 8.0 + 64.0 + 7.0, "{delta_q8}");
     assert!(delta_q8 > 64.0 * 10.5 / 8.0 + 64.0, "{delta_q8}");
+    // Same codes entropy-coded: Zipf-like rows put most codes near the bottom of r.
+    let delta_e8 = per_token(Packing::new(IdCoding::Delta, 8).rice());
+    assert!(delta_e8 < delta_q8 - 4.0, "{delta_e8} vs {delta_q8}");
+}
+
+#[test]
+fn freq_ranks_are_denser_than_ids_on_a_skewed_vocabulary() {
+    // Rows drawing most ids from 500 scattered popular tokens, as a domain's rows do.
+    let mut rng = Rng::new(5);
+    let popular: Vec<u32> = rng.sample(VOCAB, 500).iter().map(|&i| i as u32).collect();
+    let mut t = rows(60, 64, VOCAB, 5);
+    for row in t.topk_ids.chunks_mut(64) {
+        let picks = rng.sample(popular.len(), 56);
+        for (slot, &j) in row.iter_mut().zip(&picks) {
+            *slot = popular[j];
+        }
+        let mut seen = std::collections::HashSet::new();
+        for slot in row.iter_mut() {
+            while !seen.insert(*slot) {
+                *slot = rng.below(VOCAB) as u32;
+            }
+        }
+    }
+    let (calib, rest) = t.topk_ids.split_at(20 * 64);
+    let order = IdOrder::from_rows(VOCAB, calib.chunks(64)).unwrap();
+    let test = Targets {
+        k: 64,
+        topk_ids: rest.to_vec(),
+        topk_logprobs: t.topk_logprobs[20 * 64..].to_vec(),
+        tail_logmass: t.tail_logmass[20..].to_vec(),
+        gold_logprob: t.gold_logprob[20..].to_vec(),
+    };
+    let freq8 = Packing::new(IdCoding::Freq, 8);
+    let size = |p: Packing| pack(&test.as_ref(), p, VOCAB, Some(&order)).unwrap().len();
+    let (delta, freq) = (size(Packing::new(IdCoding::Delta, 8)), size(freq8));
+    // 56 of 64 ids among 500 ranks: gaps near 9 instead of 768 (the other 8 escape).
+    assert!(
+        (freq as f64) < delta as f64 * 0.85,
+        "freq {freq} B vs delta {delta} B"
+    );
+    let bytes = pack(&test.as_ref(), freq8, VOCAB, Some(&order)).unwrap();
+    let back = unpack(&bytes, freq8, VOCAB, 64, Some(&order)).unwrap();
+    assert_within_bounds(&test, &back, freq8);
+}
+
+#[test]
+fn freq_rows_need_the_order_they_were_packed_with() {
+    let t = rows(4, 16, VOCAB, 7);
+    let p = Packing::new(IdCoding::Freq, 6).rice();
+    let e = pack(&t.as_ref(), p, VOCAB, None).unwrap_err();
+    assert_eq!(e.field, "id_order");
+    assert!(e.message.contains("freq-e6 rows need an id order"), "{e}");
+    let order = order_of(&t, VOCAB);
+    let bytes = pack(&t.as_ref(), p, VOCAB, Some(&order)).unwrap();
+    let small = order_of(&rows(2, 16, 1000, 7), 1000);
+    let e = unpack(&bytes, p, VOCAB, 16, Some(&small)).unwrap_err();
+    assert!(
+        e.message
+            .contains("orders 1000 ids, but the vocabulary size is 49152"),
+        "{e}"
+    );
+    // A different order reads other ids: the stored order must travel with the rows.
+    let other = order_of(&rows(4, 16, VOCAB, 8), VOCAB);
+    let right = unpack(&bytes, p, VOCAB, 16, Some(&order)).unwrap();
+    let wrong = unpack(&bytes, p, VOCAB, 16, Some(&other)).unwrap();
+    assert_ne!(wrong.topk_ids, right.topk_ids);
+    // The stored part alone rebuilds the order.
+    assert_eq!(
+        IdOrder::from_leading(VOCAB, order.leading()).unwrap(),
+        order
+    );
+    let mut distinct = t.topk_ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(order.leading().len(), distinct.len());
+    let e = IdOrder::from_leading(VOCAB, &[3, 9, 3]).unwrap_err();
+    assert_eq!(e.field, "id_order[2]");
+    assert!(e.message.contains("repeats id 3"), "{e}");
+    let e = IdOrder::from_leading(100, &[3, 100]).unwrap_err();
+    assert!(
+        e.message
+            .contains("100 is not below the vocabulary size 100"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -128,7 +220,9 @@ fn names_and_numbers_are_stable() {
     assert_eq!(
         names,
         [
-            "bits-q8", "bits-q4", "delta-q8", "delta-q4", "bits-q6", "delta-q6"
+            "bits-q8", "bits-q4", "delta-q8", "delta-q4", "bits-q6", "delta-q6", "delta-q5",
+            "delta-e8", "delta-e6", "delta-e5", "freq-q8", "freq-q6", "freq-q4", "freq-e8",
+            "freq-e6", "freq-e5"
         ]
     );
     for (i, p) in PACKINGS.iter().enumerate() {
@@ -137,7 +231,7 @@ fn names_and_numbers_are_stable() {
         assert_eq!(Packing::from_name(&p.name()).unwrap(), *p);
     }
     assert_eq!(Packing::from_code(0), None);
-    assert_eq!(Packing::from_code(7), None);
+    assert_eq!(Packing::from_code(17), None);
     let e = Packing::from_name("zip-q2").unwrap_err();
     assert!(e.to_string().contains("unknown `zip-q2`"), "{e}");
 }
@@ -147,7 +241,7 @@ fn bad_input_is_refused_naming_the_field() {
     let p = Packing::new(IdCoding::Bits, 8);
     let mut t = rows(3, 4, 1000, 2);
     t.topk_ids[5] = 1000;
-    let e = pack(&t.as_ref(), p, 1000).unwrap_err();
+    let e = pack(&t.as_ref(), p, 1000, None).unwrap_err();
     assert_eq!(e.field, "topk_ids[1][1]");
     assert!(
         e.message
@@ -157,23 +251,23 @@ fn bad_input_is_refused_naming_the_field() {
     let mut t = rows(3, 4, 1000, 2);
     t.topk_logprobs[2] = f32::NAN;
     assert_eq!(
-        pack(&t.as_ref(), p, 1000).unwrap_err().field,
+        pack(&t.as_ref(), p, 1000, None).unwrap_err().field,
         "topk_logprobs[0][2]"
     );
     let mut t = rows(3, 4, 1000, 2);
     t.topk_logprobs.swap(0, 1);
-    let e = pack(&t.as_ref(), p, 1000).unwrap_err();
+    let e = pack(&t.as_ref(), p, 1000, None).unwrap_err();
     assert!(e.message.contains("not sorted"), "{e}");
     let mut t = rows(3, 4, 1000, 2);
     t.gold_logprob.pop();
     assert_eq!(
-        pack(&t.as_ref(), p, 1000).unwrap_err().field,
+        pack(&t.as_ref(), p, 1000, None).unwrap_err().field,
         "gold_logprob"
     );
     let mut t = rows(3, 4, 1000, 2);
     t.topk_ids[1] = t.topk_ids[0];
     let d = Packing::new(IdCoding::Delta, 4);
-    let e = pack(&t.as_ref(), d, 1000).unwrap_err();
+    let e = pack(&t.as_ref(), d, 1000, None).unwrap_err();
     assert!(e.message.contains("twice"), "{e}");
 }
 
@@ -181,9 +275,14 @@ fn bad_input_is_refused_naming_the_field() {
 fn corrupt_rows_are_errors_not_garbage() {
     for packing in PACKINGS {
         let t = rows(4, 16, VOCAB, 3);
-        let bytes = pack(&t.as_ref(), packing, VOCAB).unwrap();
+        let order = order_of(&t, VOCAB);
+        let bytes = pack(&t.as_ref(), packing, VOCAB, Some(&order)).unwrap();
+        let small = order_of(&rows(1, 16, 1000, 3), 1000);
         let msg = |b: &[u8], vocab: usize, k: usize| {
-            unpack(b, packing, vocab, k).unwrap_err().to_string()
+            let o = if vocab == VOCAB { &order } else { &small };
+            unpack(b, packing, vocab, k, Some(o))
+                .unwrap_err()
+                .to_string()
         };
         assert!(msg(&bytes[..bytes.len() - 1], VOCAB, 16).contains("corrupt row"));
         let mut long = bytes.clone();
@@ -200,7 +299,9 @@ fn corrupt_rows_are_errors_not_garbage() {
         newer[0] = 200;
         assert!(msg(&newer, VOCAB, 16).contains("unknown packing number 200"));
         let other = PACKINGS[(packing.code() as usize) % PACKINGS.len()];
-        let e = unpack(&bytes, other, VOCAB, 16).unwrap_err().to_string();
+        let e = unpack(&bytes, other, VOCAB, 16, Some(&order))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&format!("packed as {}", packing.name())), "{e}");
     }
 }
@@ -216,8 +317,8 @@ fn out_of_vocabulary_ids_in_a_row_are_caught() {
         tail_logmass: vec![-2.0],
         gold_logprob: vec![-0.5],
     };
-    let bytes = pack(&t.as_ref(), p, 1000).unwrap();
-    let e = unpack(&bytes, p, 600, 2).unwrap_err().to_string();
+    let bytes = pack(&t.as_ref(), p, 1000, None).unwrap();
+    let e = unpack(&bytes, p, 600, 2, None).unwrap_err().to_string();
     assert!(
         e.contains("id 900 at position 0 is not below the vocabulary size 600"),
         "{e}"

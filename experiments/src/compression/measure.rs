@@ -2,7 +2,7 @@
 //! the forward KL and its gradient from f32 targets and from every compressed form, at
 //! every k.
 
-use edkd_data::packing::{self, Packing, Targets};
+use edkd_data::packing::{self, IdOrder, Packing, Targets};
 use edkd_trainer::loss::{Divergence, KdLoss, TeacherTargets};
 use tch::Tensor;
 
@@ -64,7 +64,13 @@ fn logsumexp(values: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// `t` as it reads after a trip through `variant`, and the bytes that trip stored.
-pub fn through(t: &Targets, variant: Variant, vocab: usize) -> Result<(Targets, usize)> {
+/// `order` is what a `freq` packing packs by (unused by the others).
+pub fn through(
+    t: &Targets,
+    variant: Variant,
+    vocab: usize,
+    order: Option<&IdOrder>,
+) -> Result<(Targets, usize)> {
     let (p, k) = (t.positions(), t.k);
     match variant {
         Variant::F32 => Ok((t.clone(), p * (k * 8 + 8))),
@@ -95,19 +101,26 @@ pub fn through(t: &Targets, variant: Variant, vocab: usize) -> Result<(Targets, 
                 what: "packing",
                 msg: e.to_string(),
             };
-            let bytes = packing::pack(&t.as_ref(), packing, vocab).map_err(bad)?;
-            let back = packing::unpack(&bytes, packing, vocab, k).map_err(bad)?;
+            let bytes = packing::pack(&t.as_ref(), packing, vocab, order).map_err(bad)?;
+            let back = packing::unpack(&bytes, packing, vocab, k, order).map_err(bad)?;
             Ok((back, bytes.len()))
         }
     }
 }
 
 /// Bytes of a packed row after zstd at `level`.
-pub fn zstd_bytes(t: &Targets, packing: Packing, vocab: usize, level: i32) -> Result<usize> {
-    let bytes = packing::pack(&t.as_ref(), packing, vocab).map_err(|e| Error::Measurement {
-        what: "packing",
-        msg: e.to_string(),
-    })?;
+pub fn zstd_bytes(
+    t: &Targets,
+    packing: Packing,
+    vocab: usize,
+    order: Option<&IdOrder>,
+    level: i32,
+) -> Result<usize> {
+    let bytes =
+        packing::pack(&t.as_ref(), packing, vocab, order).map_err(|e| Error::Measurement {
+            what: "packing",
+            msg: e.to_string(),
+        })?;
     zstd::bulk::compress(&bytes, level)
         .map(|c| c.len())
         .map_err(|e| Error::Measurement {

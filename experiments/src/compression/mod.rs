@@ -16,7 +16,7 @@ pub mod report;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use edkd_data::packing::{PACKINGS, Packing};
+use edkd_data::packing::{IdOrder, PACKINGS, Packing};
 use edkd_data::{CacheReader, Dataset, OpenOptions};
 use edkd_models::LoadOptions;
 use edkd_models::student::StudentModel;
@@ -38,8 +38,12 @@ pub struct CompressionConfig {
     pub teacher: PathBuf,
     pub python: PathBuf,
     pub sources: Vec<Source>,
-    /// Training examples annotated and measured.
+    /// Training examples measured.
     pub examples: usize,
+    /// Training examples annotated before the measured ones, whose rows give the `freq`
+    /// packings their id order (as `edkd teacher annotate` calibrates on a cache's first
+    /// examples); not measured.
+    pub calibration_examples: usize,
     /// k of the annotation (the largest measured).
     pub annotate_k: usize,
     pub ks: Vec<usize>,
@@ -60,6 +64,7 @@ impl CompressionConfig {
             python,
             sources,
             examples: 200,
+            calibration_examples: 50,
             annotate_k: 128,
             ks: vec![16, 32, 64, 128],
             packings: PACKINGS.iter().map(|p| p.name()).collect(),
@@ -98,7 +103,14 @@ impl CompressionConfig {
         if self.sources.is_empty() {
             return bad("sources", "no source trees given".into());
         }
-        self.packings().map(|_| ())
+        let packings = self.packings()?;
+        if self.calibration_examples == 0 && packings.iter().any(|p| p.needs_order()) {
+            return bad(
+                "calibration_examples",
+                "freq packings need calibration examples for their id order".into(),
+            );
+        }
+        Ok(())
     }
 
     /// The `kd` experiment's cpu preset, cut to this experiment: `examples` training
@@ -107,7 +119,7 @@ impl CompressionConfig {
     fn kd_config(&self) -> Result<KdRealConfig> {
         let mut kd = KdRealConfig::preset("cpu", &self.out, &self.teacher, &self.python)?;
         kd.sources = self.sources.clone();
-        kd.task.train_examples = self.examples;
+        kd.task.train_examples = self.calibration_examples + self.examples;
         kd.task.validation_examples = HELD_OUT_EXAMPLES;
         kd.task.test_examples = HELD_OUT_EXAMPLES;
         kd.top_k = self.annotate_k;
@@ -206,9 +218,33 @@ fn measure_all(cfg: &CompressionConfig, files: &arms::Files) -> Result<Measured>
     let mut cells = vec![vec![Cell::default(); cfg.ks.len()]; variants.len()];
     let mut reference_sum = vec![0.0; cfg.ks.len()];
     let (mut examples, mut positions) = (0, 0);
-    let n = (ds.len() as usize).min(cfg.examples);
+    let calib = (ds.len() as usize).min(cfg.calibration_examples);
+    let n = (ds.len() as usize).min(calib + cfg.examples);
+    // The freq packings' order at each k: the calibration examples' rows cut to k.
+    let mut orders = Vec::with_capacity(cfg.ks.len());
+    let calib_rows = (0..calib)
+        .map(|i| {
+            let id = ds.example(i as u64).id;
+            cache.get(id)?.ok_or_else(|| Error::Measurement {
+                what: "cache",
+                msg: format!("no entry for calibration example `{id}`"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let big = cache.meta().k;
+    for &k in &cfg.ks {
+        let rows = calib_rows
+            .iter()
+            .flat_map(|r| r.entry().topk_ids.chunks(big).map(move |c| &c[..k]));
+        orders.push(
+            IdOrder::from_rows(vocab, rows).map_err(|e| Error::Measurement {
+                what: "id order",
+                msg: e.to_string(),
+            })?,
+        );
+    }
     let _no_grad = tch::no_grad_guard();
-    for start in (0..n).step_by(cfg.rows_per_batch) {
+    for start in (calib..n).step_by(cfg.rows_per_batch) {
         let idx: Vec<u64> = (start..(start + cfg.rows_per_batch).min(n))
             .map(|i| i as u64)
             .collect();
@@ -253,13 +289,14 @@ fn measure_all(cfg: &CompressionConfig, files: &arms::Files) -> Result<Measured>
                         measure::kd_and_grad(&z, &t_k, temperature as f64, vocab as i64);
                     reference_sum[ki] += reference.kl;
                     for (vi, &variant) in variants.iter().enumerate() {
-                        let (back, bytes) = measure::through(&t_k, variant, vocab)?;
+                        let order = Some(&orders[ki]);
+                        let (back, bytes) = measure::through(&t_k, variant, vocab, order)?;
                         let got = measure::kd_and_grad(&z, &back, temperature as f64, vocab as i64);
                         let cell = &mut cells[vi][ki];
                         cell.bytes += bytes;
                         cell.zstd_bytes += match variant {
                             Variant::Packed(p) => {
-                                measure::zstd_bytes(&t_k, p, vocab, cfg.zstd_level)?
+                                measure::zstd_bytes(&t_k, p, vocab, order, cfg.zstd_level)?
                             }
                             _ => bytes,
                         };
@@ -276,7 +313,10 @@ fn measure_all(cfg: &CompressionConfig, files: &arms::Files) -> Result<Measured>
             examples += 1;
             positions += p;
         }
-        eprintln!("[compression] measured {examples} of {n} examples");
+        eprintln!(
+            "[compression] measured {examples} of {} examples",
+            n - calib
+        );
     }
     let mut rows = Vec::new();
     for (vi, variant) in variants.iter().enumerate() {

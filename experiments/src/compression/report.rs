@@ -205,14 +205,19 @@ impl CompressionReport {
              first docstring sentence, from this machine's Python sources), {} target \
              positions (target + eos). Teacher: `{}` through its chat template, scored at \
              T = {} and k = {} into a version-1 (f32) cache; k = {:?} are that cache's rows \
-             cut to k with the dropped mass added to the tail. Vocabulary {}.\n",
+             cut to k with the dropped mass added to the tail. Vocabulary {}. The `freq` \
+             packings' id orders come from the rows of {} more training examples annotated \
+             before these (one order per k, from the rows cut to k), which are not measured: \
+             the order is calibrated on other text than it packs, as a cache's first \
+             examples calibrate the rest.\n",
             self.examples,
             self.positions,
             c.teacher.display(),
             self.temperature,
             c.annotate_k,
             c.ks,
-            self.vocab
+            self.vocab,
+            c.calibration_examples
         );
         let _ = writeln!(
             s,
