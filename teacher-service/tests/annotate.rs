@@ -78,6 +78,7 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
         packing: None,
         zstd_level: None,
+        calibration_examples: edkd_teacher::annotate::CALIBRATION_EXAMPLES,
     };
     // An interrupted run: 12 examples, two full shards and a short last one.
     let first = annotate(&client, &config).await.unwrap();
@@ -161,7 +162,63 @@ async fn a_packed_cache_holds_the_f32_cache_within_the_packing_bounds() {
         fb.stored_per_position() * 1.5 < fa.stored_per_position(),
         "{fa:?} {fb:?}"
     );
-    let ds = open_train(&data);
+    assert_holds_within(&a, &b, packing, &open_train(&data));
+    // zstd without a packing is refused before anything is scored.
+    let mut bad = config(&data, &tmp.path().join("bad"));
+    bad.zstd_level = Some(3);
+    let e = annotate(&client, &bad).await.unwrap_err().to_string();
+    assert!(e.contains("zstd applies to packed caches"), "{e}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freq_cache_calibrates_its_id_order_and_resumes_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = prepare(tmp.path(), 40);
+    let server = server("llama_linear", ServerConfig::default()).await;
+    let client = client(&server);
+    let plain = tmp.path().join("f32");
+    annotate(&client, &config(&data, &plain)).await.unwrap();
+    let packing = edkd_data::packing::Packing::from_name("freq-e6").unwrap();
+    let out = tmp.path().join("freq");
+    let mut cfg = config(&data, &out);
+    cfg.packing = Some(packing);
+    cfg.calibration_examples = 12;
+    cfg.limit = Some(22);
+    let first = annotate(&client, &cfg).await.unwrap();
+    assert_eq!(first.scored, 22);
+    let order = CacheReader::open(&out).unwrap().meta().id_order.clone();
+    let leading = order.expect("a freq cache keeps its id order");
+    assert!(!leading.is_empty() && leading.len() <= 160, "{leading:?}");
+    // A second run resumes with the shards' order instead of calibrating again.
+    cfg.limit = None;
+    let second = annotate(&client, &cfg).await.unwrap();
+    let n = open_train(&data).len() as usize;
+    assert_eq!((second.skipped, second.scored), (22, n - 22), "{second:?}");
+    let b = CacheReader::open(&out).unwrap();
+    assert_eq!(
+        b.meta().id_order.as_ref(),
+        Some(&leading),
+        "resumed with its order"
+    );
+    assert_eq!(b.verify().unwrap(), n);
+    assert!(
+        b.describe(1).unwrap().contains("id order of"),
+        "describe names the order"
+    );
+    let a = CacheReader::open(&plain).unwrap();
+    assert_holds_within(&a, &b, packing, &open_train(&data));
+    server.shutdown().await.unwrap();
+}
+
+/// Every row of the packed cache `b` holds the f32 cache `a`'s ids, with log-probs within
+/// the packing's bound.
+fn assert_holds_within(
+    a: &CacheReader,
+    b: &CacheReader,
+    packing: edkd_data::packing::Packing,
+    ds: &Dataset,
+) {
     for i in 0..ds.len() {
         let id = ds.example(i).id;
         let (ra, rb) = (a.get(id).unwrap().unwrap(), b.get(id).unwrap().unwrap());
@@ -182,12 +239,6 @@ async fn a_packed_cache_holds_the_f32_cache_within_the_packing_bounds() {
             }
         }
     }
-    // zstd without a packing is refused before anything is scored.
-    let mut bad = config(&data, &tmp.path().join("bad"));
-    bad.zstd_level = Some(3);
-    let e = annotate(&client, &bad).await.unwrap_err().to_string();
-    assert!(e.contains("zstd applies to packed caches"), "{e}");
-    server.shutdown().await.unwrap();
 }
 
 fn config(data: &Path, out: &Path) -> AnnotateConfig {
@@ -205,6 +256,7 @@ fn config(data: &Path, out: &Path) -> AnnotateConfig {
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
         packing: None,
         zstd_level: None,
+        calibration_examples: edkd_teacher::annotate::CALIBRATION_EXAMPLES,
     }
 }
 

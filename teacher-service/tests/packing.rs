@@ -114,10 +114,13 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
     let server = server("llama_linear", ServerConfig::default()).await;
     let client = client(&server);
     let info = client.info().await.unwrap();
+    // Every packing but the cache-only freq ones.
+    let wire: Vec<Packing> = PACKINGS.into_iter().filter(|p| !p.needs_order()).collect();
     assert_eq!(
         info.packings,
-        (1..=PACKINGS.len() as i32).collect::<Vec<_>>()
+        wire.iter().map(|p| p.code() as i32).collect::<Vec<_>>()
     );
+    assert_eq!(wire.len(), 10);
     let seqs = || {
         vec![
             sequence("a", tokens(3, 7, VOCAB), tokens(4, 6, VOCAB)),
@@ -127,7 +130,7 @@ async fn packed_answers_match_the_f32_answer_within_the_packing_bounds() {
     let k = 16;
     let f32_answer = client.score(request(seqs(), k, 1.0)).await.unwrap();
     let exact = decode_response(&f32_answer).unwrap();
-    for packing in PACKINGS {
+    for packing in wire {
         let request = ScoreRequest {
             packing: packing.code() as i32,
             ..request(seqs(), k, 1.0)
@@ -190,6 +193,23 @@ async fn an_unknown_packing_from_a_newer_client_names_the_field() {
             assert_eq!(s.code(), Code::InvalidArgument);
             assert!(
                 s.message().starts_with("packing: unknown value 99"),
+                "{}",
+                s.message()
+            );
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other}"),
+    }
+    // A cache-only packing is refused by name: its rows would need an id order.
+    let cache_only = ScoreRequest {
+        packing: Packing::from_name("freq-e5").unwrap().code() as i32,
+        ..request(vec![sequence("n", vec![1, 2], vec![3, 4])], 4, 1.0)
+    };
+    match client.score(cache_only).await.unwrap_err() {
+        Error::Rpc(s) => {
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert!(
+                s.message()
+                    .starts_with("packing: 16 (freq-e5) needs an id order and is for caches only"),
                 "{}",
                 s.message()
             );

@@ -206,6 +206,10 @@ pub struct TeacherSection {
     /// same time: the fastest choice when a CPU teacher shares the trainer's cores (each
     /// then runs on every core in turn; see `edkd bench train`).
     pub prefetch: usize,
+    /// How the service packs its answers (kind = remote): a wire packing (`delta-e6`,
+    /// `delta-q8`, ...; see `experiments/reports/compression.md`), which the service must
+    /// list; unset, unpacked f32 answers.
+    pub packing: Option<String>,
     /// Bearer token file for the service.
     pub auth_token_file: Option<PathBuf>,
     /// Per-call deadline, seconds.
@@ -225,6 +229,27 @@ pub struct TeacherSection {
     pub chat_template: Option<PathBuf>,
 }
 
+impl TeacherSection {
+    /// `packing` resolved: a packing the wire carries, or an error naming the field.
+    pub fn wire_packing(&self) -> Result<Option<edkd_data::packing::Packing>, ConfigError> {
+        let Some(name) = &self.packing else {
+            return Ok(None);
+        };
+        let p = edkd_data::packing::Packing::from_name(name)
+            .map_err(|e| field("teacher.packing", &e.message))?;
+        if p.needs_order() {
+            return Err(field(
+                "teacher.packing",
+                &format!(
+                    "{name} is for caches only (its rows need the cache's id order); on the \
+                     wire use a delta packing such as delta-e6"
+                ),
+            ));
+        }
+        Ok(Some(p))
+    }
+}
+
 impl Default for TeacherSection {
     fn default() -> Self {
         Self {
@@ -234,6 +259,7 @@ impl Default for TeacherSection {
             model: None,
             top_k: 64,
             prefetch: 2,
+            packing: None,
             auth_token_file: None,
             timeout_s: 120.0,
             retry_for_s: 300.0,
@@ -576,6 +602,7 @@ impl TrainConfig {
         if self.teacher.kind != TeacherKind::None && self.teacher.top_k == 0 {
             return Err(field("teacher.top_k", "must be >= 1"));
         }
+        self.teacher.wire_packing()?;
         if self.optim.steps == 0 {
             return Err(field("optim.steps", "must be >= 1"));
         }

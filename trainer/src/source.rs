@@ -208,6 +208,8 @@ pub struct RemoteConfig {
     pub timeout: Duration,
     /// How long failing transport is retried before giving up.
     pub retry_for: Duration,
+    /// Answers packed this way (the server must list it); `None`: unpacked f32.
+    pub packing: Option<edkd_data::packing::Packing>,
 }
 
 /// First and longest pause between retries of a teacher that stopped answering.
@@ -260,6 +262,26 @@ impl Remote {
             return Err(Error::Config(format!(
                 "teacher.top_k = {} is over the server's limit {}",
                 config.top_k, limits.max_top_k
+            )));
+        }
+        if let Some(p) = config.packing
+            && !info.packings.contains(&(p.code() as i32))
+        {
+            let sent: Vec<String> = info
+                .packings
+                .iter()
+                .filter_map(|&c| edkd_data::packing::Packing::from_code(c))
+                .map(|p| p.name())
+                .collect();
+            return Err(Error::Config(format!(
+                "teacher.packing = {}: the service at {} does not send it (it sends: {})",
+                p.name(),
+                config.addr,
+                if sent.is_empty() {
+                    "unpacked answers only".to_owned()
+                } else {
+                    sent.join(", ")
+                }
             )));
         }
         let source = SourceInfo {
@@ -360,6 +382,7 @@ impl TeacherSource for Remote {
                     top_k: self.config.top_k as u32,
                     temperature: self.config.temperature,
                     value_format: ValueFormat::F32 as i32,
+                    packing: self.config.packing.map_or(0, |p| p.code() as i32),
                     tokenizer_sha256: sha.clone(),
                     ..Default::default()
                 });

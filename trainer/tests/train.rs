@@ -250,6 +250,7 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
             view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
             packing: None,
             zstd_level: None,
+            calibration_examples: edkd_teacher::annotate::CALIBRATION_EXAMPLES,
         };
         edkd_teacher::annotate(&client, &cfg).await.unwrap();
     });
@@ -292,11 +293,32 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
                     auth_token: None,
                     timeout: Duration::from_secs(30),
                     retry_for: Duration::ZERO,
+                    packing: None,
                 })
                 .unwrap(),
             ),
         ),
     ];
+    // The same service asked for packed answers (8-bit codes, entropy-coded): the KD term
+    // moves by the codes' rounding only.
+    let packed_remote = |name: &str| {
+        source::Remote::connect(source::RemoteConfig {
+            addr: addr.clone(),
+            top_k: vocab,
+            temperature,
+            auth_token: None,
+            timeout: Duration::from_secs(30),
+            retry_for: Duration::ZERO,
+            packing: Some(edkd_data::packing::Packing::from_name(name).unwrap()),
+        })
+    };
+    let mut packed = packed_remote("delta-e8").unwrap();
+    // A cache-only packing is refused when connecting, naming what the service sends.
+    let e = packed_remote("freq-e5").err().unwrap().to_string();
+    assert!(
+        e.contains("teacher.packing = freq-e5") && e.contains("delta-e8"),
+        "{e}"
+    );
     let mut values = Vec::new();
     for (name, src) in sources.iter_mut() {
         let out = src.score(&batch).unwrap();
@@ -317,6 +339,21 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
             values[0].1
         );
     }
+    let out = packed.score(&batch).unwrap();
+    let (targets, _) = out.targets(&t.decoder_mask, Device::Cpu);
+    let kd = loss
+        .total(
+            &logits,
+            &t.labels,
+            &t.decoder_mask,
+            Some((&targets, packed.info().vocab_size)),
+        )
+        .kd;
+    let exact = values[0].1;
+    assert!(
+        (kd - exact).abs() <= 5e-3 * exact.abs() && kd != exact,
+        "packed KD {kd} vs in-process {exact}"
+    );
     rt.block_on(server.shutdown()).unwrap();
 }
 

@@ -56,11 +56,15 @@ pub struct Args {
     /// The plain prompt, with one `{input}`.
     #[arg(long, default_value = "")]
     prompt_template: String,
-    /// Write a packed cache (format version 2): bits-q8, bits-q6, bits-q4, delta-q8,
-    /// delta-q6 or delta-q4 (see `experiments/reports/compression.md` for what each costs).
-    /// Default: version 1, u32 ids and f32 values.
+    /// Write a packed cache (format version 2): bits-q8/q6/q4, delta-q8/q6/q5/q4,
+    /// delta-e8/e6/e5, freq-q8/q6/q4 or freq-e8/e6/e5 (see
+    /// `experiments/reports/compression.md` for what each costs; freq-e5 is the smallest
+    /// under 0.5 % KD-loss error). Default: version 1, u32 ids and f32 values.
     #[arg(long)]
     packing: Option<String>,
+    /// With a freq packing: examples whose rows calibrate the cache's id order.
+    #[arg(long, default_value_t = edkd_teacher::annotate::CALIBRATION_EXAMPLES)]
+    calibration_examples: usize,
     /// With --packing: compress each row with zstd at this level (1..=22).
     #[arg(long)]
     zstd: Option<i32>,
@@ -93,6 +97,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(edkd_data::packing::Packing::from_name)
             .transpose()?,
         zstd_level: args.zstd,
+        calibration_examples: args.calibration_examples,
     };
     let s = edkd_teacher::annotate(&client, &config).await?;
     println!("cache      {}", args.out.display());

@@ -131,6 +131,18 @@ impl CacheMeta {
         }
     }
 
+    /// The metadata of the cache in `dir` (its first finished shard's); `None` while it
+    /// has no finished shard.
+    pub fn of_folder(dir: &Path) -> Result<Option<CacheMeta>> {
+        if !dir.exists() {
+            return Ok(None);
+        }
+        match list_shards(dir)?.first() {
+            None => Ok(None),
+            Some(path) => Ok(Some(read_meta(&MappedIpc::open(path)?)?)),
+        }
+    }
+
     /// With the id order a `freq` packing packs by.
     pub fn with_id_order(self, order: &IdOrder) -> Self {
         Self {

@@ -222,12 +222,12 @@ mod tests {
             .reshape([1, 10])
             .repeat([2, 1]);
         let reference = kd_and_grad(&logits, &t, 1.0, 10);
-        let (same, bytes) = through(&t, Variant::F32, 10).unwrap();
+        let (same, bytes) = through(&t, Variant::F32, 10, None).unwrap();
         assert_eq!(bytes, 2 * (4 * 8 + 8));
         let e = errors(&reference, &kd_and_grad(&logits, &same, 1.0, 10));
         assert_eq!((e.kl_rel, e.grad_rel), (0.0, 0.0));
         let q4 = Variant::Packed(Packing::new(packing::IdCoding::Bits, 4));
-        let (back, bytes) = through(&t, q4, 10).unwrap();
+        let (back, bytes) = through(&t, q4, 10, None).unwrap();
         assert!(bytes < 2 * (4 * 8 + 8));
         let e = errors(&reference, &kd_and_grad(&logits, &back, 1.0, 10));
         assert!(e.kl_rel > 0.0 && e.kl_rel < 0.2, "{e:?}");

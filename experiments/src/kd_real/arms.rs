@@ -376,6 +376,7 @@ pub fn annotate(cfg: &KdRealConfig, files: &Files, teacher: &Path, device: Devic
         view: Arc::new(teacher_view(cfg, files)?),
         packing: None,
         zstd_level: None,
+        calibration_examples: edkd_teacher::annotate::CALIBRATION_EXAMPLES,
     };
     let summary = rt.block_on(edkd_teacher::annotate(&client, &config));
     rt.block_on(server.shutdown())?;

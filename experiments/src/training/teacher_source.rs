@@ -324,6 +324,7 @@ async fn annotate_cache(p: &Prepared, opts: &Options, addr: &str, out: &Path) ->
         view: std::sync::Arc::new(edkd_models::chat::TeacherView::raw()),
         packing: None,
         zstd_level: None,
+        calibration_examples: edkd_teacher::annotate::CALIBRATION_EXAMPLES,
     };
     edkd_teacher::annotate(&client, &cfg).await?;
     Ok(())
@@ -357,6 +358,7 @@ fn teacher_latency(opts: &Options, p: &Prepared, addr: &str) -> Result<f64> {
         auth_token: None,
         timeout: SCORE_TIMEOUT,
         retry_for: Duration::ZERO,
+        packing: None,
     })?;
     let ds = Dataset::open(&p.data, &OpenOptions::new("train"))?;
     let mut reader = Reader::new(

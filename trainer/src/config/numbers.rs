@@ -224,6 +224,16 @@ mod tests {
             ),
             ("threads=100000", "threads", "cores of this machine"),
             (
+                "teacher.packing=\"freq-e5\"",
+                "teacher.packing",
+                "for caches only",
+            ),
+            (
+                "teacher.packing=\"zip-q2\"",
+                "teacher.packing",
+                "unknown `zip-q2`",
+            ),
+            (
                 "loss.divergence={ kind = \"jsd\", beta = nan }",
                 "loss.divergence.beta",
                 "(0, 1)",
@@ -246,6 +256,7 @@ mod tests {
             "teacher.timeout_s=86400",
             "teacher.retry_for_s=0",
             "threads=1",
+            "teacher.packing=\"delta-e6\"",
         ] {
             let cfg = TrainConfig::from_overrides(&["data.manifest=x".into(), set.into()]).unwrap();
             cfg.validate().unwrap_or_else(|e| panic!("{set}: {e}"));

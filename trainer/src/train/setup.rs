@@ -141,6 +141,7 @@ pub fn open_source(
                 auth_token: token,
                 timeout: Duration::from_secs_f64(t.timeout_s),
                 retry_for: Duration::from_secs_f64(t.retry_for_s),
+                packing: t.wire_packing()?,
             })?))
         }
     })
