@@ -192,6 +192,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         device: parse_device(&args.device)?,
         kind: parse_dtype(&args.dtype)?,
     };
+    if let Some(w) = edkd_models::device::slow_bf16_warning(options.device, options.kind) {
+        tracing::warn!("{w}");
+    }
     let teacher = Teacher::load(&args.model, options)
         .with_context(|| format!("loading teacher {}", args.model.display()))?;
     let config = ServerConfig {
