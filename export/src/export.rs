@@ -45,9 +45,19 @@ fn quantization(opts: &ExportOptions) -> Option<Quantization> {
     opts.scheme.is_quantized().then(|| Quantization {
         scheme: opts.scheme,
         embeddings: opts.quantize_embeddings,
-        method: "symmetric int8 in [-127, 127], one f32 scale per output channel (per row \
-                 of an embedding table), zero point 0"
-            .into(),
+        method: match opts.scheme {
+            Scheme::Int8 => {
+                "symmetric int8, linear weights in [-63, 63] (7 bits: integer \
+                             matmuls cannot saturate on x86 without VNNI) and embeddings in \
+                             [-127, 127], one f32 scale per output channel (per row of an \
+                             embedding table), zero point 0"
+            }
+            _ => {
+                "symmetric int8 in [-127, 127], one f32 scale per output channel (per row \
+                  of an embedding table), zero point 0"
+            }
+        }
+        .into(),
     })
 }
 

