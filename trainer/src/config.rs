@@ -240,7 +240,7 @@ impl TeacherSection {
         if p.needs_order() {
             return Err(field(
                 "teacher.packing",
-                &format!(
+                format!(
                     "{name} is for caches only (its rows need the cache's id order); on the \
                      wire use a delta packing such as delta-e6"
                 ),

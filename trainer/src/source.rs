@@ -384,7 +384,6 @@ impl TeacherSource for Remote {
                     value_format: ValueFormat::F32 as i32,
                     packing: self.config.packing.map_or(0, |p| p.code() as i32),
                     tokenizer_sha256: sha.clone(),
-                    ..Default::default()
                 });
                 rows_of.push(Vec::new());
                 tokens = 0;

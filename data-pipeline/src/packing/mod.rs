@@ -379,11 +379,11 @@ impl AdaptiveRice {
 }
 
 /// The order a `freq` packing needs, checked against the vocabulary; `None` for the others.
-fn order_for<'a>(
+fn order_for(
     packing: Packing,
     vocab: usize,
-    order: Option<&'a IdOrder>,
-) -> Result<Option<&'a IdOrder>, PackError> {
+    order: Option<&IdOrder>,
+) -> Result<Option<&IdOrder>, PackError> {
     if !packing.needs_order() {
         return Ok(None);
     }
