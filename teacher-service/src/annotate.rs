@@ -64,6 +64,26 @@ fn push(writer: &mut CacheWriter, s: &crate::wire::Scores) -> Result<()> {
     Ok(())
 }
 
+/// The cache writer, or `None` for a new `freq` cache, which opens once calibrated
+/// ([`open_calibrated`]); a `freq` cache with shards resumes with their order.
+fn open_writer(config: &AnnotateConfig, meta: &CacheMeta) -> Result<Option<CacheWriter>> {
+    let meta = match config.packing {
+        Some(p) if p.needs_order() => match CacheMeta::of_folder(&config.out)? {
+            Some(found) => CacheMeta {
+                id_order: found.id_order,
+                ..meta.clone()
+            },
+            None => return Ok(None),
+        },
+        _ => meta.clone(),
+    };
+    Ok(Some(CacheWriter::open(
+        &config.out,
+        meta,
+        config.shard_rows,
+    )?))
+}
+
 /// Opens the cache of a `freq` packing once its calibration rows are in: the order from
 /// `held`'s rows, then `held` written with it.
 fn open_calibrated(
@@ -224,26 +244,8 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
             "zstd applies to packed caches: choose a packing too".into(),
         ));
     }
-    // A freq cache resumes with the order of its shards, or opens once calibrated.
     let vocab = info.vocab_size as usize;
-    let mut writer = match config.packing {
-        Some(p) if p.needs_order() => match CacheMeta::of_folder(&config.out)? {
-            Some(found) => Some(CacheWriter::open(
-                &config.out,
-                CacheMeta {
-                    id_order: found.id_order,
-                    ..meta.clone()
-                },
-                config.shard_rows,
-            )?),
-            None => None,
-        },
-        _ => Some(CacheWriter::open(
-            &config.out,
-            meta.clone(),
-            config.shard_rows,
-        )?),
-    };
+    let mut writer = open_writer(config, &meta)?;
     let mut held: Vec<crate::wire::Scores> = Vec::new();
 
     let total = ds.len() as usize;

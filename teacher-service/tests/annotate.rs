@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use edkd_data::manifest::Verify;
@@ -134,14 +134,28 @@ async fn annotate_writes_the_cache_and_resumes_without_rescoring() {
     server.shutdown().await.unwrap();
 }
 
+/// 40 examples, a served tiny teacher, and their f32 cache in `TMP/f32`: what the packed
+/// caches are compared with.
+async fn with_f32_cache(
+    tmp: &Path,
+) -> (
+    PathBuf,
+    edkd_teacher::RunningServer,
+    edkd_teacher::Client,
+    PathBuf,
+) {
+    let data = prepare(tmp, 40);
+    let server = server("llama_linear", ServerConfig::default()).await;
+    let client = client(&server);
+    let plain = tmp.join("f32");
+    annotate(&client, &config(&data, &plain)).await.unwrap();
+    (data, server, client, plain)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packed_cache_holds_the_f32_cache_within_the_packing_bounds() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prepare(tmp.path(), 40);
-    let server = server("llama_linear", ServerConfig::default()).await;
-    let client = client(&server);
-    let plain = tmp.path().join("f32");
-    annotate(&client, &config(&data, &plain)).await.unwrap();
+    let (data, server, client, plain) = with_f32_cache(tmp.path()).await;
     let packing = edkd_data::packing::Packing::new(edkd_data::packing::IdCoding::Delta, 8);
     let packed = tmp.path().join("packed");
     let mut cfg = config(&data, &packed);
@@ -174,11 +188,7 @@ async fn a_packed_cache_holds_the_f32_cache_within_the_packing_bounds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freq_cache_calibrates_its_id_order_and_resumes_with_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = prepare(tmp.path(), 40);
-    let server = server("llama_linear", ServerConfig::default()).await;
-    let client = client(&server);
-    let plain = tmp.path().join("f32");
-    annotate(&client, &config(&data, &plain)).await.unwrap();
+    let (data, server, client, plain) = with_f32_cache(tmp.path()).await;
     let packing = edkd_data::packing::Packing::from_name("freq-e6").unwrap();
     let out = tmp.path().join("freq");
     let mut cfg = config(&data, &out);

@@ -274,6 +274,18 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
     let t = BatchTensors::new(&batch, Device::Cpu);
     let logits = tch::no_grad(|| net.logits(&t, false));
     let loss = cfg.loss.kd();
+    // The service, unpacked or asked for a packing by name.
+    let remote = |packing: Option<&str>| {
+        source::Remote::connect(source::RemoteConfig {
+            addr: addr.clone(),
+            top_k: vocab,
+            temperature,
+            auth_token: None,
+            timeout: Duration::from_secs(30),
+            retry_for: Duration::ZERO,
+            packing: packing.map(|n| edkd_data::packing::Packing::from_name(n).unwrap()),
+        })
+    };
     let mut sources: Vec<(&str, Box<dyn TeacherSource>)> = vec![
         (
             "in-process",
@@ -283,38 +295,13 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
             "cache",
             Box::new(source::Cache::open(&cache_dir, vocab as i64).unwrap()),
         ),
-        (
-            "remote",
-            Box::new(
-                source::Remote::connect(source::RemoteConfig {
-                    addr: addr.clone(),
-                    top_k: vocab,
-                    temperature,
-                    auth_token: None,
-                    timeout: Duration::from_secs(30),
-                    retry_for: Duration::ZERO,
-                    packing: None,
-                })
-                .unwrap(),
-            ),
-        ),
+        ("remote", Box::new(remote(None).unwrap())),
     ];
     // The same service asked for packed answers (8-bit codes, entropy-coded): the KD term
     // moves by the codes' rounding only.
-    let packed_remote = |name: &str| {
-        source::Remote::connect(source::RemoteConfig {
-            addr: addr.clone(),
-            top_k: vocab,
-            temperature,
-            auth_token: None,
-            timeout: Duration::from_secs(30),
-            retry_for: Duration::ZERO,
-            packing: Some(edkd_data::packing::Packing::from_name(name).unwrap()),
-        })
-    };
-    let mut packed = packed_remote("delta-e8").unwrap();
+    let mut packed = remote(Some("delta-e8")).unwrap();
     // A cache-only packing is refused when connecting, naming what the service sends.
-    let e = packed_remote("freq-e5").err().unwrap().to_string();
+    let e = remote(Some("freq-e5")).err().unwrap().to_string();
     assert!(
         e.contains("teacher.packing = freq-e5") && e.contains("delta-e8"),
         "{e}"
