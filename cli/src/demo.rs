@@ -23,12 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use edkd_data::prepare::{PrepareConfig, Truncation, prepare};
 use edkd_data::synth::{self, Split, SynthExample};
-use edkd_trainer::config::TrainConfig;
-use edkd_trainer::dist::Single;
+use edkd_experiments::synthetic;
 use edkd_trainer::eval::{EvalReport, Scores};
-use edkd_trainer::{RunOptions, train};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,67 +67,8 @@ fn stage(n: usize, what: &str, started: &Instant) {
     );
 }
 
-fn prepare_data(
-    train: &Path,
-    validation: &Path,
-    tokenizer: &Path,
-    out: &Path,
-    max_input: usize,
-) -> anyhow::Result<()> {
-    let cfg = PrepareConfig {
-        validation_inputs: vec![validation.display().to_string()],
-        max_input_tokens: Some(max_input),
-        max_target_tokens: Some(24),
-        input_truncation: Truncation::KeepEnd,
-        shard_rows: 1024,
-        keep_text: true,
-        overwrite: true,
-        command: vec!["edkd demo".into()],
-        ..PrepareConfig::new(&[train], tokenizer, out)
-    };
-    prepare(&cfg).with_context(|| format!("preparing {}", out.display()))?;
-    Ok(())
-}
-
-/// The common training settings (both students share all of them).
-fn base_overrides(args: &Args, data: &Path, tokenizer: &Path, steps: u64) -> Vec<String> {
-    vec![
-        format!("data.manifest=\"{}\"", data.display()),
-        format!("data.tokenizer=\"{}\"", tokenizer.display()),
-        format!("seed={}", args.seed),
-        format!("threads={}", args.threads),
-        format!("optim.steps={steps}"),
-        "optim.lr=2e-3".into(),
-        format!("optim.warmup_steps={}", steps / 20),
-        "optim.schedule=cosine".into(),
-        "optim.weight_decay=0.05".into(),
-        "batch.max_tokens=2048".into(),
-        "batch.max_rows=16".into(),
-        "batch.bucket_window=512".into(),
-        format!("eval.every={}", steps / 4),
-        "eval.max_examples=64".into(),
-        "eval.max_new_tokens=16".into(),
-        format!("checkpoint.every={}", steps / 2),
-        "checkpoint.keep_last=1".into(),
-    ]
-}
-
 /// The students: the encoder-decoder `edkd bench train` measures too.
 const STUDENT: &[&str] = edkd_experiments::training::STUDENT;
-
-/// The teacher: a decoder-only (Llama-shaped) model about twice the students' size.
-const TEACHER: &[&str] = &[
-    "model.architecture=decoder-only",
-    "model.preset=small",
-    "model.overrides.d_model=128",
-    "model.overrides.encoder_layers=3",
-    "model.overrides.decoder_layers=2",
-    "model.overrides.attn_dim=128",
-    "model.overrides.num_heads=4",
-    "model.overrides.num_kv_heads=2",
-    "model.overrides.ffn_dim=768",
-    "model.overrides.max_positions=512",
-];
 
 fn run_training(
     name: &str,
@@ -138,28 +76,30 @@ fn run_training(
     out: &Path,
     fresh: bool,
 ) -> anyhow::Result<EvalReport> {
-    let cfg = TrainConfig::from_overrides(&overrides)?;
-    cfg.validate()?;
-    if fresh && out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("clearing {}", out.display()))?;
-    }
-    let summary = train(
-        &cfg,
-        &RunOptions {
-            out: out.to_owned(),
-            resume: true,
-            ..Default::default()
-        },
-        &mut Single,
-    )
-    .with_context(|| format!("training the {name}"))?;
-    eprintln!(
-        "  {name}: {} steps in {:.0} s, {:.0} target tokens/s",
-        summary.steps, summary.elapsed_s, summary.tokens_per_s
-    );
-    summary
-        .final_eval
-        .context("the run ended without an evaluation")
+    let (_, eval) = synthetic::train_run(name, &overrides, out, fresh)
+        .with_context(|| format!("training the {name}"))?;
+    Ok(eval)
+}
+
+fn prepare_data(
+    train: &Path,
+    validation: &Path,
+    tokenizer: &Path,
+    out: &Path,
+    max_input: usize,
+) -> anyhow::Result<()> {
+    synthetic::prepare_split(train, validation, tokenizer, out, max_input, "edkd demo")
+        .with_context(|| format!("preparing {}", out.display()))
+}
+
+fn base_overrides(args: &Args, data: &Path, tokenizer: &Path, steps: u64) -> Vec<String> {
+    synthetic::base_overrides(&synthetic::RunSettings {
+        data,
+        tokenizer,
+        seed: args.seed,
+        threads: args.threads,
+        steps,
+    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -230,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let runs = out.join("runs");
     let mut o = base_overrides(&args, &data.join("teacher"), &tokenizer, args.teacher_steps);
-    o.extend(TEACHER.iter().map(|s| s.to_string()));
+    o.extend(synthetic::TEACHER.iter().map(|s| s.to_string()));
     let teacher_eval = run_training("teacher", o, &runs.join("teacher"), false)?;
     let teacher_dir = runs.join("teacher/final");
 
@@ -257,7 +197,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "pseudo-labelling the unlabelled inputs with the teacher",
         &started,
     );
-    let pseudo = pseudo_label(&teacher_dir, unlabelled, args.max_input_tokens)?;
+    let pseudo = synthetic::pseudo_label(&teacher_dir, unlabelled, args.max_input_tokens)?;
     let mut kd_examples: Vec<SynthExample> = labelled.to_vec();
     kd_examples.extend(pseudo);
     synth::write_jsonl(&raw.join("kd.jsonl"), &kd_examples)?;
@@ -356,61 +296,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// The teacher's greedy answers for `inputs`, as examples with those answers as targets.
-fn pseudo_label(
-    teacher_dir: &Path,
-    inputs: &[SynthExample],
-    max_input: usize,
-) -> anyhow::Result<Vec<SynthExample>> {
-    let teacher = edkd_models::Teacher::load(teacher_dir, Default::default())?;
-    let tok = teacher
-        .tokenizer
-        .as_ref()
-        .context("the teacher folder has no tokenizer.json")?;
-    let eos = teacher.model.config.eos_token_ids.clone();
-    let cfg = edkd_models::GenerationConfig {
-        eos_token_ids: eos.clone(),
-        pad_token_id: teacher.model.config.pad_token_id.unwrap_or(0),
-        ..edkd_models::GenerationConfig::greedy(24)
-    };
-    let mut out = Vec::with_capacity(inputs.len());
-    let mut skipped = 0usize;
-    for chunk in inputs.chunks(64) {
-        let prompts: Vec<Vec<i64>> = chunk
-            .iter()
-            .map(|e| {
-                let ids = tok.encode(&e.input, false)?;
-                let start = ids.len().saturating_sub(max_input);
-                Ok(ids[start..].to_vec())
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let answers = edkd_models::generate::generate(&teacher.model, &prompts, &cfg)?;
-        for (e, a) in chunk.iter().zip(answers) {
-            let ids: Vec<i64> = a.into_iter().take_while(|t| !eos.contains(t)).collect();
-            let text = tok.decode(&ids, true)?;
-            if text.trim().is_empty() {
-                // An answer of nothing teaches nothing (and is not a valid target).
-                skipped += 1;
-                continue;
-            }
-            out.push(SynthExample {
-                id: format!("pseudo-{}", e.id),
-                task: e.task.clone(),
-                input: e.input.clone(),
-                target: text.trim().to_owned(),
-                answer: e.answer.clone(),
-            });
-        }
-    }
-    if skipped > 0 {
-        eprintln!(
-            "  the teacher answered nothing for {skipped} of {} inputs; those are left out",
-            inputs.len()
-        );
-    }
-    Ok(out)
 }
 
 fn eval_section(n: usize) -> edkd_trainer::config::EvalSection {

@@ -1,6 +1,6 @@
 //! `edkd experiment`: experiments that answer a question end to end and write a report.
 
-use crate::{experiment_compression, experiment_kd};
+use crate::{experiment_ablations, experiment_compression, experiment_efficiency, experiment_kd};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -15,6 +15,16 @@ pub enum Command {
     /// What packing the teacher's top-k costs: bytes per target token and the relative
     /// error of the KD loss and its gradient, per packing and k, on real SmolLM2 targets.
     Compression(experiment_compression::Args),
+    /// The paper's efficiency comparison at its size: students (mid, mu-330m) against
+    /// their decoder-only twins, input lengths 128..4096, 1 and 2 threads, f32 and bf16
+    /// (or a CUDA device): first-token latency, decode tokens/s, peak memory, KV-cache
+    /// bytes, FLOPs, and each component's time; report with the paper's numbers.
+    Efficiency(experiment_efficiency::Args),
+    /// The paper's architecture ablations on the synthetic long-input tasks: encoder /
+    /// decoder split at equal parameters (2/3-1/3, 1/2-1/2, 1/3-2/3), RoPE vs none in
+    /// the encoder, encoder-decoder vs its decoder-only twin before and after KD; several
+    /// seeds, bootstrap intervals over seeds and examples.
+    Ablations(experiment_ablations::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -22,5 +32,7 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Kd(args) => experiment_kd::kd(args),
         Command::KdStep(args) => experiment_kd::step(args),
         Command::Compression(args) => experiment_compression::run(args),
+        Command::Efficiency(args) => experiment_efficiency::run(args),
+        Command::Ablations(args) => experiment_ablations::run(args),
     }
 }

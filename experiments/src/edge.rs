@@ -145,6 +145,8 @@ pub fn measure(spec: &EdgeSpec) -> Result<EdgeMeasurement> {
             repeats: spec.repeats,
             threads: spec.threads as i32,
             seed: spec.seed,
+            dtype: "f32".into(),
+            device: "cpu".into(),
         })?;
         return Ok(EdgeMeasurement {
             first_token_ms: m.first_token_ms,

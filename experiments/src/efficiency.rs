@@ -7,28 +7,44 @@
 //! every spec in a child process of its own ([`measure_in_child`]) so that the peak RSS
 //! it reports belongs to that pair alone; tests call [`measure`] in process.
 
+pub mod experiment;
+pub mod flops;
 pub mod report;
+pub mod report_md;
+pub mod session;
 pub mod suite;
 
 use std::process::Command;
-use std::time::Instant;
 
 use edkd_models::CausalLm;
-use edkd_models::nn::AttnMask;
-use edkd_models::student::{
-    DecoderCache, Encoded, Student, StudentConfig, StudentModel, init_twin,
-};
-use edkd_models::teacher::LmCache;
+use edkd_models::student::{StudentConfig, StudentModel, init_twin};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::memory;
 
+pub use flops::{Cost, cost};
 pub use report::{Row, figure, plot, table, write_csv};
+pub use session::{Part, Parts};
+use session::{Session, StudentSession, TwinSession, timed_run};
 
-/// Bytes per fp32 element (the benchmark runs in fp32, as the paper's CPU numbers do).
-const F32_BYTES: u64 = 4;
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+/// Bytes per element of a weight dtype this benchmark runs.
+pub fn elem_bytes(kind: Kind) -> u64 {
+    match kind {
+        Kind::BFloat16 | Kind::Half => 2,
+        Kind::Double => 8,
+        _ => 4,
+    }
+}
 
 /// Which model of the pair a measurement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +69,12 @@ pub struct MeasureSpec {
     pub threads: i32,
     /// Seeds the weights; the input ids use `seed + 1`.
     pub seed: i64,
+    /// Weight and compute dtype: `f32` or `bf16` (`f16` on CUDA).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 /// What [`measure`] found for one spec.
@@ -71,93 +93,14 @@ pub struct Measurement {
     /// Size of the KV caches at the end of a run, from the shapes (student: decoder
     /// self-attention plus cross-attention K/V of the encoder output; twin: self-attention).
     pub kv_cache_bytes: u64,
-}
-
-/// The model under test and its per-run state.
-trait Session {
-    /// Processes the input and returns the first greedy token.
-    fn first(&mut self, ids: &Tensor) -> i64;
-    /// Feeds the previous token and returns the next one.
-    fn next(&mut self, token: i64) -> i64;
-}
-
-fn greedy(logits: &Tensor) -> i64 {
-    logits.argmax(-1, false).int64_value(&[0])
-}
-
-fn token_tensor(token: i64) -> Tensor {
-    Tensor::from_slice(&[token]).reshape([1, 1])
-}
-
-struct StudentSession<'a> {
-    model: &'a Student,
-    new_tokens: i64,
-    state: Option<(Encoded, DecoderCache)>,
-}
-
-impl Session for StudentSession<'_> {
-    fn first(&mut self, ids: &Tensor) -> i64 {
-        let valid = Tensor::ones(ids.size(), (Kind::Bool, Device::Cpu));
-        let enc = self.model.encode(ids, &valid, false);
-        let cache = self.model.new_cache(&enc, self.new_tokens);
-        let (enc, cache) = self.state.insert((enc, cache));
-        let bos = token_tensor(self.model.config.bos_token_id);
-        let h = self.model.decode(&bos, enc, Some(cache), false); // [1, 1, d]
-        greedy(&self.model.logits(&h.squeeze_dim(1)))
-    }
-
-    fn next(&mut self, token: i64) -> i64 {
-        let (enc, cache) = self.state.as_mut().expect("first() ran");
-        let h = self
-            .model
-            .decode(&token_tensor(token), enc, Some(cache), false);
-        greedy(&self.model.logits(&h.squeeze_dim(1)))
-    }
-}
-
-struct TwinSession<'a> {
-    model: &'a CausalLm,
-    new_tokens: i64,
-    cache: Option<LmCache>,
-}
-
-impl Session for TwinSession<'_> {
-    fn first(&mut self, ids: &Tensor) -> i64 {
-        let (b, t) = ids.size2().expect("[b, t] ids");
-        let cache = self
-            .cache
-            .insert(self.model.new_cache(b, t + self.new_tokens));
-        let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).unsqueeze(0); // [1, t]
-        let h = self
-            .model
-            .hidden(ids, &positions, &AttnMask::Causal, Some(cache), false);
-        greedy(&self.model.logits(&h.narrow(1, t - 1, 1).squeeze_dim(1)))
-    }
-
-    fn next(&mut self, token: i64) -> i64 {
-        let cache = self.cache.as_mut().expect("first() ran");
-        let pos = Tensor::from_slice(&[cache.len()]).reshape([1, 1]);
-        let h = self.model.hidden(
-            &token_tensor(token),
-            &pos,
-            &AttnMask::Full,
-            Some(cache),
-            false,
-        );
-        greedy(&self.model.logits(&h.squeeze_dim(1)))
-    }
-}
-
-/// One timed generation: (first-token seconds, seconds for the remaining steps).
-fn timed_run(session: &mut dyn Session, ids: &Tensor, new_tokens: usize) -> (f64, f64) {
-    let t0 = Instant::now();
-    let mut token = session.first(ids);
-    let first = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    for _ in 1..new_tokens {
-        token = session.next(token);
-    }
-    (first, t1.elapsed().as_secs_f64())
+    /// The best first-token run split into components, milliseconds.
+    #[serde(default)]
+    pub first_parts_ms: Parts,
+    /// The best decode run's mean step split into components, milliseconds.
+    #[serde(default)]
+    pub step_parts_ms: Parts,
+    /// FLOPs and bytes by construction (see [`flops`]).
+    pub cost: Cost,
 }
 
 /// KV-cache bytes at the end of a run, from the configs' shapes.
@@ -166,6 +109,7 @@ pub fn kv_cache_bytes(
     arch: Arch,
     input_length: i64,
     new_tokens: usize,
+    elem_bytes: u64,
 ) -> u64 {
     let per_position = 2 * cfg.num_kv_heads * cfg.head_dim(); // K and V
     let n = new_tokens as i64;
@@ -173,7 +117,7 @@ pub fn kv_cache_bytes(
         Arch::Student => cfg.decoder_layers * per_position * (n + input_length),
         Arch::Twin => (cfg.encoder_layers + cfg.decoder_layers) * per_position * (input_length + n),
     };
-    elements as u64 * F32_BYTES
+    elements as u64 * elem_bytes
 }
 
 fn check(spec: &MeasureSpec) -> Result<()> {
@@ -202,21 +146,30 @@ fn check(spec: &MeasureSpec) -> Result<()> {
 /// this process, and reads the peak RSS of the runs.
 pub fn measure(spec: &MeasureSpec) -> Result<Measurement> {
     check(spec)?;
+    let device = edkd_models::device::parse_device(&spec.device)?;
+    let kind = edkd_models::device::parse_dtype(&spec.dtype)?;
+    edkd_models::device::check_available(device)?;
+    edkd_models::teacher::check_dtype(kind, device)?;
     tch::set_num_threads(spec.threads);
     let cfg = StudentConfig::preset(&spec.preset)?;
     let new_tokens = spec.new_tokens as i64;
     let (student, twin) = match spec.arch {
-        Arch::Student => (
-            Some(StudentModel::init(&cfg, Device::Cpu, spec.seed)?),
-            None,
-        ),
-        Arch::Twin => (None, Some(init_twin(&cfg, Device::Cpu, spec.seed))),
+        Arch::Student => {
+            let mut m = StudentModel::init(&cfg, device, spec.seed)?;
+            m.vs.set_kind(kind);
+            (Some(m), None)
+        }
+        Arch::Twin => {
+            let (mut vs, lm) = init_twin(&cfg, device, spec.seed);
+            vs.set_kind(kind);
+            (None, Some((vs, lm)))
+        }
     };
     tch::manual_seed(spec.seed + 1);
     let ids = Tensor::randint(
         cfg.vocab_size,
         [1, spec.input_length],
-        (Kind::Int64, Device::Cpu),
+        (Kind::Int64, device),
     );
     let (params, mut session): (i64, Box<dyn Session + '_>) = match (&student, &twin) {
         (Some(s), _) => (
@@ -240,23 +193,40 @@ pub fn measure(spec: &MeasureSpec) -> Result<Measurement> {
 
     let baseline = memory::rss();
     let reset = memory::reset_peak();
-    let (mut first, mut decode) = (f64::INFINITY, f64::INFINITY);
+    let mut first: Option<Parts> = None;
+    let mut decode: Option<Parts> = None;
     tch::no_grad(|| {
-        timed_run(session.as_mut(), &ids, spec.new_tokens); // warm-up
+        timed_run(session.as_mut(), &ids, spec.new_tokens, device); // warm-up
         for _ in 0..spec.repeats {
-            let (f, d) = timed_run(session.as_mut(), &ids, spec.new_tokens);
-            first = first.min(f);
-            decode = decode.min(d);
+            let (f, d) = timed_run(session.as_mut(), &ids, spec.new_tokens, device);
+            if first.as_ref().is_none_or(|b| f.total() < b.total()) {
+                first = Some(f);
+            }
+            if decode.as_ref().is_none_or(|b| d.total() < b.total()) {
+                decode = Some(d);
+            }
         }
     });
+    let (first, decode) = (first.expect("repeats >= 1"), decode.expect("repeats >= 1"));
     let peak = memory::peak_rss().unwrap_or(0);
+    let steps = (spec.new_tokens - 1) as f64;
+    let elem = elem_bytes(kind);
     Ok(Measurement {
         params,
-        first_token_ms: first * 1e3,
-        decode_tokens_per_s: (spec.new_tokens - 1) as f64 / decode,
+        first_token_ms: first.total() * 1e3,
+        decode_tokens_per_s: steps / decode.total(),
         peak_rss_bytes: peak,
         run_peak_bytes: baseline.filter(|_| reset).map(|b| peak.saturating_sub(b)),
-        kv_cache_bytes: kv_cache_bytes(&cfg, spec.arch, spec.input_length, spec.new_tokens),
+        kv_cache_bytes: kv_cache_bytes(&cfg, spec.arch, spec.input_length, spec.new_tokens, elem),
+        first_parts_ms: first.scaled(1e-3),
+        step_parts_ms: decode.scaled(steps * 1e-3),
+        cost: cost(
+            &cfg,
+            spec.arch,
+            spec.input_length,
+            spec.new_tokens,
+            elem as f64,
+        ),
     })
 }
 
@@ -282,7 +252,7 @@ pub fn measure_in_child(mut cmd: Command, spec: &MeasureSpec) -> Result<Measurem
 }
 
 /// The whole experiment's settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub preset: String,
     pub input_lengths: Vec<i64>,
@@ -290,6 +260,12 @@ pub struct Options {
     pub repeats: usize,
     pub threads: i32,
     pub seed: i64,
+    /// `f32` or `bf16` (`f16` on CUDA).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
 }
 
 impl Options {
@@ -302,6 +278,8 @@ impl Options {
             repeats: self.repeats,
             threads: self.threads,
             seed: self.seed,
+            dtype: self.dtype.clone(),
+            device: self.device.clone(),
         }
     }
 }
@@ -347,5 +325,7 @@ pub fn default_options(preset: &str) -> Options {
         repeats: if full_size { 1 } else { 3 },
         threads: 2,
         seed: 0,
+        dtype: default_dtype(),
+        device: default_device(),
     }
 }

@@ -24,16 +24,19 @@
 //! The Python reference implementations these compare against are in `scripts/`, run with
 //! the project venv's interpreter ([`python`]).
 
+pub mod ablations;
 pub mod allreduce;
 pub mod compression;
 pub mod edge;
 pub mod efficiency;
 pub mod error;
 pub mod generation;
+pub mod host;
 pub mod kd_real;
 pub mod loopback;
 pub mod memory;
 pub mod python;
+pub mod synthetic;
 pub mod teacher_forward;
 pub mod training;
 

@@ -25,6 +25,8 @@ fn tiny() -> Options {
         repeats: 1,
         threads: 1,
         seed: 0,
+        dtype: "f32".into(),
+        device: "cpu".into(),
     }
 }
 
@@ -125,6 +127,8 @@ fn one_new_token_is_rejected_with_the_field_name() {
         repeats: 1,
         threads: 1,
         seed: 0,
+        dtype: "f32".into(),
+        device: "cpu".into(),
     };
     let err = efficiency::measure(&spec).unwrap_err().to_string();
     assert!(err.contains("new_tokens"), "{err}");

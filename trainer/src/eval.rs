@@ -13,7 +13,7 @@ use tch::Device;
 use crate::config::EvalSection;
 use crate::error::Result;
 use crate::loss::KdLoss;
-use crate::metrics::MetricSums;
+use crate::metrics::{MetricSums, SampleMetrics};
 use crate::model::{BatchTensors, Net};
 use crate::source::TeacherSource;
 
@@ -113,17 +113,15 @@ pub fn open_eval_split(
     Ok((Dataset::open(data, &open)?, tokenizer))
 }
 
-/// Evaluates a saved model folder (student or decoder-only) on `split` of the dataset in
-/// `data`: loads the model with its `tokenizer.json`, checks that the dataset was
-/// tokenized with that tokenizer, and runs [`evaluate`] without a teacher.
-pub fn evaluate_folder(
+/// Loads a saved model folder (student or decoder-only) with its `tokenizer.json` and
+/// opens `split` of the dataset in `data`, checking it was tokenized with that tokenizer.
+fn open_folder(
     model: &std::path::Path,
     data: &std::path::Path,
     split: &str,
-    cfg: &EvalSection,
     device: Device,
-) -> Result<EvalReport> {
-    use crate::config::{Architecture, ModelSection, TrainConfig};
+) -> Result<(Net, Dataset, Tokenizer)> {
+    use crate::config::{Architecture, ModelSection};
     use edkd_models::student::{FolderKind, folder_kind};
     let kind = folder_kind(model)?;
     let (ds, tokenizer) = open_eval_split(model, data, split)?;
@@ -143,8 +141,39 @@ pub fn evaluate_folder(
         eos: specials.eos as i64,
     };
     let net = Net::build(&section, vocab, device, 0)?;
-    let loss = TrainConfig::default().loss.kd();
+    Ok((net, ds, tokenizer))
+}
+
+/// Evaluates a saved model folder (student or decoder-only) on `split` of the dataset in
+/// `data` ([`open_folder`]) with [`evaluate`], without a teacher.
+pub fn evaluate_folder(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    cfg: &EvalSection,
+    device: Device,
+) -> Result<EvalReport> {
+    let (net, ds, tokenizer) = open_folder(model, data, split, device)?;
+    let loss = crate::config::TrainConfig::default().loss.kd();
     evaluate(&net, &ds, None, &loss, cfg, Some(&tokenizer), device, 0)
+}
+
+/// Per-example predictions ([`predict`]) of a saved model folder on the first
+/// `cfg.max_examples` (0: all) examples of `split`.
+pub fn predict_folder(
+    model: &std::path::Path,
+    data: &std::path::Path,
+    split: &str,
+    cfg: &EvalSection,
+    device: Device,
+) -> Result<Vec<Prediction>> {
+    let (net, ds, tokenizer) = open_folder(model, data, split, device)?;
+    let n = if cfg.max_examples == 0 {
+        ds.len() as usize
+    } else {
+        cfg.max_examples
+    };
+    predict(&net, &ds, n, cfg, &tokenizer)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -246,33 +275,11 @@ pub fn evaluate(
         return Ok(report);
     };
     let mut sums = MetricSums::default();
-    let gen_cfg = GenerationConfig {
-        eos_token_ids: vec![net.eos()],
-        pad_token_id: net.pad(),
-        // The model's padding columns beyond the tokenizer decode to nothing.
-        max_token_id: Some(ds.manifest.tokenizer.vocab_size as i64),
-        ..GenerationConfig::greedy(cfg.max_new_tokens)
-    };
-    let mut start = 0;
-    while start < n {
-        let end = (start + cfg.batch_rows).min(n);
-        let examples: Vec<_> = (start..end).map(|i| ds.example(i as u64)).collect();
-        let inputs: Vec<Vec<i64>> = examples
-            .iter()
-            .map(|e| e.input_ids.iter().map(|&x| x as i64).collect())
-            .collect();
-        let outputs = net.generate(&inputs, &gen_cfg)?;
-        for (e, out) in examples.iter().zip(outputs) {
-            let pred_ids: Vec<i64> = out.into_iter().take_while(|&t| t != net.eos()).collect();
-            let gold_ids: Vec<i64> = e.target_ids.iter().map(|&x| x as i64).collect();
-            let pred = tokenizer.decode(&pred_ids, true)?;
-            let gold = tokenizer.decode(&gold_ids, true)?;
-            sums.add(e.task, &pred, &gold);
-            if report.samples.len() < 5 {
-                report.samples.push((e.id.to_owned(), pred, gold));
-            }
+    for p in predict(net, ds, n, cfg, tokenizer)? {
+        sums.add_metrics(&p.task, &p.metrics);
+        if report.samples.len() < 5 {
+            report.samples.push((p.id, p.prediction, p.reference));
         }
-        start = end;
     }
     let to_scores = |m: &crate::metrics::MetricMeans| Scores {
         count: m.count,
@@ -290,6 +297,63 @@ pub fn evaluate(
         .map(|(k, v)| (k.clone(), to_scores(v)))
         .collect();
     Ok(report)
+}
+
+/// One scored prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub task: String,
+    pub prediction: String,
+    pub reference: String,
+    pub metrics: SampleMetrics,
+}
+
+/// Greedy (cached) answers of `net` for the first `n` examples of `ds` in manifest
+/// order, decoded and scored against the references one by one: what a paired or
+/// bootstrapped comparison of models needs.
+pub fn predict(
+    net: &(impl Evaluable + ?Sized),
+    ds: &Dataset,
+    n: usize,
+    cfg: &EvalSection,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<Prediction>> {
+    let _guard = tch::no_grad_guard();
+    let n = n.min(ds.len() as usize);
+    let gen_cfg = GenerationConfig {
+        eos_token_ids: vec![net.eos()],
+        pad_token_id: net.pad(),
+        // The model's padding columns beyond the tokenizer decode to nothing.
+        max_token_id: Some(ds.manifest.tokenizer.vocab_size as i64),
+        ..GenerationConfig::greedy(cfg.max_new_tokens)
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + cfg.batch_rows.max(1)).min(n);
+        let examples: Vec<_> = (start..end).map(|i| ds.example(i as u64)).collect();
+        let inputs: Vec<Vec<i64>> = examples
+            .iter()
+            .map(|e| e.input_ids.iter().map(|&x| x as i64).collect())
+            .collect();
+        let outputs = net.generate(&inputs, &gen_cfg)?;
+        for (e, ids) in examples.iter().zip(outputs) {
+            let pred_ids: Vec<i64> = ids.into_iter().take_while(|&t| t != net.eos()).collect();
+            let gold_ids: Vec<i64> = e.target_ids.iter().map(|&x| x as i64).collect();
+            let prediction = tokenizer.decode(&pred_ids, true)?;
+            let reference = tokenizer.decode(&gold_ids, true)?;
+            out.push(Prediction {
+                id: e.id.to_owned(),
+                task: e.task.to_owned(),
+                metrics: SampleMetrics::compute(&prediction, &reference),
+                prediction,
+                reference,
+            });
+        }
+        start = end;
+    }
+    Ok(out)
 }
 
 /// The first `rows` rows of a batch (same padded widths).

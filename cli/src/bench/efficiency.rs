@@ -28,6 +28,12 @@ pub struct Args {
     repeats: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Weight and compute dtype: f32, bf16 (f16 on CUDA).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu", env = "EDKD_DEVICE")]
+    device: String,
     /// Output folder for efficiency-<preset>.csv/.png/.json.
     #[arg(long, default_value = "out/bench/efficiency")]
     out: PathBuf,
@@ -47,6 +53,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = efficiency::default_options(&args.preset);
     opts.threads = args.threads;
     opts.seed = args.seed;
+    opts.dtype = args.dtype;
+    opts.device = args.device;
     opts.input_lengths = args.input_lengths.unwrap_or(opts.input_lengths);
     opts.new_tokens = args.new_tokens.unwrap_or(opts.new_tokens);
     opts.repeats = args.repeats.unwrap_or(opts.repeats);

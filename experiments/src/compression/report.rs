@@ -73,39 +73,12 @@ pub struct Inputs {
     pub decoder_layers: Vec<usize>,
 }
 
-/// 1-minute load average (NaN where /proc is missing).
-pub fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-/// Processes named `rustc` (other builds competing for the cores).
-pub fn compilers_running() -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc")
-        })
-        .count()
-}
+pub use crate::host::{compilers_running, load_average};
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "{cores} cores ({cpu}), libtorch {} threads",
+        "{}, libtorch {} threads",
+        crate::host::machine(),
         tch::get_num_threads()
     )
 }

@@ -35,7 +35,7 @@ pub const CSV_COLUMNS: [&str; 18] = [
 ];
 
 /// Both models at one input length.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Row {
     pub input_length: i64,
     pub new_tokens: usize,

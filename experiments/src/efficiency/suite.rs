@@ -85,11 +85,13 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "{} student ({:.1}M params) vs decoder-only twin ({:.1}M), batch 1, fp32, {} \
+            "{} student ({:.1}M params) vs decoder-only twin ({:.1}M), batch 1, {} on {}, {} \
              threads, {} new tokens, best of {}",
             o.preset,
             first.student.params as f64 / 1e6,
             first.twin.params as f64 / 1e6,
+            o.dtype,
+            o.device,
             o.threads,
             o.new_tokens,
             o.repeats

@@ -217,25 +217,11 @@ fn curve(run: &Path) -> Vec<(f64, f64)> {
 
 /// CPU model, cores and load average of this machine.
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let cuda = if tch::Cuda::is_available() {
-        format!(", {} CUDA device(s)", tch::Cuda::device_count())
-    } else {
-        String::new()
-    };
     format!(
-        "{cpu}, {cores} cores{cuda}; load average at the end {}",
+        "{}; load average at the end {}",
+        crate::host::machine(),
         load.join(" ")
     )
 }

@@ -72,12 +72,7 @@ pub struct StepBenchReport {
     pub variants: Vec<(String, Split)>,
 }
 
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
+use crate::host::load_average;
 
 /// The loss as `KdLoss::total` computed it before: CE and KD each with their own
 /// log-softmax, the student's tail a logsumexp over a scattered full-vocabulary copy.

@@ -107,6 +107,50 @@ pub fn paired_difference(
     bootstrap(a.len(), |i| a[i] - b[i], resamples, level, seed)
 }
 
+/// Two-level percentile bootstrap of the mean of `scores[s][i]`, system runs `s` (seeds)
+/// by examples `i`: each resample draws seeds and examples with replacement, so the
+/// interval carries the spread between training seeds as well as between examples. With
+/// one seed it is [`mean_interval`] of that seed's scores.
+pub fn seeds_and_examples_interval(
+    scores: &[Vec<f64>],
+    resamples: usize,
+    level: f64,
+    seed: u64,
+) -> Interval {
+    let (k, n) = (scores.len(), scores.first().map_or(0, Vec::len));
+    assert!(
+        scores.iter().all(|r| r.len() == n),
+        "every seed needs the same examples"
+    );
+    let m = mean(&scores.iter().map(|r| mean(r)).collect::<Vec<_>>());
+    if k == 0 || n == 0 || resamples == 0 {
+        return Interval {
+            mean: m,
+            lo: m,
+            hi: m,
+        };
+    }
+    let mut rng = SplitMix(seed);
+    let mut means: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let seeds: Vec<usize> = (0..k).map(|_| rng.below(k)).collect();
+            let mut sum = 0.0;
+            for _ in 0..n {
+                let i = rng.below(n);
+                sum += seeds.iter().map(|&s| scores[s][i]).sum::<f64>();
+            }
+            sum / (n * k) as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let tail = (1.0 - level) / 2.0;
+    Interval {
+        mean: m,
+        lo: quantile(&means, tail),
+        hi: quantile(&means, 1.0 - tail),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +231,25 @@ mod tests {
         assert!(ia.lo < ib.hi);
         let same = paired_difference(&a, &a, 100, LEVEL, 2);
         assert_eq!((same.lo, same.hi), (0.0, 0.0));
+    }
+
+    #[test]
+    fn seed_spread_widens_the_two_level_interval() {
+        let x = coin(400, 0.5, 21);
+        // One seed: the one-level interval exactly (same draws of examples).
+        let one = seeds_and_examples_interval(std::slice::from_ref(&x), 500, LEVEL, 4);
+        assert!((one.mean - mean(&x)).abs() < 1e-12);
+        // Three seeds that agree on every example: as wide as one seed.
+        let same = seeds_and_examples_interval(&[x.clone(), x.clone(), x.clone()], 500, LEVEL, 4);
+        // Three seeds offset by -0.1, 0, +0.1: the seed spread adds width.
+        let shifted: Vec<Vec<f64>> = [-0.1, 0.0, 0.1]
+            .iter()
+            .map(|d| x.iter().map(|v| v + d).collect())
+            .collect();
+        let spread = seeds_and_examples_interval(&shifted, 500, LEVEL, 4);
+        assert!((spread.mean - same.mean).abs() < 1e-12);
+        let (w_same, w_spread) = (same.hi - same.lo, spread.hi - spread.lo);
+        assert!(w_spread > 1.5 * w_same, "{w_spread} vs {w_same}");
+        assert!((w_same / (one.hi - one.lo) - 1.0).abs() < 0.25);
     }
 }
