@@ -75,7 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cmd.args(["bench", "efficiency", "--worker"]);
         cmd
     };
-    let report = experiment::run(&opts, command, &a.out, child)?;
+    let report = experiment::run(&opts, command, &a.out, experiment::in_child(child))?;
     let written = report_md::write(&report, &a.report_dir)?;
     for s in &report.settings {
         println!("{}", s.name());

@@ -148,3 +148,103 @@ fn cached_and_recomputed_student_generation_agree() {
     assert!(r.same_tokens);
     assert!(r.cached_s > 0.0 && r.recompute_s > 0.0);
 }
+
+/// The paper-size experiment's machinery on the tiny preset: every component of a run is
+/// timed (the parts add up to the end-to-end figures), FLOPs by construction favour the
+/// student, the report names the paper's claims, and a rerun takes nothing again.
+#[test]
+fn the_grid_experiment_breaks_down_time_and_resumes_from_its_journal() {
+    use edkd_experiments::efficiency::experiment::{self, GridOptions};
+    use edkd_experiments::efficiency::{Part, report_md};
+    let work = tempfile::tempdir().unwrap();
+    let reports = tempfile::tempdir().unwrap();
+    let opts = GridOptions {
+        presets: vec!["tiny".into()],
+        input_lengths: vec![16, 64],
+        threads: vec![1],
+        dtypes: vec!["f32".into(), "bf16".into()],
+        device: "cpu".into(),
+        new_tokens: 4,
+        repeats: (1, 1),
+        seed: 0,
+    };
+    let mut taken = 0;
+    let r = experiment::run(&opts, "test".into(), work.path(), |s| {
+        taken += 1;
+        efficiency::measure(s)
+    })
+    .unwrap();
+    assert_eq!(taken, 8);
+    assert_eq!(r.measured_now, 8);
+    assert_eq!(r.settings.len(), 2);
+    for s in &r.settings {
+        for row in &s.rows {
+            let (st, tw) = (&row.student, &row.twin);
+            let sum = st.first_parts_ms.total();
+            assert!(
+                (sum - st.first_token_ms).abs() < 1e-9,
+                "{sum} vs {}",
+                st.first_token_ms
+            );
+            for part in [Part::Encoder, Part::CrossKv, Part::Decoder, Part::LmHead] {
+                assert!(st.first_parts_ms.get(part) > 0.0, "{part:?}");
+            }
+            assert!(tw.first_parts_ms.get(Part::Layers) > 0.0);
+            assert_eq!(tw.first_parts_ms.get(Part::Encoder), 0.0);
+            let step_ms = 1e3 / st.decode_tokens_per_s;
+            assert!((st.step_parts_ms.total() - step_ms).abs() < 1e-6 * step_ms.max(1.0));
+            assert!(st.cost.first_flops < tw.cost.first_flops);
+            assert!(st.cost.step_bytes() < tw.cost.step_bytes());
+        }
+        // bf16 halves the cache bytes against f32.
+        if s.dtype == "bf16" {
+            let f32_rows = &r.settings.iter().find(|x| x.dtype == "f32").unwrap().rows;
+            assert_eq!(
+                2 * s.rows[0].twin.kv_cache_bytes,
+                f32_rows[0].twin.kv_cache_bytes
+            );
+        }
+    }
+    let written = report_md::write(&r, reports.path()).unwrap();
+    let md = std::fs::read_to_string(&written.markdown).unwrap();
+    assert!(
+        md.contains("| first-token latency lower by | 47% |"),
+        "{md}"
+    );
+    assert!(md.contains("### tiny bf16 1t"));
+    assert_eq!(written.figures.len(), 3); // ratios + one per setting of the largest preset
+
+    // A rerun measures nothing new; hand-written commentary survives it.
+    let mut text = md;
+    text += &format!("\n{}\n\nkept\n", report_md::COMMENTARY);
+    std::fs::write(&written.markdown, text).unwrap();
+    let again = experiment::run(&opts, "test".into(), work.path(), |_| {
+        panic!("the journal has every measurement")
+    })
+    .unwrap();
+    assert_eq!(again.measured_now, 0);
+    assert_eq!(again.settings.len(), 2);
+    report_md::write(&again, reports.path()).unwrap();
+    let md = std::fs::read_to_string(&written.markdown).unwrap();
+    assert!(md.ends_with("kept\n"), "{md}");
+}
+
+#[test]
+fn a_bad_grid_names_the_field() {
+    use edkd_experiments::efficiency::experiment::{self, GridOptions};
+    let work = tempfile::tempdir().unwrap();
+    let mut opts = GridOptions {
+        threads: vec![0],
+        ..GridOptions::default()
+    };
+    let err = experiment::run(&opts, "t".into(), work.path(), efficiency::measure)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("threads"), "{err}");
+    opts.threads = vec![1];
+    opts.dtypes = vec!["f8".into()];
+    let err = experiment::run(&opts, "t".into(), work.path(), efficiency::measure)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dtype"), "{err}");
+}

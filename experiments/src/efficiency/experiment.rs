@@ -114,6 +114,12 @@ fn append(path: &Path, entry: &Entry) -> Result<()> {
     f.write_all(line.as_bytes()).map_err(Error::io(path))
 }
 
+/// Measures a spec in a child made by `child` (the command that ends in
+/// [`super::suite::worker`]), so that each peak RSS belongs to one measurement.
+pub fn in_child(child: impl Fn() -> Command) -> impl FnMut(&MeasureSpec) -> Result<Measurement> {
+    move |spec| measure_in_child(child(), spec)
+}
+
 fn progress_bar(len: u64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
@@ -149,13 +155,14 @@ fn check(opts: &GridOptions) -> Result<()> {
     Ok(())
 }
 
-/// Runs every measurement of `opts` not already in `work/measurements.jsonl` in a child
-/// made by `child` (see [`super::suite::worker`]) and returns the report.
+/// Runs every measurement of `opts` not already in `work/measurements.jsonl` with
+/// `measure_one` (the CLI: [`in_child`]; tests: [`super::measure`] in process) and
+/// returns the report.
 pub fn run(
     opts: &GridOptions,
     command: String,
     work: &Path,
-    child: impl Fn() -> Command,
+    mut measure_one: impl FnMut(&MeasureSpec) -> Result<Measurement>,
 ) -> Result<EfficiencyReport> {
     check(opts)?;
     std::fs::create_dir_all(work).map_err(Error::io(work))?;
@@ -185,7 +192,7 @@ pub fn run(
             "{} {:?} {} {}t {} tokens",
             spec.preset, spec.arch, spec.dtype, spec.threads, spec.input_length
         ));
-        let measurement = measure_in_child(child(), spec)?;
+        let measurement = measure_one(spec)?;
         let entry = Entry {
             spec: spec.clone(),
             measurement,
