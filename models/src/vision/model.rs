@@ -171,6 +171,12 @@ impl ClipVisionModel {
         last: usize,
         train: bool,
     ) -> Result<Vec<Tensor>> {
+        if last > self.layers.len() {
+            return Err(Error::Input(format!(
+                "hidden state {last} asked of a tower with {} blocks",
+                self.layers.len()
+            )));
+        }
         self.check_pixels(pixel_values)?;
         let mut x = self
             .pre_layrnorm

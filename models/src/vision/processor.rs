@@ -273,3 +273,35 @@ pub fn center_crop(img: &RgbImage, height: u32, width: u32) -> RgbImage {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-channel picture of `rows` replicated into RGB.
+    fn grey(rows: &[&[u8]]) -> RgbImage {
+        RgbImage::from_fn(rows[0].len() as u32, rows.len() as u32, |x, y| {
+            image::Rgb([rows[y as usize][x as usize]; 3])
+        })
+    }
+
+    #[test]
+    fn centre_crop_pads_with_zeros_where_transformers_does() {
+        // Expected values printed by transformers.image_transforms.center_crop.
+        let small = grey(&[&[1, 2, 3], &[4, 5, 6]]);
+        let want = grey(&[&[0, 0, 0, 0], &[0, 1, 2, 3], &[0, 4, 5, 6], &[0, 0, 0, 0]]);
+        assert_eq!(center_crop(&small, 4, 4), want);
+        let tall = grey(&[&[1, 2], &[3, 4], &[5, 6], &[7, 8], &[9, 10]]);
+        let want = grey(&[&[0, 3, 4, 0], &[0, 5, 6, 0], &[0, 7, 8, 0]]);
+        assert_eq!(center_crop(&tall, 3, 4), want);
+    }
+
+    #[test]
+    fn the_longer_side_is_truncated_like_python_int() {
+        let edge = Resize::ShortestEdge(336);
+        assert_eq!(ImageProcessor::resized_size(edge, 640, 480), (448, 336));
+        // 336 * 500 / 333 = 504.5045..., truncated.
+        assert_eq!(ImageProcessor::resized_size(edge, 333, 500), (336, 504));
+        assert_eq!(ImageProcessor::resized_size(edge, 336, 336), (336, 336));
+    }
+}
