@@ -63,6 +63,8 @@ pub enum Error {
         ggml_type: String,
         supported: String,
     },
+    #[error("{}: image: {msg}", path.display())]
+    Image { path: PathBuf, msg: String },
     #[error("invalid input: {0}")]
     Input(String),
     #[error("{field} {value:?}: expected {expected}")]

@@ -13,6 +13,7 @@ pub mod sampling;
 pub mod student;
 pub mod teacher;
 pub mod tokenizer;
+pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -72,7 +72,44 @@ pub fn load_folder(vs: &mut VarStore, dir: &Path) -> Result<()> {
 
 /// As [`load_folder`], for an explicit list of safetensors files.
 pub fn load_files(vs: &mut VarStore, files: &[PathBuf], name_for_errors: &Path) -> Result<()> {
-    let mut wanted: HashMap<String, Tensor> = vs.variables().into_iter().collect();
+    let plan = KeyPlan {
+        from: "",
+        to: "",
+        skip: &is_ignorable,
+    };
+    load_files_planned(vs, files, name_for_errors, &plan)
+}
+
+/// How checkpoint keys meet VarStore variables when they are not one-to-one: a checkpoint
+/// that nests the model under a prefix, a model that lives inside a larger VarStore, or a
+/// checkpoint that carries known tensors this model does not use.
+pub struct KeyPlan<'a> {
+    /// Checkpoint keys `from + rest` load into the variables `to + rest`; keys outside
+    /// `from` are unused unless `skip` knows them.
+    pub from: &'a str,
+    /// Only the variables under this prefix must be filled; the rest of the VarStore is
+    /// left alone.
+    pub to: &'a str,
+    /// Keys the checkpoint may carry without them being errors.
+    pub skip: &'a dyn Fn(&str) -> bool,
+}
+
+/// Copies the variables under `plan.to` from `files`, strictly: missing and unused keys are
+/// errors naming the checkpoint's keys, shapes must agree exactly.
+pub fn load_files_planned(
+    vs: &mut VarStore,
+    files: &[PathBuf],
+    name_for_errors: &Path,
+    plan: &KeyPlan<'_>,
+) -> Result<()> {
+    let mut wanted: HashMap<String, Tensor> = vs
+        .variables()
+        .into_iter()
+        .filter_map(|(name, var)| {
+            let rest = name.strip_prefix(plan.to)?;
+            Some((format!("{}{rest}", plan.from), var))
+        })
+        .collect();
     let mut unused = Vec::new();
     for path in files {
         let file = std::fs::File::open(path).map_err(Error::io(path))?;
@@ -85,7 +122,7 @@ pub fn load_files(vs: &mut VarStore, files: &[PathBuf], name_for_errors: &Path) 
         })?;
         for (key, view) in st.tensors() {
             let Some(mut var) = wanted.remove(&key) else {
-                if !is_ignorable(&key) {
+                if !(plan.skip)(&key) {
                     unused.push(key);
                 }
                 continue;
