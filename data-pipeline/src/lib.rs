@@ -4,6 +4,7 @@
 //! - [`prepare`]: JSONL/Parquet/CSV -> Arrow IPC shards + [`manifest::Manifest`].
 //! - [`reader`]: deterministic, rank-disjoint, token-budget batches with a global cursor.
 //! - [`synth`]: synthetic long-input/short-output tasks.
+//! - [`images`]: the shards' optional image column (PNG/JPEG bytes), checked and decoded.
 //! - [`tokenizer`]: loading `tokenizer.json` and training byte-level BPE.
 //! - [`cache`]: teacher top-k log-prob shards keyed by example id.
 //! - [`packing`]: compact top-k rows (narrow ids, quantised log-probs) for the wire and cache v2.
@@ -15,6 +16,7 @@ pub mod cache;
 pub mod dataset;
 pub mod error;
 pub mod fsutil;
+pub mod images;
 pub mod ingest;
 pub mod inspect;
 pub mod manifest;

@@ -24,11 +24,13 @@ use crate::bounded::{Keep, encode_bounded};
 use crate::error::{Error, Result};
 use crate::fsutil::TempDir;
 use crate::ingest::{self, FieldMap, RawRecord};
+use crate::images::source::CheckedImage;
+use crate::images::{IMAGE_COLUMN, IMAGE_PLACEHOLDER, ImageFormat, MAX_IMAGE_SIDE};
 use crate::manifest::{
-    LengthStats, MANIFEST_FORMAT, Manifest, PrepareSettings, ShardInfo, SplitInfo, TRAIN,
-    TokenizerInfo, VALIDATION,
+    ImageStats, ImagesInfo, LengthStats, MANIFEST_FORMAT, Manifest, PrepareSettings, ShardInfo,
+    SplitInfo, TRAIN, TokenizerInfo, VALIDATION,
 };
-use crate::shard::{self, Example};
+use crate::shard::{self, Columns, Example};
 use crate::tokenizer::Tokenizer;
 
 /// Records tokenized together in one parallel step.
@@ -40,6 +42,8 @@ const TOKENIZE_CHUNK_BYTES: usize = 16 << 20;
 const READ_AHEAD_CHUNKS: usize = 2;
 /// Resolution of the hash-based validation split.
 const SPLIT_HASH_BUCKETS: u64 = 1 << 32;
+/// Image bytes after which a shard is written early, so buffered rows stay small.
+pub const SHARD_IMAGE_BYTES: usize = 256 << 20;
 
 /// What to do with a text longer than its token limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +165,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
             message: "give either --val-fraction or --validation-input, not both".into(),
         });
     }
+    check_image_field(&cfg.fields)?;
     let tokenizer = Tokenizer::load(&cfg.tokenizer)?;
     let train_files = ingest::expand_inputs(&cfg.inputs)?;
     let val_files = ingest::expand_inputs(&cfg.validation_inputs)?;
@@ -193,6 +198,11 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
                     for file in files {
                         ingest::read_file(file, fields, cfg.max_record_bytes, &mut |record| {
                             chunk_bytes += record.input.len() + record.target.len();
+                            // Images are read later, in parallel; their size counts now.
+                            chunk_bytes += record
+                                .image
+                                .as_ref()
+                                .map_or(0, |s| s.size().unwrap_or(0) as usize);
                             chunk.push((record, forced));
                             if chunk.len() == TOKENIZE_CHUNK || chunk_bytes >= TOKENIZE_CHUNK_BYTES
                             {
@@ -231,6 +241,16 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         tokens += info.input_tokens.total + info.target_tokens.total;
         infos.insert(name, info);
     }
+    if let Some(field) = &cfg.fields.image_field {
+        let images: u64 = infos.values().filter_map(|s| s.images.as_ref()).map(|i| i.count).sum();
+        if images == 0 {
+            return Err(Error::Config {
+                message: format!(
+                    "--image-field `{field}`: no example has an image (is the field name right?)"
+                ),
+            });
+        }
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         edkd_version: env!("CARGO_PKG_VERSION").into(),
@@ -250,8 +270,15 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
             val_fraction: cfg.val_fraction,
             shard_rows: cfg.shard_rows,
             keep_text: cfg.keep_text,
+            image_field: cfg.fields.image_field.clone(),
         },
         splits: infos,
+        images: cfg.fields.image_field.as_ref().map(|_| ImagesInfo {
+            column: IMAGE_COLUMN.into(),
+            placeholder: IMAGE_PLACEHOLDER.into(),
+            image_token_id: tokenizer.added_token_id(IMAGE_PLACEHOLDER),
+            max_side: MAX_IMAGE_SIDE,
+        }),
     };
     crate::fsutil::write_atomic(&Manifest::path(tmp.path()), manifest.to_json().as_bytes())?;
     tmp.commit(&cfg.out, cfg.overwrite)?;
@@ -260,6 +287,23 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         elapsed: start.elapsed(),
         tokens,
     })
+}
+
+/// The image field must not also be a text, id or task field (its value is not text).
+fn check_image_field(fields: &FieldMap) -> Result<()> {
+    let Some(image) = &fields.image_field else {
+        return Ok(());
+    };
+    let texts = fields.input.fields().into_iter().chain(fields.target.fields());
+    let mut names = texts.chain([fields.id_field.as_str(), fields.task_field.as_str()]);
+    if names.any(|n| n == image) {
+        return Err(Error::Config {
+            message: format!(
+                "--image-field `{image}` is also a text, id or task field; it must hold only images"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn describe(spec: &ingest::TextSpec) -> String {
@@ -308,6 +352,8 @@ struct Tokenized {
     example: Option<Example>,
     truncated_input: bool,
     truncated_target: bool,
+    /// Format and size of the example's image.
+    image: Option<(ImageFormat, u32, u32)>,
 }
 
 impl State<'_> {
@@ -359,6 +405,19 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
         record,
         "target",
     )?;
+    let image = match &record.image {
+        Some(source) => Some(source.clone().load_checked().map_err(|problem| {
+            Error::ImageField {
+                path: record.file.to_path_buf(),
+                line: record.line,
+                id: record.id.clone(),
+                field: cfg.fields.image_field.clone().unwrap_or_default(),
+                problem: Box::new(problem),
+            }
+        })?),
+        None => None,
+    };
+    let meta = image.as_ref().map(|i| (i.format, i.width, i.height));
     let example = match (input, target) {
         (Some(input_ids), Some(target_ids)) => Some(Example {
             id: record.id.clone(),
@@ -368,6 +427,7 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
             text: cfg
                 .keep_text
                 .then(|| (record.input.clone(), record.target.clone())),
+            image: image.map(|i: CheckedImage| i.bytes),
         }),
         _ => None,
     };
@@ -375,6 +435,7 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
         example,
         truncated_input,
         truncated_target,
+        image: meta,
     })
 }
 
@@ -421,8 +482,12 @@ struct SplitWriter {
     name: &'static str,
     dir: PathBuf,
     shard_rows: usize,
-    keep_text: bool,
+    columns: Columns,
     rows: Vec<Example>,
+    /// Image bytes in `rows`.
+    row_image_bytes: usize,
+    /// `None` for a dataset without images.
+    images: Option<ImageStats>,
     shards: Vec<ShardInfo>,
     input_lengths: BTreeMap<u64, u64>,
     target_lengths: BTreeMap<u64, u64>,
@@ -440,8 +505,13 @@ impl SplitWriter {
             name,
             dir,
             shard_rows: cfg.shard_rows,
-            keep_text: cfg.keep_text,
+            columns: Columns {
+                text: cfg.keep_text,
+                image: cfg.fields.image_field.is_some(),
+            },
             rows: Vec::new(),
+            row_image_bytes: 0,
+            images: cfg.fields.image_field.as_ref().map(|_| ImageStats::default()),
             shards: Vec::new(),
             input_lengths: BTreeMap::new(),
             target_lengths: BTreeMap::new(),
@@ -473,8 +543,21 @@ impl SplitWriter {
                 self.tasks.insert(example.task.clone(), 1);
             }
         }
+        if let (Some(stats), Some((format, width, height)), Some(bytes)) =
+            (&mut self.images, t.image, &example.image)
+        {
+            stats.count += 1;
+            match format {
+                ImageFormat::Png => stats.png += 1,
+                ImageFormat::Jpeg => stats.jpeg += 1,
+            }
+            stats.bytes += bytes.len() as u64;
+            stats.max_width = stats.max_width.max(width);
+            stats.max_height = stats.max_height.max(height);
+            self.row_image_bytes += bytes.len();
+        }
         self.rows.push(example);
-        if self.rows.len() >= self.shard_rows {
+        if self.rows.len() >= self.shard_rows || self.row_image_bytes >= SHARD_IMAGE_BYTES {
             self.write_shard()?;
         }
         Ok(())
@@ -485,13 +568,14 @@ impl SplitWriter {
         let path = self
             .dir
             .join(format!("shard-{:05}.arrow", self.shards.len()));
-        shard::write_shard(&path, &self.rows, self.keep_text)?;
+        shard::write_shard(&path, &self.rows, self.columns)?;
         self.shards.push(ShardInfo {
             file,
             rows: self.rows.len() as u64,
             sha256: crate::fsutil::sha256_file(&path)?,
         });
         self.rows.clear();
+        self.row_image_bytes = 0;
         Ok(())
     }
 
@@ -516,6 +600,7 @@ impl SplitWriter {
                 truncated_inputs: self.truncated_inputs,
                 truncated_targets: self.truncated_targets,
                 dropped: self.dropped,
+                images: self.images,
             },
         ))
     }
