@@ -4,6 +4,7 @@
 //! - [`prepare`]: JSONL/Parquet/CSV -> Arrow IPC shards + [`manifest::Manifest`].
 //! - [`reader`]: deterministic, rank-disjoint, token-budget batches with a global cursor.
 //! - [`synth`]: synthetic long-input/short-output tasks.
+//! - [`synth_image`]: synthetic image-to-text tasks (rendered shapes and words, PNG).
 //! - [`images`]: the shards' optional image column (PNG/JPEG bytes), checked and decoded.
 //! - [`tokenizer`]: loading `tokenizer.json` and training byte-level BPE.
 //! - [`cache`]: teacher top-k log-prob shards keyed by example id.
@@ -26,6 +27,7 @@ pub mod reader;
 pub mod rng;
 pub mod shard;
 pub mod synth;
+pub mod synth_image;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
