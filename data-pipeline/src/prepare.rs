@@ -23,9 +23,9 @@ use rayon::prelude::*;
 use crate::bounded::{Keep, encode_bounded};
 use crate::error::{Error, Result};
 use crate::fsutil::TempDir;
-use crate::ingest::{self, FieldMap, RawRecord};
 use crate::images::source::CheckedImage;
 use crate::images::{IMAGE_COLUMN, IMAGE_PLACEHOLDER, ImageFormat, MAX_IMAGE_SIDE};
+use crate::ingest::{self, FieldMap, RawRecord};
 use crate::manifest::{
     ImageStats, ImagesInfo, LengthStats, MANIFEST_FORMAT, Manifest, PrepareSettings, ShardInfo,
     SplitInfo, TRAIN, TokenizerInfo, VALIDATION,
@@ -242,7 +242,11 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         infos.insert(name, info);
     }
     if let Some(field) = &cfg.fields.image_field {
-        let images: u64 = infos.values().filter_map(|s| s.images.as_ref()).map(|i| i.count).sum();
+        let images: u64 = infos
+            .values()
+            .filter_map(|s| s.images.as_ref())
+            .map(|i| i.count)
+            .sum();
         if images == 0 {
             return Err(Error::Config {
                 message: format!(
@@ -294,7 +298,11 @@ fn check_image_field(fields: &FieldMap) -> Result<()> {
     let Some(image) = &fields.image_field else {
         return Ok(());
     };
-    let texts = fields.input.fields().into_iter().chain(fields.target.fields());
+    let texts = fields
+        .input
+        .fields()
+        .into_iter()
+        .chain(fields.target.fields());
     let mut names = texts.chain([fields.id_field.as_str(), fields.task_field.as_str()]);
     if names.any(|n| n == image) {
         return Err(Error::Config {
@@ -406,15 +414,20 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
         "target",
     )?;
     let image = match &record.image {
-        Some(source) => Some(source.clone().load_checked().map_err(|problem| {
-            Error::ImageField {
-                path: record.file.to_path_buf(),
-                line: record.line,
-                id: record.id.clone(),
-                field: cfg.fields.image_field.clone().unwrap_or_default(),
-                problem: Box::new(problem),
-            }
-        })?),
+        Some(source) => {
+            Some(
+                source
+                    .clone()
+                    .load_checked()
+                    .map_err(|problem| Error::ImageField {
+                        path: record.file.to_path_buf(),
+                        line: record.line,
+                        id: record.id.clone(),
+                        field: cfg.fields.image_field.clone().unwrap_or_default(),
+                        problem: Box::new(problem),
+                    })?,
+            )
+        }
         None => None,
     };
     let meta = image.as_ref().map(|i| (i.format, i.width, i.height));
@@ -511,7 +524,11 @@ impl SplitWriter {
             },
             rows: Vec::new(),
             row_image_bytes: 0,
-            images: cfg.fields.image_field.as_ref().map(|_| ImageStats::default()),
+            images: cfg
+                .fields
+                .image_field
+                .as_ref()
+                .map(|_| ImageStats::default()),
             shards: Vec::new(),
             input_lengths: BTreeMap::new(),
             target_lengths: BTreeMap::new(),

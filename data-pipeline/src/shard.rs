@@ -133,7 +133,11 @@ fn to_record_batch(
         columns.push(strings(|r| r.text.as_ref().map_or("", |t| &t.1)));
     }
     if columns_wanted.image {
-        let bytes: usize = rows.iter().filter_map(|r| r.image.as_ref()).map(Vec::len).sum();
+        let bytes: usize = rows
+            .iter()
+            .filter_map(|r| r.image.as_ref())
+            .map(Vec::len)
+            .sum();
         let mut b = BinaryBuilder::with_capacity(rows.len(), bytes);
         for r in rows {
             b.append_option(r.image.as_deref());

@@ -115,10 +115,12 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<(ImageFormat, RgbImage), Imag
 
 /// [`decode`] with an error naming example `id`.
 pub fn decode_rgb8(bytes: &[u8], id: &str) -> Result<RgbImage> {
-    decode(bytes).map(|(_, image)| image).map_err(|problem| Error::Image {
-        id: id.to_owned(),
-        problem: Box::new(problem),
-    })
+    decode(bytes)
+        .map(|(_, image)| image)
+        .map_err(|problem| Error::Image {
+            id: id.to_owned(),
+            problem: Box::new(problem),
+        })
 }
 
 /// PNG bytes of `image` (deterministic: the same pixels always give the same bytes).
@@ -175,7 +177,10 @@ mod tests {
         assert!(msg(b"").contains("empty"));
         let truncated = &encode_png(&gradient(8, 8))[..40];
         let err = decode_rgb8(truncated, "ex-7").unwrap_err().to_string();
-        assert!(err.starts_with("example `ex-7`: image: PNG does not decode"), "{err}");
+        assert!(
+            err.starts_with("example `ex-7`: image: PNG does not decode"),
+            "{err}"
+        );
     }
 
     #[test]

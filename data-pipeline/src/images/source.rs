@@ -135,12 +135,14 @@ impl ImageSource {
     pub fn size(&self) -> std::result::Result<u64, ImageProblem> {
         match self {
             Self::Bytes(b) => Ok(b.len() as u64),
-            Self::Path(p) => std::fs::metadata(p)
-                .map(|m| m.len())
-                .map_err(|source| ImageProblem::File {
-                    path: p.clone(),
-                    source,
-                }),
+            Self::Path(p) => {
+                std::fs::metadata(p)
+                    .map(|m| m.len())
+                    .map_err(|source| ImageProblem::File {
+                        path: p.clone(),
+                        source,
+                    })
+            }
         }
     }
 

@@ -31,8 +31,11 @@ pub(super) fn read_parquet(path: &Path, wanted: &Wanted<'_>, emit: &mut Emit<'_>
     let mut row = 0usize;
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let columns: Vec<Option<&ArrayRef>> =
-            wanted.names.iter().map(|n| batch.column_by_name(n)).collect();
+        let columns: Vec<Option<&ArrayRef>> = wanted
+            .names
+            .iter()
+            .map(|n| batch.column_by_name(n))
+            .collect();
         let image_column = wanted.image.and_then(|name| batch.column_by_name(name));
         for r in 0..batch.num_rows() {
             row += 1;
@@ -56,7 +59,8 @@ pub(super) fn read_parquet(path: &Path, wanted: &Wanted<'_>, emit: &mut Emit<'_>
                     limit: max_record_bytes,
                 });
             }
-            let image = image_column.map_or(Ok(None), |c| ImageSource::from_arrow(c, r, wanted.base));
+            let image =
+                image_column.map_or(Ok(None), |c| ImageSource::from_arrow(c, r, wanted.base));
             emit(row, values, image)?;
         }
     }
@@ -83,4 +87,3 @@ fn cell_to_string(array: &ArrayRef, row: usize) -> std::result::Result<Option<St
     };
     Ok(Some(s))
 }
-
