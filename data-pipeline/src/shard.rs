@@ -72,7 +72,7 @@ pub fn write_shard(path: &Path, rows: &[Example], columns: Columns) -> Result<()
     let file = File::create(path).map_err(Error::io(path))?;
     let mut writer =
         FileWriter::try_new(BufWriter::new(file), &schema).map_err(Error::arrow(path))?;
-    for chunk in record_batch_rows(rows) {
+    for chunk in record_batch_rows(rows, RECORD_BATCH_ROWS, RECORD_BATCH_IMAGE_BYTES) {
         let batch = to_record_batch(&schema, chunk, columns).map_err(Error::arrow(path))?;
         writer.write(&batch).map_err(Error::arrow(path))?;
     }
@@ -85,15 +85,14 @@ pub fn write_shard(path: &Path, rows: &[Example], columns: Columns) -> Result<()
     file.sync_all().map_err(Error::io(path))
 }
 
-/// `rows` cut into record batches of at most [`RECORD_BATCH_ROWS`] rows and (unless one
-/// image alone is larger) [`RECORD_BATCH_IMAGE_BYTES`] image bytes.
-fn record_batch_rows(rows: &[Example]) -> Vec<&[Example]> {
+/// `rows` cut into record batches of at most `max_rows` rows and (unless one image alone
+/// is larger) `max_image_bytes` image bytes.
+fn record_batch_rows(rows: &[Example], max_rows: usize, max_image_bytes: usize) -> Vec<&[Example]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, row) in rows.iter().enumerate() {
         let size = row.image.as_ref().map_or(0, Vec::len);
-        if i > start && (i - start == RECORD_BATCH_ROWS || bytes + size > RECORD_BATCH_IMAGE_BYTES)
-        {
+        if i > start && (i - start == max_rows || bytes + size > max_image_bytes) {
             out.push(&rows[start..i]);
             (start, bytes) = (i, 0);
         }
@@ -388,4 +387,38 @@ impl std::fmt::Debug for Shard {
 pub fn string_column(batch: &RecordBatch, name: &str) -> Option<Vec<String>> {
     let c = batch.column_by_name(name)?.as_string_opt::<i32>()?;
     Some((0..c.len()).map(|i| c.value(i).to_owned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(image_bytes: Option<usize>) -> Example {
+        Example {
+            id: String::new(),
+            task: String::new(),
+            input_ids: vec![],
+            target_ids: vec![],
+            text: None,
+            image: image_bytes.map(|n| vec![0; n]),
+        }
+    }
+
+    #[test]
+    fn record_batches_end_at_the_row_or_image_byte_limit() {
+        let lens = |rows: &[Example], max_rows, max_bytes| -> Vec<usize> {
+            record_batch_rows(rows, max_rows, max_bytes)
+                .iter()
+                .map(|c| c.len())
+                .collect()
+        };
+        let text_only: Vec<Example> = (0..7).map(|_| example(None)).collect();
+        assert_eq!(lens(&text_only, 3, 10), vec![3, 3, 1]);
+        assert_eq!(lens(&[], 3, 10), Vec::<usize>::new());
+        // 4 + 4 fit in 10 bytes, a third image does not; a 25-byte image stands alone.
+        let sizes = [Some(4), Some(4), Some(4), None, Some(25), Some(1)];
+        let rows: Vec<Example> = sizes.into_iter().map(example).collect();
+        assert_eq!(lens(&rows, 100, 10), vec![2, 2, 1, 1]);
+        assert_eq!(lens(&rows, 2, 10), vec![2, 2, 1, 1]);
+    }
 }
