@@ -17,7 +17,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 TORCH_VERSION="2.11.0"
 # Reference implementations used by parity tests, fixture generators and benchmarks.
-REF_DEPS="numpy==2.4.6 safetensors==0.8.0 transformers==5.23.0 tokenizers==0.23.3 pyarrow==26.0.1 grpcio==1.85.1 grpcio-tools==1.85.1 rouge-score==0.1.2 tensorboard==2.21.0 kubernetes-validate==1.37.0 gguf==0.19.0 accelerate==1.15.0 onnxruntime==1.32.0 onnx==1.23.2"
+REF_DEPS="numpy==2.4.6 safetensors==0.8.0 transformers==5.23.0 tokenizers==0.23.3 pyarrow==26.0.1 grpcio==1.85.1 grpcio-tools==1.85.1 rouge-score==0.1.2 tensorboard==2.21.0 kubernetes-validate==1.37.0 gguf==0.19.0 accelerate==1.15.0 onnxruntime==1.32.0 onnx==1.23.2 pillow==13.0.0"
 DEBIAN_PKGS="pkg-config libclang-dev libopenmpi-dev openmpi-bin"
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -129,7 +129,7 @@ fn append_lines(path: &Path, lines: &[serde_json::Value]) {
         text.push_str(&l.to_string());
         text.push('\n');
     }
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(path, text).unwrap();
 }
 
 /// Standard padded base64, written out here so the test does not share the crate's decoder.
