@@ -26,6 +26,7 @@ pub mod prepare;
 pub mod reader;
 pub mod rng;
 pub mod shard;
+mod split_writer;
 pub mod synth;
 pub mod synth_image;
 pub mod tokenizer;
