@@ -13,7 +13,7 @@ pub enum Command {
     Prepare(Box<prepare::Args>),
     /// Print a dataset folder's manifest, length histograms and a few decoded examples.
     Inspect(inspect::Args),
-    /// Generate a synthetic long-input/short-output task as JSONL.
+    /// Generate a synthetic long-input/short-output task (or an image task) as JSONL.
     Synth(synth::Args),
     /// Train a byte-level BPE tokenizer.json (specials <pad>=0 <s>=1 </s>=2 <unk>=3).
     TrainTokenizer(train_tokenizer::Args),

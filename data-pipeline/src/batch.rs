@@ -8,6 +8,7 @@
 
 use crate::dataset::{Dataset, ExampleRef};
 use crate::error::{Error, Result};
+use crate::images::{RgbImage, decode_rgb8};
 use crate::tokenizer::SpecialIds;
 
 /// Label value at padded positions (what torch's cross-entropy ignores by default).
@@ -42,11 +43,27 @@ pub struct Batch {
     pub teacher_mask: Vec<bool>,
     /// `[rows]`: length of the input part (where the target starts in `teacher_ids`).
     pub target_start: Vec<i64>,
+    /// `[rows]` encoded PNG/JPEG bytes (`None` for a row without an image), or `None` when
+    /// the dataset has no images; [`Batch::decode_images`] gives the pixels.
+    pub images: Option<Vec<Option<Vec<u8>>>>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// Each row's image as 8-bit RGB (`None` for a row without one); an image that does not
+    /// decode is an error naming the row's example id.
+    pub fn decode_images(&self) -> Result<Vec<Option<RgbImage>>> {
+        let Some(images) = &self.images else {
+            return Ok(vec![None; self.rows]);
+        };
+        images
+            .iter()
+            .zip(&self.ids)
+            .map(|(bytes, id)| bytes.as_deref().map(|b| decode_rgb8(b, id)).transpose())
+            .collect()
     }
 
     /// Real (unpadded) input + target tokens.
@@ -158,6 +175,12 @@ pub fn collate(
         teacher_ids,
         teacher_mask,
         target_start,
+        images: ds.has_images().then(|| {
+            examples
+                .iter()
+                .map(|e| e.image.map(<[u8]>::to_vec))
+                .collect()
+        }),
     })
 }
 
@@ -236,6 +259,7 @@ mod tests {
             teacher_ids: vec![5, 6, 7, 8, 9, 10],
             teacher_mask: vec![true; 6],
             target_start: vec![2, 1],
+            images: None,
         };
         assert_eq!(b.teacher_prompt(1), &[8]);
         assert_eq!(b.teacher_target(1), &[9, 10]);

@@ -70,9 +70,20 @@ impl Dataset {
         let info = manifest.split(&options.split)?;
         let mut shards = Vec::with_capacity(info.shards.len());
         let mut starts = vec![0u64];
+        let has_images = manifest.images.is_some();
         for s in &info.shards {
             let path = dir.join(&s.file);
             let shard = Shard::open(&path)?;
+            if shard.has_images() != has_images {
+                return Err(Error::Schema {
+                    path,
+                    message: format!(
+                        "the shard {} an `image` column but the manifest says the dataset {}",
+                        if has_images { "lacks" } else { "has" },
+                        if has_images { "has images" } else { "has none" }
+                    ),
+                });
+            }
             if shard.num_rows() as u64 != s.rows {
                 return Err(Error::ShardRows {
                     shard: path,
@@ -91,6 +102,11 @@ impl Dataset {
             starts,
             vocab_limit,
         })
+    }
+
+    /// Whether examples carry images (every shard has the `image` column).
+    pub fn has_images(&self) -> bool {
+        self.manifest.images.is_some()
     }
 
     /// Token ids of this dataset are below this value.
@@ -128,6 +144,7 @@ impl Dataset {
             task: shard.task(row),
             input_ids: shard.input_ids(row),
             target_ids: shard.target_ids(row),
+            image: shard.image(row),
         }
     }
 }
@@ -140,4 +157,6 @@ pub struct ExampleRef<'a> {
     pub task: &'a str,
     pub input_ids: &'a [u32],
     pub target_ids: &'a [u32],
+    /// Encoded PNG/JPEG bytes; `None` when the example (or the dataset) has no image.
+    pub image: Option<&'a [u8]>,
 }

@@ -130,6 +130,52 @@ pub enum Error {
     Config { message: String },
     #[error("teacher cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
+    #[error("example `{id}`: image: {problem}")]
+    Image {
+        id: String,
+        problem: Box<ImageProblem>,
+    },
+    #[error("{path}:{line}: example `{id}`, image field `{field}`: {problem}")]
+    ImageField {
+        path: PathBuf,
+        line: usize,
+        id: String,
+        field: String,
+        problem: Box<ImageProblem>,
+    },
+}
+
+/// What is wrong with one example's image (inside [`Error::Image`] or [`Error::ImageField`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageProblem {
+    #[error("no bytes (an empty image)")]
+    Empty,
+    #[error("not a PNG or JPEG image (first bytes {head})")]
+    NotAnImage { head: String },
+    #[error("{format} images are not supported (PNG or JPEG only)")]
+    Unsupported { format: &'static str },
+    #[error("{width}x{height} px is over the limit of {limit} px per side")]
+    TooLarge { width: u32, height: u32, limit: u32 },
+    #[error("{format} does not decode: {message}")]
+    Corrupt {
+        format: &'static str,
+        message: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{bytes} bytes, over the record limit of {limit} bytes (--max-record-bytes)")]
+    TooManyBytes { bytes: u64, limit: usize },
+    #[error("`bytes` is not valid base64: {message}")]
+    Base64 { message: String },
+    #[error("expected {expected}, found {found}")]
+    Value {
+        expected: &'static str,
+        found: String,
+    },
 }
 
 /// Shorthand used across the crate.

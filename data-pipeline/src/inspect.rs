@@ -40,6 +40,18 @@ pub fn summary(m: &Manifest) -> String {
         limit(p.max_target_tokens),
         p.target_truncation
     );
+    if let Some(images) = &m.images {
+        let _ = writeln!(
+            s,
+            "images: column `{}` from field {}, placeholder {} = token {}",
+            images.column,
+            p.image_field.as_deref().unwrap_or("-"),
+            images.placeholder,
+            images
+                .image_token_id
+                .map_or("- (ordinary text)".into(), |id| id.to_string())
+        );
+    }
     for (name, split) in &m.splits {
         let _ = writeln!(
             s,
@@ -56,6 +68,13 @@ pub fn summary(m: &Manifest) -> String {
             .map(|(t, n)| format!("{t}={n}"))
             .collect();
         let _ = writeln!(s, "tasks: {}", tasks.join(" "));
+        if let Some(i) = &split.images {
+            let _ = writeln!(
+                s,
+                "images: {} ({} PNG, {} JPEG), {} bytes, up to {}x{} px",
+                i.count, i.png, i.jpeg, i.bytes, i.max_width, i.max_height
+            );
+        }
         for (label, stats) in [
             ("input", &split.input_tokens),
             ("target", &split.target_tokens),
@@ -105,6 +124,16 @@ pub fn decode_examples(ds: &Dataset, tokenizer: &Tokenizer, n: usize) -> Result<
             preview(&input),
             preview(&target)
         );
+        if let Some(bytes) = e.image {
+            let image = crate::images::decode_rgb8(bytes, e.id)?;
+            let _ = writeln!(
+                s,
+                "image:  {}x{} px, {} bytes",
+                image.width(),
+                image.height(),
+                bytes.len()
+            );
+        }
     }
     Ok(s)
 }

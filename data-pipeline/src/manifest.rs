@@ -33,6 +33,37 @@ pub struct Manifest {
     pub tokenizer: TokenizerInfo,
     pub settings: PrepareSettings,
     pub splits: BTreeMap<String, SplitInfo>,
+    /// Present when every shard has the `image` column (absent from manifests of text-only
+    /// data, which are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesInfo>,
+}
+
+/// How a dataset's images are stored and marked in the text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesInfo {
+    /// The shards' column of encoded PNG/JPEG bytes (Arrow binary, null: no image).
+    pub column: String,
+    /// Text marking the image's place in an input ([`crate::images::IMAGE_PLACEHOLDER`]).
+    pub placeholder: String,
+    /// The placeholder's one token id when the tokenizer has it as an added token; `None`:
+    /// it was tokenised as ordinary text.
+    pub image_token_id: Option<u32>,
+    /// Largest width or height accepted ([`crate::images::MAX_IMAGE_SIDE`]).
+    pub max_side: u32,
+}
+
+/// Images of one split.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageStats {
+    /// Examples with an image.
+    pub count: u64,
+    pub png: u64,
+    pub jpeg: u64,
+    /// Encoded bytes of all images.
+    pub bytes: u64,
+    pub max_width: u32,
+    pub max_height: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +86,9 @@ pub struct PrepareSettings {
     pub val_fraction: Option<f64>,
     pub shard_rows: usize,
     pub keep_text: bool,
+    /// The field images were read from (`--image-field`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_field: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +103,8 @@ pub struct SplitInfo {
     pub truncated_targets: u64,
     /// Examples skipped by the `drop` truncation policy.
     pub dropped: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,10 @@
 //! the peak stays within 4x the largest record with a token limit and 10x without (its ids
 //! are kept and copied into the shard), plus up to four chunks of ordinary records
 //! (measured in `cli/tests/prepare_memory.rs`).
+//!
+//! With an image field ([`FieldMap::image_field`]) each image is read and checked to decode
+//! in the same parallel step as tokenization ([`crate::images::source`]), its size counts
+//! towards the chunk, and a shard is written early once it holds [`SHARD_IMAGE_BYTES`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,12 +27,14 @@ use rayon::prelude::*;
 use crate::bounded::{Keep, encode_bounded};
 use crate::error::{Error, Result};
 use crate::fsutil::TempDir;
+use crate::images::source::CheckedImage;
+use crate::images::{IMAGE_COLUMN, IMAGE_PLACEHOLDER, MAX_IMAGE_SIDE};
 use crate::ingest::{self, FieldMap, RawRecord};
 use crate::manifest::{
-    LengthStats, MANIFEST_FORMAT, Manifest, PrepareSettings, ShardInfo, SplitInfo, TRAIN,
-    TokenizerInfo, VALIDATION,
+    ImagesInfo, MANIFEST_FORMAT, Manifest, PrepareSettings, TRAIN, TokenizerInfo, VALIDATION,
 };
-use crate::shard::{self, Example};
+use crate::shard::Example;
+use crate::split_writer::{SplitWriter, Tokenized};
 use crate::tokenizer::Tokenizer;
 
 /// Records tokenized together in one parallel step.
@@ -40,6 +46,7 @@ const TOKENIZE_CHUNK_BYTES: usize = 16 << 20;
 const READ_AHEAD_CHUNKS: usize = 2;
 /// Resolution of the hash-based validation split.
 const SPLIT_HASH_BUCKETS: u64 = 1 << 32;
+pub use crate::split_writer::SHARD_IMAGE_BYTES;
 
 /// What to do with a text longer than its token limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +168,7 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
             message: "give either --val-fraction or --validation-input, not both".into(),
         });
     }
+    check_image_field(&cfg.fields)?;
     let tokenizer = Tokenizer::load(&cfg.tokenizer)?;
     let train_files = ingest::expand_inputs(&cfg.inputs)?;
     let val_files = ingest::expand_inputs(&cfg.validation_inputs)?;
@@ -193,6 +201,11 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
                     for file in files {
                         ingest::read_file(file, fields, cfg.max_record_bytes, &mut |record| {
                             chunk_bytes += record.input.len() + record.target.len();
+                            // Images are read later, in parallel; their size counts now.
+                            chunk_bytes += record
+                                .image
+                                .as_ref()
+                                .map_or(0, |s| s.size().unwrap_or(0) as usize);
                             chunk.push((record, forced));
                             if chunk.len() == TOKENIZE_CHUNK || chunk_bytes >= TOKENIZE_CHUNK_BYTES
                             {
@@ -231,6 +244,20 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         tokens += info.input_tokens.total + info.target_tokens.total;
         infos.insert(name, info);
     }
+    if let Some(field) = &cfg.fields.image_field {
+        let images: u64 = infos
+            .values()
+            .filter_map(|s| s.images.as_ref())
+            .map(|i| i.count)
+            .sum();
+        if images == 0 {
+            return Err(Error::Config {
+                message: format!(
+                    "--image-field `{field}`: no example has an image (is the field name right?)"
+                ),
+            });
+        }
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
         edkd_version: env!("CARGO_PKG_VERSION").into(),
@@ -250,8 +277,15 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
             val_fraction: cfg.val_fraction,
             shard_rows: cfg.shard_rows,
             keep_text: cfg.keep_text,
+            image_field: cfg.fields.image_field.clone(),
         },
         splits: infos,
+        images: cfg.fields.image_field.as_ref().map(|_| ImagesInfo {
+            column: IMAGE_COLUMN.into(),
+            placeholder: IMAGE_PLACEHOLDER.into(),
+            image_token_id: tokenizer.added_token_id(IMAGE_PLACEHOLDER),
+            max_side: MAX_IMAGE_SIDE,
+        }),
     };
     crate::fsutil::write_atomic(&Manifest::path(tmp.path()), manifest.to_json().as_bytes())?;
     tmp.commit(&cfg.out, cfg.overwrite)?;
@@ -260,6 +294,27 @@ pub fn prepare(cfg: &PrepareConfig) -> Result<PrepareSummary> {
         elapsed: start.elapsed(),
         tokens,
     })
+}
+
+/// The image field must not also be a text, id or task field (its value is not text).
+fn check_image_field(fields: &FieldMap) -> Result<()> {
+    let Some(image) = &fields.image_field else {
+        return Ok(());
+    };
+    let texts = fields
+        .input
+        .fields()
+        .into_iter()
+        .chain(fields.target.fields());
+    let mut names = texts.chain([fields.id_field.as_str(), fields.task_field.as_str()]);
+    if names.any(|n| n == image) {
+        return Err(Error::Config {
+            message: format!(
+                "--image-field `{image}` is also a text, id or task field; it must hold only images"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn describe(spec: &ingest::TextSpec) -> String {
@@ -301,13 +356,6 @@ struct State<'a> {
     seen_ids: HashSet<String>,
     splits: &'a mut Vec<SplitWriter>,
     progress: &'a ProgressBar,
-}
-
-/// A tokenized record, or the reason it is skipped.
-struct Tokenized {
-    example: Option<Example>,
-    truncated_input: bool,
-    truncated_target: bool,
 }
 
 impl State<'_> {
@@ -359,6 +407,24 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
         record,
         "target",
     )?;
+    let image = match &record.image {
+        Some(source) => {
+            Some(
+                source
+                    .clone()
+                    .load_checked()
+                    .map_err(|problem| Error::ImageField {
+                        path: record.file.to_path_buf(),
+                        line: record.line,
+                        id: record.id.clone(),
+                        field: cfg.fields.image_field.clone().unwrap_or_default(),
+                        problem: Box::new(problem),
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let meta = image.as_ref().map(|i| (i.format, i.width, i.height));
     let example = match (input, target) {
         (Some(input_ids), Some(target_ids)) => Some(Example {
             id: record.id.clone(),
@@ -368,6 +434,7 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
             text: cfg
                 .keep_text
                 .then(|| (record.input.clone(), record.target.clone())),
+            image: image.map(|i: CheckedImage| i.bytes),
         }),
         _ => None,
     };
@@ -375,6 +442,7 @@ fn tokenize(record: &RawRecord, tokenizer: &Tokenizer, cfg: &PrepareConfig) -> R
         example,
         truncated_input,
         truncated_target,
+        image: meta,
     })
 }
 
@@ -413,110 +481,5 @@ fn encode(
             tokens: encoded.counted,
             limit: limit.unwrap_or_default(),
         }),
-    }
-}
-
-/// Buffers one split's rows and writes full shards as they fill.
-struct SplitWriter {
-    name: &'static str,
-    dir: PathBuf,
-    shard_rows: usize,
-    keep_text: bool,
-    rows: Vec<Example>,
-    shards: Vec<ShardInfo>,
-    input_lengths: BTreeMap<u64, u64>,
-    target_lengths: BTreeMap<u64, u64>,
-    tasks: BTreeMap<String, u64>,
-    truncated_inputs: u64,
-    truncated_targets: u64,
-    dropped: u64,
-}
-
-impl SplitWriter {
-    fn new(root: &Path, name: &'static str, cfg: &PrepareConfig) -> Result<Self> {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        Ok(Self {
-            name,
-            dir,
-            shard_rows: cfg.shard_rows,
-            keep_text: cfg.keep_text,
-            rows: Vec::new(),
-            shards: Vec::new(),
-            input_lengths: BTreeMap::new(),
-            target_lengths: BTreeMap::new(),
-            tasks: BTreeMap::new(),
-            truncated_inputs: 0,
-            truncated_targets: 0,
-            dropped: 0,
-        })
-    }
-
-    fn push(&mut self, t: Tokenized) -> Result<()> {
-        self.truncated_inputs += t.truncated_input as u64;
-        self.truncated_targets += t.truncated_target as u64;
-        let Some(example) = t.example else {
-            self.dropped += 1;
-            return Ok(());
-        };
-        *self
-            .input_lengths
-            .entry(example.input_ids.len() as u64)
-            .or_default() += 1;
-        *self
-            .target_lengths
-            .entry(example.target_ids.len() as u64)
-            .or_default() += 1;
-        match self.tasks.get_mut(&example.task) {
-            Some(n) => *n += 1,
-            None => {
-                self.tasks.insert(example.task.clone(), 1);
-            }
-        }
-        self.rows.push(example);
-        if self.rows.len() >= self.shard_rows {
-            self.write_shard()?;
-        }
-        Ok(())
-    }
-
-    fn write_shard(&mut self) -> Result<()> {
-        let file = format!("{}/shard-{:05}.arrow", self.name, self.shards.len());
-        let path = self
-            .dir
-            .join(format!("shard-{:05}.arrow", self.shards.len()));
-        shard::write_shard(&path, &self.rows, self.keep_text)?;
-        self.shards.push(ShardInfo {
-            file,
-            rows: self.rows.len() as u64,
-            sha256: crate::fsutil::sha256_file(&path)?,
-        });
-        self.rows.clear();
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(String, SplitInfo)> {
-        if !self.rows.is_empty() {
-            self.write_shard()?;
-        }
-        let rows: u64 = self.shards.iter().map(|s| s.rows).sum();
-        if rows == 0 {
-            return Err(Error::EmptySplit {
-                split: self.name.into(),
-            });
-        }
-        Ok((
-            self.name.to_owned(),
-            SplitInfo {
-                rows,
-                shards: self.shards,
-                input_tokens: LengthStats::from_counts(&self.input_lengths),
-                target_tokens: LengthStats::from_counts(&self.target_lengths),
-                tasks: self.tasks,
-                truncated_inputs: self.truncated_inputs,
-                truncated_targets: self.truncated_targets,
-                dropped: self.dropped,
-            },
-        ))
     }
 }

@@ -1,28 +1,42 @@
 //! Data shards: Arrow IPC files with one row per example (`id`, `task`, `input_ids`,
-//! `target_ids`, optional `text_input`/`text_target`), written in one go and read back
-//! zero-copy from a memory map.
+//! `target_ids`, optional `text_input`/`text_target`, optional `image`), written in one go
+//! and read back zero-copy from a memory map.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::{ListBuilder, UInt32Builder};
+use arrow_array::builder::{BinaryBuilder, ListBuilder, UInt32Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt32Type;
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_ipc::reader::{FileDecoder, read_footer_length};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
+use crate::images::IMAGE_COLUMN;
 
 /// Rows per Arrow record batch inside a shard file.
 pub const RECORD_BATCH_ROWS: usize = 8192;
+/// Image bytes after which a record batch ends early (the `binary` column's offsets are
+/// 32-bit, so a batch must stay under 2 GiB).
+pub const RECORD_BATCH_IMAGE_BYTES: usize = 1 << 30;
 
-/// The shard schema; text columns are present only when the dataset keeps text.
-pub fn schema(with_text: bool) -> Schema {
+/// The optional columns of a shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// `text_input` and `text_target` (utf8).
+    pub text: bool,
+    /// `image` (binary, nullable): encoded PNG/JPEG bytes, see [`crate::images`].
+    pub image: bool,
+}
+
+/// The shard schema; text columns are present only when the dataset keeps text, the image
+/// column only when its examples have images.
+pub fn schema(columns: Columns) -> Schema {
     let ids = DataType::List(Arc::new(Field::new("item", DataType::UInt32, true)));
     let mut fields = vec![
         Field::new("id", DataType::Utf8, false),
@@ -30,9 +44,12 @@ pub fn schema(with_text: bool) -> Schema {
         Field::new("input_ids", ids.clone(), false),
         Field::new("target_ids", ids, false),
     ];
-    if with_text {
+    if columns.text {
         fields.push(Field::new("text_input", DataType::Utf8, false));
         fields.push(Field::new("text_target", DataType::Utf8, false));
+    }
+    if columns.image {
+        fields.push(Field::new(IMAGE_COLUMN, DataType::Binary, true));
     }
     Schema::new(fields)
 }
@@ -45,16 +62,18 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     pub target_ids: Vec<u32>,
     pub text: Option<(String, String)>,
+    /// Encoded PNG/JPEG bytes, stored as given (written only with [`Columns::image`]).
+    pub image: Option<Vec<u8>>,
 }
 
 /// Writes `rows` as one shard file at `path`.
-pub fn write_shard(path: &Path, rows: &[Example], with_text: bool) -> Result<()> {
-    let schema = Arc::new(schema(with_text));
+pub fn write_shard(path: &Path, rows: &[Example], columns: Columns) -> Result<()> {
+    let schema = Arc::new(schema(columns));
     let file = File::create(path).map_err(Error::io(path))?;
     let mut writer =
         FileWriter::try_new(BufWriter::new(file), &schema).map_err(Error::arrow(path))?;
-    for chunk in rows.chunks(RECORD_BATCH_ROWS) {
-        let batch = to_record_batch(&schema, chunk, with_text).map_err(Error::arrow(path))?;
+    for chunk in record_batch_rows(rows, RECORD_BATCH_ROWS, RECORD_BATCH_IMAGE_BYTES) {
+        let batch = to_record_batch(&schema, chunk, columns).map_err(Error::arrow(path))?;
         writer.write(&batch).map_err(Error::arrow(path))?;
     }
     writer.finish().map_err(Error::arrow(path))?;
@@ -66,10 +85,29 @@ pub fn write_shard(path: &Path, rows: &[Example], with_text: bool) -> Result<()>
     file.sync_all().map_err(Error::io(path))
 }
 
+/// `rows` cut into record batches of at most `max_rows` rows and (unless one image alone
+/// is larger) `max_image_bytes` image bytes.
+fn record_batch_rows(rows: &[Example], max_rows: usize, max_image_bytes: usize) -> Vec<&[Example]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, row) in rows.iter().enumerate() {
+        let size = row.image.as_ref().map_or(0, Vec::len);
+        if i > start && (i - start == max_rows || bytes + size > max_image_bytes) {
+            out.push(&rows[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < rows.len() {
+        out.push(&rows[start..]);
+    }
+    out
+}
+
 fn to_record_batch(
     schema: &SchemaRef,
     rows: &[Example],
-    with_text: bool,
+    columns_wanted: Columns,
 ) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
     let tokens = |f: fn(&Example) -> &[u32]| -> ArrayRef {
         let total: usize = rows.iter().map(|r| f(r).len()).sum();
@@ -89,9 +127,21 @@ fn to_record_batch(
         tokens(|r| &r.input_ids),
         tokens(|r| &r.target_ids),
     ];
-    if with_text {
+    if columns_wanted.text {
         columns.push(strings(|r| r.text.as_ref().map_or("", |t| &t.0)));
         columns.push(strings(|r| r.text.as_ref().map_or("", |t| &t.1)));
+    }
+    if columns_wanted.image {
+        let bytes: usize = rows
+            .iter()
+            .filter_map(|r| r.image.as_ref())
+            .map(Vec::len)
+            .sum();
+        let mut b = BinaryBuilder::with_capacity(rows.len(), bytes);
+        for r in rows {
+            b.append_option(r.image.as_deref());
+        }
+        columns.push(Arc::new(b.finish()));
     }
     RecordBatch::try_new(schema.clone(), columns)
 }
@@ -210,6 +260,7 @@ struct ShardBatch {
     tasks: StringArray,
     input: TokenColumn,
     target: TokenColumn,
+    images: Option<BinaryArray>,
 }
 
 /// A data shard, memory-mapped: row access without copying or loading the file.
@@ -218,6 +269,7 @@ pub struct Shard {
     batches: Vec<ShardBatch>,
     /// Row index where each batch starts, plus the total at the end.
     starts: Vec<usize>,
+    has_images: bool,
 }
 
 impl Shard {
@@ -232,6 +284,20 @@ impl Shard {
                     message: format!("missing utf8 column `{name}`"),
                 })
         };
+        let has_images = ipc.schema.column_with_name(IMAGE_COLUMN).is_some();
+        let images = |batch: &RecordBatch| -> Result<Option<BinaryArray>> {
+            let Some(column) = batch.column_by_name(IMAGE_COLUMN) else {
+                return Ok(None);
+            };
+            let array = column.as_binary_opt::<i32>().ok_or_else(|| Error::Schema {
+                path: path.to_owned(),
+                message: format!(
+                    "column `{IMAGE_COLUMN}` is {}, expected binary",
+                    column.data_type()
+                ),
+            })?;
+            Ok(Some(array.clone()))
+        };
         let mut batches = Vec::with_capacity(ipc.batches.len());
         let mut starts = vec![0];
         for batch in &ipc.batches {
@@ -240,6 +306,7 @@ impl Shard {
                 tasks: strings(batch, "task")?,
                 input: TokenColumn::new(path, batch, "input_ids")?,
                 target: TokenColumn::new(path, batch, "target_ids")?,
+                images: images(batch)?,
             });
             starts.push(starts.last().copied().unwrap_or(0) + batch.num_rows());
         }
@@ -247,6 +314,7 @@ impl Shard {
             path: path.to_owned(),
             batches,
             starts,
+            has_images,
         })
     }
 
@@ -285,6 +353,19 @@ impl Shard {
         b.target.row(r)
     }
 
+    /// Whether the shard has the `image` column.
+    pub fn has_images(&self) -> bool {
+        self.has_images
+    }
+
+    /// Row `row`'s encoded image bytes, borrowed from the map; `None` without an image
+    /// column or when the row has no image.
+    pub fn image(&self, row: usize) -> Option<&[u8]> {
+        let (b, r) = self.locate(row);
+        let images = b.images.as_ref()?;
+        images.is_valid(r).then(|| images.value(r))
+    }
+
     /// (input length, target length) without touching the token values.
     #[inline]
     pub fn lengths(&self, row: usize) -> (usize, usize) {
@@ -306,4 +387,38 @@ impl std::fmt::Debug for Shard {
 pub fn string_column(batch: &RecordBatch, name: &str) -> Option<Vec<String>> {
     let c = batch.column_by_name(name)?.as_string_opt::<i32>()?;
     Some((0..c.len()).map(|i| c.value(i).to_owned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(image_bytes: Option<usize>) -> Example {
+        Example {
+            id: String::new(),
+            task: String::new(),
+            input_ids: vec![],
+            target_ids: vec![],
+            text: None,
+            image: image_bytes.map(|n| vec![0; n]),
+        }
+    }
+
+    #[test]
+    fn record_batches_end_at_the_row_or_image_byte_limit() {
+        let lens = |rows: &[Example], max_rows, max_bytes| -> Vec<usize> {
+            record_batch_rows(rows, max_rows, max_bytes)
+                .iter()
+                .map(|c| c.len())
+                .collect()
+        };
+        let text_only: Vec<Example> = (0..7).map(|_| example(None)).collect();
+        assert_eq!(lens(&text_only, 3, 10), vec![3, 3, 1]);
+        assert_eq!(lens(&[], 3, 10), Vec::<usize>::new());
+        // 4 + 4 fit in 10 bytes, a third image does not; a 25-byte image stands alone.
+        let sizes = [Some(4), Some(4), Some(4), None, Some(25), Some(1)];
+        let rows: Vec<Example> = sizes.into_iter().map(example).collect();
+        assert_eq!(lens(&rows, 100, 10), vec![2, 2, 1, 1]);
+        assert_eq!(lens(&rows, 2, 10), vec![2, 2, 1, 1]);
+    }
 }

@@ -145,6 +145,20 @@ impl Tokenizer {
             })
     }
 
+    /// The id of `content` when the tokenizer has it as an added token (so it is always one
+    /// token, wherever it appears in a text).
+    pub fn added_token_id(&self, content: &str) -> Option<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.content == content)
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids.first().copied()
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| Error::Tokenizer {
@@ -214,11 +228,26 @@ where
     I: Iterator<Item = S> + Send,
     S: AsRef<str> + Send,
 {
+    train_bpe_with_specials(texts, vocab_size, min_frequency, &[])
+}
+
+/// [`train_bpe`] with `extra` special tokens after [`SPECIALS`] (ids 4, 5, ...), e.g.
+/// [`crate::images::IMAGE_PLACEHOLDER`]: each is one token wherever it appears in a text.
+pub fn train_bpe_with_specials<I, S>(
+    texts: I,
+    vocab_size: usize,
+    min_frequency: u64,
+    extra: &[&str],
+) -> Result<String>
+where
+    I: Iterator<Item = S> + Send,
+    S: AsRef<str> + Send,
+{
     let bad = |message: String| Error::Tokenizer {
         path: PathBuf::from("<training>"),
         message,
     };
-    let alphabet_len = ByteLevel::alphabet().len() + SPECIALS.len();
+    let alphabet_len = ByteLevel::alphabet().len() + SPECIALS.len() + extra.len();
     if vocab_size < alphabet_len {
         return Err(Error::Config {
             message: format!(
@@ -233,6 +262,7 @@ where
         .special_tokens(
             SPECIALS
                 .iter()
+                .chain(extra)
                 .map(|s| AddedToken::from(*s, true))
                 .collect(),
         )
@@ -269,6 +299,7 @@ pub fn training_texts(
         id_field: "id".into(),
         task_field: "task".into(),
         default_task: String::new(),
+        image_field: None,
     };
     let mut texts = Vec::new();
     for file in files {
@@ -304,7 +335,18 @@ pub fn train_bpe_to_file(
     min_frequency: u64,
     out: &Path,
 ) -> Result<String> {
-    let json = train_bpe(texts.into_iter(), vocab_size, min_frequency)?;
+    train_bpe_with_specials_to_file(texts, vocab_size, min_frequency, &[], out)
+}
+
+/// [`train_bpe_to_file`] with extra special tokens (see [`train_bpe_with_specials`]).
+pub fn train_bpe_with_specials_to_file(
+    texts: Vec<String>,
+    vocab_size: usize,
+    min_frequency: u64,
+    extra: &[&str],
+    out: &Path,
+) -> Result<String> {
+    let json = train_bpe_with_specials(texts.into_iter(), vocab_size, min_frequency, extra)?;
     crate::fsutil::write_atomic(out, json.as_bytes())?;
     Ok(sha256_hex(json.as_bytes()))
 }

@@ -361,5 +361,6 @@ fn synthetic_batch(args: &Options, vocab: i64, rank: u64) -> edkd_data::Batch {
         teacher_ids: Vec::new(),
         teacher_mask: Vec::new(),
         target_start: vec![enc as i64; rows],
+        images: None,
     }
 }

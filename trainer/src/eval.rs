@@ -375,6 +375,7 @@ fn truncate_rows(b: &edkd_data::Batch, rows: usize) -> edkd_data::Batch {
         teacher_ids: cut(&b.teacher_ids, b.teacher_len),
         teacher_mask: cutb(&b.teacher_mask, b.teacher_len),
         target_start: b.target_start[..rows].to_vec(),
+        images: b.images.as_ref().map(|v| v[..rows].to_vec()),
     }
 }
 

@@ -36,6 +36,13 @@ pub struct Args {
     /// Task name for rows without the task field.
     #[arg(long, default_value = "default")]
     task: String,
+    /// Field with each example's image, stored as PNG/JPEG bytes in the shards' `image`
+    /// column: a path (relative to the input file's folder, or absolute), in JSONL also
+    /// {"path": ...} or {"bytes": base64}, in Parquet also binary bytes or a
+    /// struct<bytes, path>; null means no image. Each image must decode (PNG or JPEG, at most
+    /// 8192 px a side).
+    #[arg(long)]
+    image_field: Option<String>,
     /// The teacher's tokenizer.json.
     #[arg(long)]
     tokenizer: PathBuf,
@@ -88,6 +95,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             id_field: a.id_field,
             task_field: a.task_field,
             default_task: a.task,
+            image_field: a.image_field,
         },
         tokenizer: a.tokenizer,
         max_input_tokens: a.max_input_tokens,
@@ -125,5 +133,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     println!("  tokenizer sha256 {}", summary.manifest.tokenizer.sha256);
+    if let Some(images) = &summary.manifest.images {
+        let placeholder = match images.image_token_id {
+            Some(id) => format!("token id {id}"),
+            None => "ordinary text: the tokenizer has no such added token".into(),
+        };
+        println!(
+            "  images: placeholder {} is {placeholder}",
+            images.placeholder
+        );
+        for (name, split) in &summary.manifest.splits {
+            if let Some(s) = &split.images {
+                println!(
+                    "  {name}: {} images ({} PNG, {} JPEG), {} bytes, up to {}x{} px",
+                    s.count, s.png, s.jpeg, s.bytes, s.max_width, s.max_height
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -23,6 +23,34 @@ pub fn tokenizer(dir: &Path) -> PathBuf {
     path
 }
 
+/// Trains a tokenizer with `<image>` as an extra special token (id 4) on synthetic text and
+/// image-task texts, and writes `dir/image-tokenizer.json`.
+pub fn image_tokenizer(dir: &Path) -> PathBuf {
+    let cfg = edkd_data::synth_image::ImageSynthConfig::new("image-mix", Split::Train, 98, 50);
+    let texts: Vec<String> = synth::generate("mix", Split::Train, 99, 30)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.input, e.target))
+        .chain(
+            edkd_data::synth_image::generate_images(&cfg)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.input, e.target)),
+        )
+        .flat_map(|(a, b)| [a, b])
+        .collect();
+    let path = dir.join("image-tokenizer.json");
+    edkd_data::tokenizer::train_bpe_with_specials_to_file(
+        texts,
+        TEST_VOCAB,
+        2,
+        &[edkd_data::images::IMAGE_PLACEHOLDER],
+        &path,
+    )
+    .unwrap();
+    path
+}
+
 /// Writes `n` synthetic `mix` examples as JSONL.
 pub fn synth_jsonl(path: &Path, n: usize, seed: u64) -> PathBuf {
     let examples = synth::generate("mix", Split::Train, seed, n).unwrap();

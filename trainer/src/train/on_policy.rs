@@ -154,6 +154,7 @@ fn with_targets(b: &Batch, inputs: &[Vec<i64>], targets: &[Vec<i64>], s: Special
         teacher_ids: vec![s.pad; rows * teacher_len],
         teacher_mask: vec![false; rows * teacher_len],
         target_start: inputs.iter().map(|i| i.len() as i64).collect(),
+        images: b.images.clone(),
     };
     for (r, (inp, tgt)) in inputs.iter().zip(targets).enumerate() {
         let d = r * dec_len;
@@ -196,6 +197,7 @@ mod tests {
             teacher_ids: vec![5, 6, 7, 0],
             teacher_mask: vec![true, true, true, false],
             target_start: vec![2, 1],
+            images: None,
         }
     }
 

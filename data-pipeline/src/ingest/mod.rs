@@ -1,20 +1,18 @@
-//! Reading input/target pairs from JSONL, Parquet and CSV files, with field names or
-//! `{field}` templates. Every row carries its file and line so errors can point at it.
+//! Reading input/target pairs (and optionally an image) from JSONL, Parquet and CSV files,
+//! with field names or `{field}` templates. Every row carries its file and line so errors
+//! can point at it.
+
+mod csv;
+mod parquet;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef};
-use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use crate::error::{Error, ImageProblem, Result};
+use crate::images::source::ImageSource;
 
-use crate::error::{Error, Result};
-
-/// Rows per Parquet record batch while ingesting.
-const PARQUET_BATCH_ROWS: usize = 4096;
 /// Default cap on one record's bytes (a JSONL or CSV line, or a Parquet row's used cells):
 /// far above any real example, far below what would exhaust a machine's memory.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
@@ -101,6 +99,9 @@ pub struct FieldMap {
     /// Field holding the task name; rows without it get `default_task`.
     pub task_field: String,
     pub default_task: String,
+    /// Field holding each example's image (see [`crate::images::source`] for the accepted
+    /// values); `None`: the examples have no images.
+    pub image_field: Option<String>,
 }
 
 impl Default for FieldMap {
@@ -113,6 +114,7 @@ impl Default for FieldMap {
             id_field: "id".into(),
             task_field: "task".into(),
             default_task: "default".into(),
+            image_field: None,
         }
     }
 }
@@ -140,6 +142,26 @@ pub struct RawRecord {
     pub task: String,
     pub input: String,
     pub target: String,
+    /// Where the image is (`None`: no image field, or a null value); its size was checked
+    /// against the record limit, its bytes are read and decoded later.
+    pub image: Option<ImageSource>,
+}
+
+/// A row's image cell as read: its source, or what is wrong with the value.
+type ImageCell = std::result::Result<Option<ImageSource>, ImageProblem>;
+
+/// Receives each row of a file: line (or row) number, the text cells, the image cell.
+type Emit<'a> = dyn FnMut(usize, Vec<Option<String>>, ImageCell) -> Result<()> + 'a;
+
+/// What the format readers take from each row.
+struct Wanted<'a> {
+    /// Text fields, in the order of the values handed to [`Emit`].
+    names: &'a [String],
+    /// The image field, if examples have images.
+    image: Option<&'a str>,
+    /// Folder that relative image paths start from (the input file's).
+    base: &'a Path,
+    max_record_bytes: usize,
 }
 
 /// Reads one input file and calls `sink` with each record in file order. A record over
@@ -157,14 +179,26 @@ pub fn read_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut emit = |line: usize, values: Vec<Option<String>>| -> Result<()> {
-        let record = build_record(&file, &file_name, line, &needed, values, fields)?;
-        sink(record)
+    let row = Row {
+        file: &file,
+        file_name: &file_name,
+        needed: &needed,
+        fields,
+        max_record_bytes,
+    };
+    let mut emit = |line: usize, values: Vec<Option<String>>, image: ImageCell| -> Result<()> {
+        sink(row.build(line, values, image)?)
+    };
+    let wanted = Wanted {
+        names: &needed,
+        image: fields.image_field.as_deref(),
+        base: path.parent().unwrap_or(Path::new("")),
+        max_record_bytes,
     };
     match extension(path).as_deref() {
-        Some("jsonl" | "json" | "ndjson") => read_jsonl(path, &needed, max_record_bytes, &mut emit),
-        Some("parquet" | "pq") => read_parquet(path, &needed, max_record_bytes, &mut emit),
-        Some("csv") => read_csv(path, &needed, max_record_bytes, &mut emit),
+        Some("jsonl" | "json" | "ndjson") => read_jsonl(path, &wanted, &mut emit),
+        Some("parquet" | "pq") => parquet::read_parquet(path, &wanted, &mut emit),
+        Some("csv") => csv::read_csv(path, &wanted, &mut emit),
         _ => Err(Error::UnknownFormat {
             path: path.to_owned(),
         }),
@@ -201,6 +235,45 @@ pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>> {
         files.extend(matched);
     }
     Ok(files)
+}
+
+/// What turns one file's cells into records.
+struct Row<'a> {
+    file: &'a Arc<Path>,
+    file_name: &'a str,
+    needed: &'a [String],
+    fields: &'a FieldMap,
+    max_record_bytes: usize,
+}
+
+impl Row<'_> {
+    fn build(
+        &self,
+        line: usize,
+        values: Vec<Option<String>>,
+        image: ImageCell,
+    ) -> Result<RawRecord> {
+        let mut record = build_record(
+            self.file,
+            self.file_name,
+            line,
+            self.needed,
+            values,
+            self.fields,
+        )?;
+        let checked = image.and_then(|source| match source {
+            Some(s) => s.check_size(self.max_record_bytes).map(|()| Some(s)),
+            None => Ok(None),
+        });
+        record.image = checked.map_err(|problem| Error::ImageField {
+            path: self.file.to_path_buf(),
+            line,
+            id: record.id.clone(),
+            field: self.fields.image_field.clone().unwrap_or_default(),
+            problem: Box::new(problem),
+        })?;
+        Ok(record)
+    }
 }
 
 fn build_record(
@@ -268,6 +341,7 @@ fn build_record(
         task,
         input,
         target,
+        image: None,
     })
 }
 
@@ -281,12 +355,8 @@ fn open_text(path: &Path) -> Result<BufReader<File>> {
     Ok(reader)
 }
 
-fn read_jsonl(
-    path: &Path,
-    needed: &[String],
-    max_record_bytes: usize,
-    emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
-) -> Result<()> {
+fn read_jsonl(path: &Path, wanted: &Wanted<'_>, emit: &mut Emit<'_>) -> Result<()> {
+    let max_record_bytes = wanted.max_record_bytes;
     let mut reader = open_text(path)?;
     let mut buf = Vec::new();
     let mut line_no = 0;
@@ -322,22 +392,22 @@ fn read_jsonl(
         if line.trim().is_empty() {
             continue;
         }
-        let values = parse_json_line(path, line_no, line, needed)?;
+        let (values, image) = parse_json_line(path, line_no, line, wanted)?;
         if buf.capacity() > LINE_BUFFER_KEEP {
             buf = Vec::new();
         }
-        emit(line_no, values)?;
+        emit(line_no, values, image)?;
     }
     Ok(())
 }
 
-/// The `needed` fields of one JSON object line, as text.
+/// The wanted text fields of one JSON object line, and its image cell.
 fn parse_json_line(
     path: &Path,
     line_no: usize,
     line: &str,
-    needed: &[String],
-) -> Result<Vec<Option<String>>> {
+    wanted: &Wanted<'_>,
+) -> Result<(Vec<Option<String>>, ImageCell)> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| Error::MalformedJson {
             path: path.to_owned(),
@@ -351,8 +421,14 @@ fn parse_json_line(
             message: "expected a JSON object".into(),
         });
     };
-    let mut values = Vec::with_capacity(needed.len());
-    for name in needed {
+    let image = match wanted.image {
+        Some(name) => map
+            .remove(name)
+            .map_or(Ok(None), |v| ImageSource::from_json(v, wanted.base)),
+        None => Ok(None),
+    };
+    let mut values = Vec::with_capacity(wanted.names.len());
+    for name in wanted.names {
         let v = match map.remove(name) {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s),
@@ -368,185 +444,7 @@ fn parse_json_line(
         };
         values.push(v);
     }
-    Ok(values)
-}
-
-fn read_csv(
-    path: &Path,
-    needed: &[String],
-    max_record_bytes: usize,
-    emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
-) -> Result<()> {
-    let too_large = |line: usize| Error::RecordTooLarge {
-        path: path.to_owned(),
-        line,
-        limit: max_record_bytes,
-    };
-    let csv_err = |fallback_line: usize, e: csv::Error| {
-        let line = e.position().map_or(fallback_line, |p| p.line() as usize);
-        if let csv::ErrorKind::Io(io) = e.kind()
-            && let Some(long) = io.get_ref().and_then(|e| e.downcast_ref::<LongLine>())
-        {
-            return too_large(long.line);
-        }
-        if let csv::ErrorKind::Utf8 { err, .. } = e.kind() {
-            return Error::InvalidUtf8 {
-                path: path.to_owned(),
-                line,
-                detail: format!("field {} after byte {}", err.field() + 1, err.valid_up_to()),
-            };
-        }
-        Error::Csv {
-            path: path.to_owned(),
-            line,
-            message: e.to_string(),
-        }
-    };
-    let source = LineLimit {
-        inner: open_text(path)?,
-        line: 1,
-        since_newline: 0,
-        limit: max_record_bytes,
-    };
-    let mut reader = csv::Reader::from_reader(source);
-    let headers = reader.headers().map_err(|e| csv_err(1, e))?.clone();
-    let columns: Vec<Option<usize>> = needed
-        .iter()
-        .map(|n| headers.iter().position(|h| h == n))
-        .collect();
-    for (i, record) in reader.records().enumerate() {
-        let line = record
-            .as_ref()
-            .ok()
-            .and_then(|r| r.position())
-            .map_or(i + 2, |p| p.line() as usize);
-        let record = record.map_err(|e| csv_err(line, e))?;
-        // A record of many short lines is only measured once read.
-        if record.as_slice().len() > max_record_bytes {
-            return Err(too_large(line));
-        }
-        let values = columns
-            .iter()
-            .map(|c| c.and_then(|c| record.get(c)).map(str::to_owned))
-            .collect();
-        emit(line, values)?;
-    }
-    Ok(())
-}
-
-/// A physical line longer than the record limit (carried inside an `io::Error`).
-#[derive(Debug)]
-struct LongLine {
-    line: usize,
-}
-
-impl std::fmt::Display for LongLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {} is over the record size limit", self.line)
-    }
-}
-
-impl std::error::Error for LongLine {}
-
-/// Fails a read once one physical line exceeds `limit` bytes, so the CSV parser never
-/// buffers an overlong record.
-struct LineLimit<R> {
-    inner: R,
-    /// 1-based number of the line being read.
-    line: usize,
-    since_newline: usize,
-    limit: usize,
-}
-
-impl<R: Read> Read for LineLimit<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                self.line += 1;
-                self.since_newline = 0;
-            } else {
-                self.since_newline += 1;
-                if self.since_newline > self.limit {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        LongLine { line: self.line },
-                    ));
-                }
-            }
-        }
-        Ok(n)
-    }
-}
-
-fn read_parquet(
-    path: &Path,
-    needed: &[String],
-    max_record_bytes: usize,
-    emit: &mut dyn FnMut(usize, Vec<Option<String>>) -> Result<()>,
-) -> Result<()> {
-    let bad = |message: String| Error::Parquet {
-        path: path.to_owned(),
-        message,
-    };
-    let file = File::open(path).map_err(Error::io(path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| bad(e.to_string()))?
-        .with_batch_size(PARQUET_BATCH_ROWS)
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    let mut row = 0usize;
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(e.to_string()))?;
-        let columns: Vec<Option<&ArrayRef>> =
-            needed.iter().map(|n| batch.column_by_name(n)).collect();
-        for r in 0..batch.num_rows() {
-            row += 1;
-            let mut values = Vec::with_capacity(needed.len());
-            for (name, column) in needed.iter().zip(&columns) {
-                let value = match column {
-                    Some(c) => cell_to_string(c, r).map_err(|dt| Error::FieldType {
-                        path: path.to_owned(),
-                        line: row,
-                        field: format!("{name} ({dt})"),
-                    })?,
-                    None => None,
-                };
-                values.push(value);
-            }
-            let bytes: usize = values.iter().flatten().map(String::len).sum();
-            if bytes > max_record_bytes {
-                return Err(Error::RecordTooLarge {
-                    path: path.to_owned(),
-                    line: row,
-                    limit: max_record_bytes,
-                });
-            }
-            emit(row, values)?;
-        }
-    }
-    Ok(())
-}
-
-/// A Parquet cell as text; Err carries the unsupported type.
-fn cell_to_string(array: &ArrayRef, row: usize) -> std::result::Result<Option<String>, DataType> {
-    use arrow_array::types::*;
-    if array.is_null(row) {
-        return Ok(None);
-    }
-    let s = match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().value(row).to_owned(),
-        DataType::LargeUtf8 => array.as_string::<i64>().value(row).to_owned(),
-        DataType::Utf8View => array.as_string_view().value(row).to_owned(),
-        DataType::Int64 => array.as_primitive::<Int64Type>().value(row).to_string(),
-        DataType::Int32 => array.as_primitive::<Int32Type>().value(row).to_string(),
-        DataType::UInt64 => array.as_primitive::<UInt64Type>().value(row).to_string(),
-        DataType::UInt32 => array.as_primitive::<UInt32Type>().value(row).to_string(),
-        DataType::Float64 => array.as_primitive::<Float64Type>().value(row).to_string(),
-        DataType::Boolean => array.as_boolean().value(row).to_string(),
-        other => return Err(other.clone()),
-    };
-    Ok(Some(s))
+    Ok((values, image))
 }
 
 #[cfg(test)]
