@@ -77,6 +77,12 @@ pub struct EfficiencyReport {
     pub compilers: (usize, usize),
     /// Measurements taken by this run; the rest came from the journal of an earlier one.
     pub measured_now: usize,
+    /// Seconds the report's measurements took, summed over the journal, and how many of
+    /// them have no recorded time (journals of older versions).
+    #[serde(default)]
+    pub measure_s: f64,
+    #[serde(default)]
+    pub untimed: usize,
     pub settings: Vec<Setting>,
 }
 
@@ -84,6 +90,10 @@ pub struct EfficiencyReport {
 struct Entry {
     spec: MeasureSpec,
     measurement: Measurement,
+    /// Seconds the measurement took (its child process included); absent in journals
+    /// written before it was recorded.
+    #[serde(default)]
+    elapsed_s: Option<f64>,
 }
 
 /// Specs are the same measurement when every field that changes the numbers agrees.
@@ -192,10 +202,12 @@ pub fn run(
             "{} {:?} {} {}t {} tokens",
             spec.preset, spec.arch, spec.dtype, spec.threads, spec.input_length
         ));
+        let t0 = Instant::now();
         let measurement = measure_one(spec)?;
         let entry = Entry {
             spec: spec.clone(),
             measurement,
+            elapsed_s: Some(t0.elapsed().as_secs_f64()),
         };
         append(&journal, &entry)?;
         entries.push(entry);
@@ -203,7 +215,13 @@ pub fn run(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let used: Vec<&Entry> = plan(opts)
+        .iter()
+        .filter_map(|s| entries.iter().rev().find(|e| same(&e.spec, s)))
+        .collect();
     Ok(EfficiencyReport {
+        measure_s: used.iter().filter_map(|e| e.elapsed_s).fold(0.0, |a, b| a + b),
+        untimed: used.iter().filter(|e| e.elapsed_s.is_none()).count(),
         command,
         options: opts.clone(),
         machine: host::machine(),

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use edkd_plot::{Axis, Corner, Figure, Panel, Series};
+use edkd_plot::{Axis, Corner, Figure, PALETTE, Panel, Series};
 
 use super::experiment::{EfficiencyReport, Setting};
 use super::report::{STUDENT_COLOUR, TWIN_COLOUR};
@@ -96,6 +96,15 @@ fn headline(r: &EfficiencyReport) -> String {
                 format!("{lo:.2}x .. {hi:.2}x")
             }
         };
+        if name.starts_with("peak memory") && r.options.device != "cpu" {
+            let _ = writeln!(
+                out,
+                "| {name} | {paper} | not measured on {}: the figure would be host RSS, and \
+                 libtorch's CUDA allocator statistics are not reachable through tch | - |",
+                r.options.device
+            );
+            continue;
+        }
         let all = range(all_rows(r).map(|(_, row)| f(row)));
         let mu = range(
             all_rows(r)
@@ -201,22 +210,31 @@ fn markdown(r: &EfficiencyReport, figures: &[PathBuf]) -> String {
         "# Efficiency at the paper's size: encoder-decoder students against their decoder-only twins\n\n",
     );
     let _ = writeln!(md, "```sh\n{}\n```\n", r.command);
+    let conditions = if r.measured_now == 0 {
+        "Every measurement came from the journal of an earlier invocation (this one only \
+         redrew the report); the conditions they ran under are in the commentary."
+            .to_string()
+    } else {
+        format!(
+            "Load average {:.2} at the start and {:.2} at the end; other builds running \
+             (rustc processes): {} at the start, {} at the end.",
+            r.load.0, r.load.1, r.compilers.0, r.compilers.1
+        )
+    };
     let _ = writeln!(
         md,
-        "Machine: {}. Started {}; wall time {:.0} s ({} measurements taken by this run). Load \
-         average {:.2} at the start and {:.2} at the end; other builds running (rustc \
-         processes): {} at the start, {} at the end. Device `{}`; batch 1; greedy decoding of \
-         {} tokens; random weights (seed {}), since speed does not depend on their values; \
-         each measurement in a fresh process, one warm-up run, then the best of {} timed runs \
-         ({} for mu-330m).\n",
+        "Machine: {}. Started {}; wall time {:.0} s ({} measurements taken by this run; the \
+         report's {} measurements took {:.0} s, {} of them with no recorded time). {conditions} \
+         Device `{}`; batch 1; greedy decoding of {} tokens; random weights (seed {}), since \
+         speed does not depend on their values; each measurement in a fresh process, one \
+         warm-up run, then the best of {} timed runs ({} for mu-330m).\n",
         r.machine,
         r.started,
         r.wall_s,
         r.measured_now,
-        r.load.0,
-        r.load.1,
-        r.compilers.0,
-        r.compilers.1,
+        r.settings.iter().map(|s| 2 * s.rows.len()).sum::<usize>(),
+        r.measure_s,
+        r.untimed,
         o.device,
         o.new_tokens,
         o.seed,
