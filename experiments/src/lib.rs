@@ -5,6 +5,12 @@
 //! - [`efficiency`]: the encoder-decoder student against its decoder-only twin of equal
 //!   size: first-token latency, decode throughput and peak memory per input length
 //!   (the paper's Figure 1a), written as CSV and drawn as a figure.
+//!   `efficiency::experiment` runs it at the paper's size over presets, thread counts,
+//!   dtypes and devices, with each component timed ([`efficiency::session`]) and FLOPs and
+//!   bytes by construction ([`efficiency::flops`]).
+//! - [`ablations`]: layer split at equal parameters, RoPE vs none in the encoder, and
+//!   encoder-decoder vs decoder-only before and after KD, over seeds, on the synthetic
+//!   tasks of [`synthetic`] (the pipeline `edkd demo` runs).
 //! - [`edge`]: the student and its twin on libtorch f32, ONNX Runtime f32 and ONNX
 //!   Runtime int8 at 1 and 2 threads: first-token latency, decode tokens/s, peak memory
 //!   and model bytes.
