@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod multimodal;
 pub mod nn;
 pub mod pt;
 pub mod sampling;
