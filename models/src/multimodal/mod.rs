@@ -12,14 +12,18 @@
 
 pub mod config;
 pub mod embedder;
+pub mod folder;
 pub mod merge;
 pub mod projector;
 pub mod student;
 pub mod twin;
+pub mod twin_folder;
 
 pub use config::{ProjectorKind, VisionConfig};
 pub use embedder::{ImageEmbedder, PROJECTOR_SCOPE, TOWER_SCOPE, TextBatch, VISION_SCOPE};
+pub use folder::{TextSource, VisionChoices, VisionStudentModel, apply_trainable};
 pub use merge::{ImageSlots, Merged, Side, Slot};
 pub use projector::Projector;
 pub use student::VisionStudent;
 pub use twin::VisionTwin;
+pub use twin_folder::{TWIN_MODEL_TYPE, VisionTwinModel};
