@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::nn::AttnMask;
 use crate::nn::attention::causal_padding_mask;
 use crate::sampling::{Rng, Sampling, select};
+use crate::student::Encoded;
 use crate::teacher::{CausalLm, positions_from_valid};
 
 #[derive(Debug, Clone)]
@@ -132,9 +133,27 @@ pub fn generate(
     if cfg.max_new_tokens == 0 || prompts.is_empty() {
         return Ok(vec![Vec::new(); prompts.len()]);
     }
+    let (ids, valid) = left_pad(prompts, cfg.pad_token_id, model.device());
+    let x = tch::no_grad(|| model.embed(&ids));
+    generate_from_embeds(model, &x, &valid, cfg)
+}
+
+/// [`generate`] from prompt embeddings: `x` (`[b, L, d]`, left-padded, as
+/// [`CausalLm::embed`] makes them) and `valid` (`[b, L]`, bool). Prompts that are not all
+/// token ids (image patches spliced in, [`crate::multimodal`]) start here; one prefill over
+/// the embeddings, then cached single-token steps.
+pub fn generate_from_embeds(
+    model: &CausalLm,
+    x: &Tensor,
+    valid: &Tensor,
+    cfg: &GenerationConfig,
+) -> Result<Vec<Vec<i64>>> {
+    let (b, prompt_len, _) = x.size3()?;
+    if cfg.max_new_tokens == 0 || b == 0 {
+        return Ok(vec![Vec::new(); b as usize]);
+    }
     let device = model.device();
-    let (ids, valid) = left_pad(prompts, cfg.pad_token_id, device);
-    let (b, prompt_len) = ids.size2()?;
+    let valid = valid.to_device(device);
     let padded = valid.all().int64_value(&[]) == 0;
     let capacity = prompt_len + cfg.max_new_tokens as i64;
     if capacity > model.config.max_positions {
@@ -161,7 +180,13 @@ pub fn generate(
         } else {
             AttnMask::Causal
         };
-        let hidden = model.hidden(&ids, &positions, &mask, Some(&mut cache), false);
+        let hidden = model.hidden_embeds(
+            &x.to_device(device),
+            &positions,
+            &mask,
+            Some(&mut cache),
+            false,
+        );
         let mut logits = model.logits(&hidden.narrow(1, prompt_len - 1, 1).squeeze_dim(1));
         let first_new_pos = positions.narrow(1, prompt_len - 1, 1) + 1; // [b, 1]
         for step in 0..cfg.max_new_tokens {
@@ -232,20 +257,34 @@ pub fn generate_seq2seq(
     if cfg.max_new_tokens == 0 || inputs.is_empty() {
         return Ok(vec![Vec::new(); inputs.len()]);
     }
+    let (ids, valid) = right_pad(inputs, model.config.pad_token_id, model.device());
+    let enc = tch::no_grad(|| model.encode(&ids, &valid, false));
+    generate_from_encoded(model, &enc, cfg, decoding)
+}
+
+/// [`generate_seq2seq`] after the encoder: decodes from `enc`, however it was made (token
+/// ids, or text with image patches spliced in, [`crate::multimodal`]).
+pub fn generate_from_encoded(
+    model: &crate::student::Student,
+    enc: &Encoded,
+    cfg: &GenerationConfig,
+    decoding: Decoding,
+) -> Result<Vec<Vec<i64>>> {
+    let (b, _, _) = enc.memory.size3()?;
+    if cfg.max_new_tokens == 0 || b == 0 {
+        return Ok(vec![Vec::new(); b as usize]);
+    }
     let device = model.device();
-    let (ids, valid) = right_pad(inputs, model.config.pad_token_id, device);
-    let b = ids.size()[0];
     let mut rng = Rng::new(cfg.seed);
     let mut out = Outputs::new(b as usize, &cfg.eos_token_ids, cfg.pad_token_id);
     tch::no_grad(|| {
-        let enc = model.encode(&ids, &valid, false);
         let bos = Tensor::full([b, 1], model.config.bos_token_id, (Kind::Int64, device));
         match decoding {
             Decoding::Cached => {
-                let mut cache = model.new_cache(&enc, cfg.max_new_tokens as i64);
+                let mut cache = model.new_cache(enc, cfg.max_new_tokens as i64);
                 let mut x = bos;
                 for _ in 0..cfg.max_new_tokens {
-                    let h = model.decode(&x, &enc, Some(&mut cache), false);
+                    let h = model.decode(&x, enc, Some(&mut cache), false);
                     let logits = model.logits(&h.squeeze_dim(1));
                     let feed = out.push(&pick(&logits, cfg, &mut rng));
                     if out.all_done() {
@@ -257,7 +296,7 @@ pub fn generate_seq2seq(
             Decoding::Recompute => {
                 let mut prefix = bos;
                 for _ in 0..cfg.max_new_tokens {
-                    let h = model.decode(&prefix, &enc, None, false);
+                    let h = model.decode(&prefix, enc, None, false);
                     let t = h.size()[1];
                     let logits = model.logits(&h.narrow(1, t - 1, 1).squeeze_dim(1));
                     let feed = out.push(&pick(&logits, cfg, &mut rng));

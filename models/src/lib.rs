@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod multimodal;
 pub mod nn;
 pub mod pt;
 pub mod sampling;
@@ -17,7 +18,10 @@ pub mod vision;
 pub mod weights;
 
 pub use error::{Error, Result};
-pub use generate::{Decoding, GenerationConfig, generate, generate_seq2seq};
+pub use generate::{
+    Decoding, GenerationConfig, generate, generate_from_embeds, generate_from_encoded,
+    generate_seq2seq,
+};
 pub use sampling::Sampling;
 pub use teacher::{CausalLm, LoadOptions, Teacher};
 pub use tokenizer::Tokenizer;

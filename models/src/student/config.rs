@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::multimodal::VisionConfig;
 use crate::nn::{Activation, GqaMapping, RopeConfig, RopeScaling};
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -78,6 +79,10 @@ pub struct StudentConfig {
     pub pad_token_id: i64,
     pub bos_token_id: i64,
     pub eos_token_id: i64,
+    /// A CLIP tower, projector and `<image>` placeholder feeding the encoder
+    /// ([`crate::multimodal`]); absent: a text student, whose config.json has no such key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionConfig>,
 }
 
 /// Names of the built-in presets, for help texts and errors.
@@ -115,6 +120,7 @@ impl StudentConfig {
             pad_token_id: 0,
             bos_token_id: 1,
             eos_token_id: 2,
+            vision: None,
         };
         let scaled = |d_model, enc, dec, attn_dim, heads, kv, ffn, vocab| Self {
             d_model,
@@ -211,6 +217,13 @@ impl StudentConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(bad("dropout", format!("{} is not in [0, 1)", self.dropout)));
         }
+        if let Some(v) = &self.vision {
+            v.validate(
+                self.vocab_size,
+                self.pad_token_id,
+                std::path::Path::new("student config"),
+            )?;
+        }
         Ok(())
     }
 
@@ -229,7 +242,9 @@ impl StudentConfig {
         }
     }
 
-    /// Parameter count, computed from the shapes (tied embeddings counted once).
+    /// Parameter count of the text model, computed from the shapes (tied embeddings counted
+    /// once); a vision section's tower and projector are [`VisionConfig::num_parameters`],
+    /// the same for the student and its twin.
     pub fn num_parameters(&self) -> i64 {
         let d = self.d_model;
         let kv = self.num_kv_heads * self.head_dim();

@@ -210,6 +210,7 @@ pub fn student_config(source: &CausalLmConfig, spec: &InitSpec) -> StudentConfig
         pad_token_id: ids.pad,
         bos_token_id: ids.bos,
         eos_token_id: ids.eos,
+        vision: None,
     }
 }
 

@@ -27,6 +27,7 @@ impl StudentModel {
     /// A freshly initialised student (seeded through libtorch's global RNG).
     pub fn init(config: &StudentConfig, device: Device, seed: i64) -> Result<Self> {
         config.validate()?;
+        text_only(config, Path::new("student config"))?;
         tch::manual_seed(seed);
         let vs = VarStore::new(device);
         let model = Student::new(&vs.root(), config);
@@ -40,16 +41,8 @@ impl StudentModel {
     /// Loads a student folder (`config.json`, `model.safetensors`, optional `tokenizer.json`).
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
         crate::teacher::check_dtype(opts.kind, opts.device)?;
-        let path = dir.join("config.json");
-        let config: StudentConfig = read_json(&path)?;
-        config.validate().map_err(|e| match e {
-            Error::Config { field, msg, .. } => Error::Config {
-                path: path.clone(),
-                field,
-                msg,
-            },
-            other => other,
-        })?;
+        let config = read_config(dir)?;
+        text_only(&config, &dir.join("config.json"))?;
         let mut vs = VarStore::new(Device::Cpu);
         let model = Student::new(&vs.root(), &config);
         crate::weights::load_folder(&mut vs, dir)?;
@@ -81,6 +74,34 @@ impl StudentModel {
     pub fn num_parameters(&self) -> i64 {
         CausalLm::num_parameters(&self.vs)
     }
+}
+
+/// Reads and validates a student folder's `config.json`, naming the file in errors.
+pub fn read_config(dir: &Path) -> Result<StudentConfig> {
+    let path = dir.join("config.json");
+    let config: StudentConfig = read_json(&path)?;
+    config.validate().map_err(|e| match e {
+        Error::Config { field, msg, .. } => Error::Config {
+            path: path.clone(),
+            field,
+            msg,
+        },
+        other => other,
+    })?;
+    Ok(config)
+}
+
+/// Refuses a config with a vision section where only a text student can be built (its
+/// tower and projector would be silently left out of the folder).
+fn text_only(config: &StudentConfig, path: &Path) -> Result<()> {
+    if config.vision.is_some() {
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            field: "vision",
+            msg: "a vision-language student: use multimodal::VisionStudentModel".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Writes a model folder: config.json, model.safetensors, optional tokenizer.json copy.

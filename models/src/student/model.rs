@@ -207,27 +207,43 @@ impl Student {
         i - (len - 1).floor_divide_scalar(2)
     }
 
+    /// Token embeddings `[b, s, d]` of `ids` (`[b, s]`), before dropout.
+    pub fn embed(&self, ids: &Tensor) -> Tensor {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// The encoder's key mask for right-padded `input_ids`: `valid`, and with
+    /// `mask_pad_tokens` also every pad-id token (the reference's `ids != pad`).
+    pub fn key_valid(&self, input_ids: &Tensor, valid: &Tensor) -> Tensor {
+        if self.config.mask_pad_tokens {
+            valid.logical_and(&input_ids.ne(self.config.pad_token_id))
+        } else {
+            valid.shallow_clone()
+        }
+    }
+
     /// Runs the encoder over right-padded `input_ids` (`[b, s]`) with `valid` marking real tokens.
     pub fn encode(&self, input_ids: &Tensor, valid: &Tensor, train: bool) -> Encoded {
+        self.encode_embeds(
+            &self.embed(input_ids),
+            &self.key_valid(input_ids, valid),
+            train,
+        )
+    }
+
+    /// Runs the encoder over input embeddings `x` (`[b, s, d]`, right-padded, `valid`
+    /// `[b, s]` bool): the entry for inputs that are not all token ids (image patches
+    /// spliced into the text, [`crate::multimodal`]). [`Student::encode`] is this after the
+    /// embedding lookup, so text and image inputs share one code path.
+    pub fn encode_embeds(&self, x: &Tensor, valid: &Tensor, train: bool) -> Encoded {
         #![allow(clippy::assign_op_pattern)] // out-of-place residuals: autograd saved `x`
-        let pad_masked;
-        let valid = if self.config.mask_pad_tokens {
-            pad_masked = valid.logical_and(&input_ids.ne(self.config.pad_token_id));
-            &pad_masked
-        } else {
-            valid
-        };
         let dense = valid.all().int64_value(&[]) == 1;
         let mask = if dense {
             AttnMask::Full
         } else {
             AttnMask::Explicit(padding_mask(valid))
         };
-        let mut x = dropout(
-            &self.embed_tokens.forward(input_ids),
-            self.config.dropout,
-            train,
-        );
+        let mut x = dropout(x, self.config.dropout, train);
         let rope = self
             .config
             .rope_encoder

@@ -110,11 +110,24 @@ impl CausalLm {
         input_ids: &Tensor,
         positions: &Tensor,
         mask: &AttnMask,
+        cache: Option<&mut LmCache>,
+        train: bool,
+    ) -> Tensor {
+        self.hidden_embeds(&self.embed(input_ids), positions, mask, cache, train)
+    }
+
+    /// As [`CausalLm::hidden`], from input embeddings `x` (`[b, t, d]`, already scaled as
+    /// [`CausalLm::embed`] scales them): the entry for prompts with image patches spliced
+    /// in ([`crate::multimodal`]); token ids take the same path after the lookup.
+    pub fn hidden_embeds(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        mask: &AttnMask,
         mut cache: Option<&mut LmCache>,
         train: bool,
     ) -> Tensor {
-        let x = self.embed(input_ids);
-        let t_q = input_ids.size()[1];
+        let (_, t_q, _) = x.size3().expect("[b, t, d] input embeddings");
         let past = cache.as_deref().map_or(0, LmCache::len);
         let ropes = LayerRopes::new(self, positions, x.kind());
         let mut windowed: Vec<(i64, AttnMask)> = Vec::new();
@@ -125,7 +138,7 @@ impl CausalLm {
                 windowed.push((w, mask.with_window(w, t_q, past + t_q, x.device())));
             }
         }
-        let mut x = x;
+        let mut x = x.shallow_clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let layer_mask = match layer.kind.window {
@@ -144,8 +157,8 @@ impl CausalLm {
         self.norm.forward(&x)
     }
 
-    /// Token embeddings, scaled where the family scales them.
-    fn embed(&self, input_ids: &Tensor) -> Tensor {
+    /// Token embeddings `[b, t, d]`, scaled where the family scales them.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         let x = self.embed_tokens.forward(input_ids);
         match self.config.features.embed_scale {
             EmbedScale::None => x,

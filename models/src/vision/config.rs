@@ -3,16 +3,18 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::error::{Error, Result, read_json};
 use crate::nn::Activation;
 
 /// Mirrors transformers' `CLIPVisionConfig`; the defaults are that class's (ViT-B/32).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// Serialisable so a vision-language student can carry its tower's config inline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HfClipVisionConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model_type: Option<String>,
     pub hidden_size: i64,
     pub intermediate_size: i64,
@@ -43,6 +45,34 @@ impl Default for HfClipVisionConfig {
             layer_norm_eps: 1e-5,
             attention_dropout: 0.0,
         }
+    }
+}
+
+impl HfClipVisionConfig {
+    /// The tower's raw config in `dir/config.json` (a `CLIPVisionModel`'s own, or a
+    /// `CLIPModel`'s `vision_config`) and which checkpoint the folder holds.
+    pub fn from_folder(dir: &Path) -> Result<(Self, ClipCheckpoint)> {
+        let path = dir.join("config.json");
+        let top: serde_json::Value = read_json(&path)?;
+        fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value, path: &Path) -> Result<T> {
+            serde_json::from_value(v).map_err(|source| Error::Json {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        let model_type = top.get("model_type").and_then(|t| t.as_str());
+        if top.get("vision_config").is_some() || model_type == Some(FULL_MODEL_TYPE) {
+            let full: HfClipConfig = parse(top, &path)?;
+            return Ok((full.vision_config, ClipCheckpoint::FullModel));
+        }
+        if let Some(other) = model_type.filter(|t| *t != VISION_MODEL_TYPE) {
+            return Err(Error::UnsupportedArchitecture {
+                path: path.clone(),
+                found: format!("model_type {other}"),
+                supported: format!("model_type {VISION_MODEL_TYPE} or {FULL_MODEL_TYPE}"),
+            });
+        }
+        Ok((parse(top, &path)?, ClipCheckpoint::VisionModel))
     }
 }
 
@@ -125,28 +155,8 @@ impl ClipVisionConfig {
 
     /// Reads `dir/config.json` (a `CLIPVisionModel` or `CLIPModel` config).
     pub fn from_folder(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let top: serde_json::Value = read_json(&path)?;
-        fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value, path: &Path) -> Result<T> {
-            serde_json::from_value(v).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-        let model_type = top.get("model_type").and_then(|t| t.as_str());
-        if top.get("vision_config").is_some() || model_type == Some(FULL_MODEL_TYPE) {
-            let full: HfClipConfig = parse(top, &path)?;
-            return Self::resolve(&full.vision_config, ClipCheckpoint::FullModel, &path);
-        }
-        if let Some(other) = model_type.filter(|t| *t != VISION_MODEL_TYPE) {
-            return Err(Error::UnsupportedArchitecture {
-                path: path.clone(),
-                found: format!("model_type {other}"),
-                supported: format!("model_type {VISION_MODEL_TYPE} or {FULL_MODEL_TYPE}"),
-            });
-        }
-        let raw: HfClipVisionConfig = parse(top, &path)?;
-        Self::resolve(&raw, ClipCheckpoint::VisionModel, &path)
+        let (raw, checkpoint) = HfClipVisionConfig::from_folder(dir)?;
+        Self::resolve(&raw, checkpoint, &dir.join("config.json"))
     }
 
     /// Checks the fields the forward pass depends on; `path` names the file in errors.
