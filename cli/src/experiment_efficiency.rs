@@ -41,6 +41,17 @@ pub struct Args {
     full_size_repeats: usize,
     #[arg(long, default_value_t = 0)]
     seed: i64,
+    /// Image tokens before the text of every input (576 = one 336-pixel tile of
+    /// CLIP ViT-L/14-336, 2304 = four), through the same tower and projector on both
+    /// sides; the input lengths are then the text's. 0: text only.
+    #[arg(long, default_value_t = 0)]
+    image_tokens: i64,
+    /// The vision tower of --image-tokens: clip-vit-l-14-336, clip-vit-b-16 or tiny.
+    #[arg(long, default_value = "clip-vit-l-14-336")]
+    tower: String,
+    /// Report file names: <NAME>.md, .json, .png.
+    #[arg(long, default_value = report_md::DEFAULT_NAME)]
+    report_name: String,
     /// Work folder: the journal of measurements (a rerun reuses it).
     #[arg(long, default_value = "out/experiment/efficiency")]
     out: PathBuf,
@@ -63,6 +74,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         new_tokens: a.new_tokens,
         repeats: (a.repeats, a.full_size_repeats),
         seed: a.seed,
+        image_tokens: a.image_tokens,
+        tower: a.tower,
     };
     let journal = a.out.join(experiment::JOURNAL);
     if a.fresh && journal.exists() {
@@ -76,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cmd
     };
     let report = experiment::run(&opts, command, &a.out, experiment::in_child(child))?;
-    let written = report_md::write(&report, &a.report_dir)?;
+    let written = report_md::write(&report, &a.report_dir, &a.report_name)?;
     for s in &report.settings {
         println!("{}", s.name());
         print!("{}", edkd_experiments::efficiency::table(&s.rows));

@@ -147,6 +147,8 @@ pub fn measure(spec: &EdgeSpec) -> Result<EdgeMeasurement> {
             seed: spec.seed,
             dtype: "f32".into(),
             device: "cpu".into(),
+            image_tokens: 0,
+            tower: String::new(),
         })?;
         return Ok(EdgeMeasurement {
             first_token_ms: m.first_token_ms,

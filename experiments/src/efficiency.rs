@@ -13,6 +13,7 @@ pub mod report;
 pub mod report_md;
 pub mod session;
 pub mod suite;
+pub mod vision;
 
 use std::process::Command;
 
@@ -75,6 +76,17 @@ pub struct MeasureSpec {
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Image tokens before the text (`input_length` is then the text's length): tiles of
+    /// `tower`'s patch tokens, through the same tower and projector on both sides.
+    #[serde(default)]
+    pub image_tokens: i64,
+    /// The vision tower ([`vision::TOWERS`]) when `image_tokens > 0`.
+    #[serde(default = "default_tower")]
+    pub tower: String,
+}
+
+pub(crate) fn default_tower() -> String {
+    vision::TOWERS[0].into()
 }
 
 /// What [`measure`] found for one spec.
@@ -165,19 +177,33 @@ pub fn measure(spec: &MeasureSpec) -> Result<Measurement> {
             (None, Some((vs, lm)))
         }
     };
+    // The same tower and projector (same seed) on both sides.
+    let images = (spec.image_tokens > 0)
+        .then(|| {
+            vision::ImageInput::new(
+                &spec.tower,
+                spec.image_tokens,
+                cfg.d_model,
+                kind,
+                device,
+                spec.seed + 2,
+            )
+        })
+        .transpose()?;
     tch::manual_seed(spec.seed + 1);
     let ids = Tensor::randint(
         cfg.vocab_size,
         [1, spec.input_length],
         (Kind::Int64, device),
     );
-    let (params, mut session): (i64, Box<dyn Session + '_>) = match (&student, &twin) {
+    let (text_params, mut session): (i64, Box<dyn Session + '_>) = match (&student, &twin) {
         (Some(s), _) => (
             s.num_parameters(),
             Box::new(StudentSession {
                 model: &s.model,
                 new_tokens,
                 state: None,
+                images: images.as_ref(),
             }),
         ),
         (_, Some((vs, lm))) => (
@@ -186,10 +212,13 @@ pub fn measure(spec: &MeasureSpec) -> Result<Measurement> {
                 model: lm,
                 new_tokens,
                 cache: None,
+                images: images.as_ref(),
             }),
         ),
         _ => unreachable!("one model was built"),
     };
+    let params = text_params + images.as_ref().map_or(0, |i| i.num_parameters());
+    let input_length = spec.input_length + spec.image_tokens;
 
     let baseline = memory::rss();
     let reset = memory::reset_peak();
@@ -217,16 +246,15 @@ pub fn measure(spec: &MeasureSpec) -> Result<Measurement> {
         decode_tokens_per_s: steps / decode.total(),
         peak_rss_bytes: peak,
         run_peak_bytes: baseline.filter(|_| reset).map(|b| peak.saturating_sub(b)),
-        kv_cache_bytes: kv_cache_bytes(&cfg, spec.arch, spec.input_length, spec.new_tokens, elem),
+        kv_cache_bytes: kv_cache_bytes(&cfg, spec.arch, input_length, spec.new_tokens, elem),
         first_parts_ms: first.scaled(1e-3),
         step_parts_ms: decode.scaled(steps * 1e-3),
-        cost: cost(
-            &cfg,
-            spec.arch,
-            spec.input_length,
-            spec.new_tokens,
-            elem as f64,
-        ),
+        cost: {
+            let mut c = cost(&cfg, spec.arch, input_length, spec.new_tokens, elem as f64);
+            c.image_flops = images.as_ref().map_or(0.0, |i| i.flops());
+            c.first_flops += c.image_flops;
+            c
+        },
     })
 }
 
@@ -266,6 +294,11 @@ pub struct Options {
     /// `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// Image tokens before the text of every input (0: text only), and their tower.
+    #[serde(default)]
+    pub image_tokens: i64,
+    #[serde(default = "default_tower")]
+    pub tower: String,
 }
 
 impl Options {
@@ -280,6 +313,8 @@ impl Options {
             seed: self.seed,
             dtype: self.dtype.clone(),
             device: self.device.clone(),
+            image_tokens: self.image_tokens,
+            tower: self.tower.clone(),
         }
     }
 }
@@ -327,5 +362,7 @@ pub fn default_options(preset: &str) -> Options {
         seed: 0,
         dtype: default_dtype(),
         device: default_device(),
+        image_tokens: 0,
+        tower: default_tower(),
     }
 }

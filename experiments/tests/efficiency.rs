@@ -27,6 +27,8 @@ fn tiny() -> Options {
         seed: 0,
         dtype: "f32".into(),
         device: "cpu".into(),
+        image_tokens: 0,
+        tower: String::new(),
     }
 }
 
@@ -129,6 +131,8 @@ fn one_new_token_is_rejected_with_the_field_name() {
         seed: 0,
         dtype: "f32".into(),
         device: "cpu".into(),
+        image_tokens: 0,
+        tower: String::new(),
     };
     let err = efficiency::measure(&spec).unwrap_err().to_string();
     assert!(err.contains("new_tokens"), "{err}");
@@ -167,6 +171,8 @@ fn the_grid_experiment_breaks_down_time_and_resumes_from_its_journal() {
         new_tokens: 4,
         repeats: (1, 1),
         seed: 0,
+        image_tokens: 0,
+        tower: String::new(),
     };
     let mut taken = 0;
     let r = experiment::run(&opts, "test".into(), work.path(), |s| {
@@ -205,7 +211,7 @@ fn the_grid_experiment_breaks_down_time_and_resumes_from_its_journal() {
             );
         }
     }
-    let written = report_md::write(&r, reports.path()).unwrap();
+    let written = report_md::write(&r, reports.path(), "efficiency").unwrap();
     let md = std::fs::read_to_string(&written.markdown).unwrap();
     assert!(
         md.contains("| first-token latency lower by | 47% |"),
@@ -224,7 +230,7 @@ fn the_grid_experiment_breaks_down_time_and_resumes_from_its_journal() {
     .unwrap();
     assert_eq!(again.measured_now, 0);
     assert_eq!(again.settings.len(), 2);
-    report_md::write(&again, reports.path()).unwrap();
+    report_md::write(&again, reports.path(), "efficiency").unwrap();
     let md = std::fs::read_to_string(&written.markdown).unwrap();
     assert!(md.ends_with("kept\n"), "{md}");
 }
@@ -247,4 +253,48 @@ fn a_bad_grid_names_the_field() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("dtype"), "{err}");
+}
+
+/// Image tokens go through the same tower and projector on both sides: both time them,
+/// both count their FLOPs alike, and the caches hold them as input.
+#[test]
+fn image_tokens_run_the_same_tower_on_both_sides() {
+    let mut spec = efficiency::MeasureSpec {
+        arch: Arch::Student,
+        preset: "tiny".into(),
+        input_length: 8,
+        new_tokens: 3,
+        repeats: 1,
+        threads: 1,
+        seed: 0,
+        dtype: "f32".into(),
+        device: "cpu".into(),
+        image_tokens: 32, // two 32-pixel tiles of 16 patches
+        tower: "tiny".into(),
+    };
+    let s = efficiency::measure(&spec).unwrap();
+    spec.arch = Arch::Twin;
+    let t = efficiency::measure(&spec).unwrap();
+    use edkd_experiments::efficiency::Part;
+    for m in [&s, &t] {
+        assert!(m.first_parts_ms.get(Part::Tower) > 0.0);
+        assert!(m.first_parts_ms.get(Part::Projector) > 0.0);
+        assert!(m.cost.image_flops > 0.0);
+    }
+    assert_eq!(s.cost.image_flops, t.cost.image_flops);
+    let rel = (s.params - t.params).abs() as f64 / t.params as f64;
+    assert!(rel < 0.02, "{} vs {}", s.params, t.params);
+    let text_only = {
+        spec.image_tokens = 0;
+        efficiency::measure(&spec).unwrap()
+    };
+    assert!(t.kv_cache_bytes > text_only.kv_cache_bytes);
+    assert!(
+        t.params > text_only.params,
+        "the tower's parameters are counted"
+    );
+
+    spec.image_tokens = 20; // not a multiple of 16
+    let err = efficiency::measure(&spec).unwrap_err().to_string();
+    assert!(err.contains("image_tokens"), "{err}");
 }

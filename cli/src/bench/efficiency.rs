@@ -34,6 +34,13 @@ pub struct Args {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu", env = "EDKD_DEVICE")]
     device: String,
+    /// Image tokens before the text of every input (576: one CLIP ViT-L/14-336 tile,
+    /// 2304: four), through the same vision tower and projector on both sides.
+    #[arg(long, default_value_t = 0)]
+    image_tokens: i64,
+    /// The vision tower of --image-tokens: clip-vit-l-14-336, clip-vit-b-16 or tiny.
+    #[arg(long, default_value = "clip-vit-l-14-336")]
+    tower: String,
     /// Output folder for efficiency-<preset>.csv/.png/.json.
     #[arg(long, default_value = "out/bench/efficiency")]
     out: PathBuf,
@@ -55,6 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     opts.seed = args.seed;
     opts.dtype = args.dtype;
     opts.device = args.device;
+    opts.image_tokens = args.image_tokens;
+    opts.tower = args.tower;
     opts.input_lengths = args.input_lengths.unwrap_or(opts.input_lengths);
     opts.new_tokens = args.new_tokens.unwrap_or(opts.new_tokens);
     opts.repeats = args.repeats.unwrap_or(opts.repeats);

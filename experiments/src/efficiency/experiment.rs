@@ -32,6 +32,12 @@ pub struct GridOptions {
     /// value for the small presets, the second for `mu-330m`.
     pub repeats: (usize, usize),
     pub seed: i64,
+    /// Image tokens before the text of every input (`input_lengths` are then the text's),
+    /// through `tower` on both sides; 0: text only.
+    #[serde(default)]
+    pub image_tokens: i64,
+    #[serde(default = "super::default_tower")]
+    pub tower: String,
 }
 
 impl Default for GridOptions {
@@ -45,6 +51,8 @@ impl Default for GridOptions {
             new_tokens: 32,
             repeats: (3, 1),
             seed: 0,
+            image_tokens: 0,
+            tower: super::default_tower(),
         }
     }
 }
@@ -162,6 +170,15 @@ fn check(opts: &GridOptions) -> Result<()> {
         edkd_models::device::parse_dtype(d)?;
     }
     edkd_models::device::parse_device(&opts.device)?;
+    if opts.image_tokens < 0 {
+        return Err(Error::input(
+            "image_tokens",
+            format!("{} (must be >= 0)", opts.image_tokens),
+        ));
+    }
+    if opts.image_tokens > 0 {
+        super::vision::tower(&opts.tower)?;
+    }
     Ok(())
 }
 
@@ -220,7 +237,10 @@ pub fn run(
         .filter_map(|s| entries.iter().rev().find(|e| same(&e.spec, s)))
         .collect();
     Ok(EfficiencyReport {
-        measure_s: used.iter().filter_map(|e| e.elapsed_s).fold(0.0, |a, b| a + b),
+        measure_s: used
+            .iter()
+            .filter_map(|e| e.elapsed_s)
+            .fold(0.0, |a, b| a + b),
         untimed: used.iter().filter(|e| e.elapsed_s.is_none()).count(),
         command,
         options: opts.clone(),
@@ -258,6 +278,8 @@ fn plan(opts: &GridOptions) -> Vec<MeasureSpec> {
                             seed: opts.seed,
                             dtype: dtype.clone(),
                             device: opts.device.clone(),
+                            image_tokens: opts.image_tokens,
+                            tower: opts.tower.clone(),
                         });
                     }
                 }

@@ -23,6 +23,10 @@ pub struct Cost {
     /// The part of `first_flops` spent on the input (student: encoder and cross K/V;
     /// twin: the prefill's layers).
     pub input_flops: f64,
+    /// The part of `first_flops` spent on image tiles (vision tower and projector, the
+    /// same on both sides); 0 for text.
+    #[serde(default)]
+    pub image_flops: f64,
     /// The `new_tokens - 1` steps after the first.
     pub decode_flops: f64,
     /// Weight bytes one decode step multiplies by (student: decoder layers without the
@@ -84,6 +88,7 @@ pub fn cost(
             Cost {
                 first_flops: encoder + cross_kv + step(0),
                 input_flops: encoder + cross_kv,
+                image_flops: 0.0,
                 decode_flops: (1..n).map(step).sum(),
                 step_weight_bytes: (ld * dec_w + d * vocab) * elem_bytes,
                 step_cache_bytes: ld * 2.0 * kv * (s + mid) * elem_bytes,
@@ -100,6 +105,7 @@ pub fn cost(
             Cost {
                 first_flops: prefill + head,
                 input_flops: prefill,
+                image_flops: 0.0,
                 decode_flops: (1..n).map(step).sum(),
                 step_weight_bytes: (layers * w + d * vocab) * elem_bytes,
                 step_cache_bytes: layers * 2.0 * kv * (s + mid) * elem_bytes,

@@ -148,18 +148,35 @@ fn setting_table(s: &Setting) -> String {
 /// student's encoder and the twin's prefill ran at the same rate, the latency ratio would
 /// be the FLOP ratio.
 fn first_token_breakdown(s: &Setting) -> String {
-    let mut out = String::from(
-        "| input | student: encoder / cross K/V / decoder / LM head ms | twin: layers / LM head ms | encoder GFLOP/s | twin prefill GFLOP/s | first-token ratio: by FLOPs | measured |\n|---|---|---|---|---|---|---|\n",
-    );
+    let vision = s
+        .rows
+        .iter()
+        .any(|r| r.student.first_parts_ms.get(Part::Tower) > 0.0);
+    let mut out = String::from(if vision {
+        "| input | tower / projector ms (s / t) | student: encoder / cross K/V / decoder / LM head ms | twin: layers / LM head ms | encoder GFLOP/s | twin prefill GFLOP/s | first-token ratio: by FLOPs | measured |\n|---|---|---|---|---|---|---|---|\n"
+    } else {
+        "| input | student: encoder / cross K/V / decoder / LM head ms | twin: layers / LM head ms | encoder GFLOP/s | twin prefill GFLOP/s | first-token ratio: by FLOPs | measured |\n|---|---|---|---|---|---|---|\n"
+    });
     for row in &s.rows {
         let (a, b) = (&row.student.first_parts_ms, &row.twin.first_parts_ms);
         let enc_rate = row.student.cost.input_flops
             / ((a.get(Part::Encoder) + a.get(Part::CrossKv)) * 1e-3)
             / 1e9;
         let twin_rate = row.twin.cost.input_flops / (b.get(Part::Layers) * 1e-3) / 1e9;
+        let images = if vision {
+            format!(
+                " {:.1} / {:.1} + {:.1} / {:.1} |",
+                a.get(Part::Tower),
+                b.get(Part::Tower),
+                a.get(Part::Projector),
+                b.get(Part::Projector)
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.1} / {:.1} / {:.2} / {:.2} | {:.1} / {:.2} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            "| {} |{images} {:.1} / {:.1} / {:.2} / {:.2} | {:.1} / {:.2} | {:.0} | {:.0} | {:.2} | {:.2} |",
             row.input_length,
             a.get(Part::Encoder),
             a.get(Part::CrossKv),
@@ -241,6 +258,17 @@ fn markdown(r: &EfficiencyReport, figures: &[PathBuf]) -> String {
         o.repeats.0,
         o.repeats.1,
     );
+    if o.image_tokens > 0 {
+        let _ = writeln!(
+            md,
+            "Every input is {} image tokens (tiles of a randomly initialised `{}` tower, \
+             layer -2 patch tokens, `mlp2x_gelu` projector: the same tower and projector on \
+             both sides) followed by the text; the `input` column is the text's length. The \
+             tower and projector times are in the breakdown; decoding and resizing the images \
+             are left out (the same work on both sides).\n",
+            o.image_tokens, o.tower
+        );
+    }
     md += "## The paper's claims and ours\n\n";
     md += &headline(r);
     md += "\nRatios are student / twin at equal parameter count (the twin is Llama-shaped with as \
@@ -342,14 +370,20 @@ fn parts_figure(s: &Setting) -> Figure {
             Series::line_markers("student: total", pts(&|r| r.student.first_token_ms))
                 .with_colour(STUDENT_COLOUR),
         )
-        .with(Series::line(
-            "student: encoder",
-            pts(&|r| r.student.first_parts_ms.get(Part::Encoder)),
-        ))
-        .with(Series::line(
-            "student: cross K/V",
-            pts(&|r| r.student.first_parts_ms.get(Part::CrossKv)),
-        ))
+        .with(
+            Series::line(
+                "student: encoder",
+                pts(&|r| r.student.first_parts_ms.get(Part::Encoder)),
+            )
+            .with_colour(PALETTE[2]),
+        )
+        .with(
+            Series::line(
+                "student: cross K/V",
+                pts(&|r| r.student.first_parts_ms.get(Part::CrossKv)),
+            )
+            .with_colour(PALETTE[1]),
+        )
         .legend_at(Corner::UpperLeft);
     let decode = Panel::new(x(), Axis::linear("decode throughput (tokens/s)"))
         .titled("decode throughput")
@@ -367,13 +401,16 @@ fn parts_figure(s: &Setting) -> Figure {
         .with(decode)
 }
 
-/// Writes `efficiency.md`, `efficiency.json`, `efficiency.png` (ratios) and one
-/// `efficiency-<preset>-<dtype>-<threads>t.png` per setting of the largest preset.
-pub fn write(r: &EfficiencyReport, dir: &Path) -> Result<Written> {
+/// The default report name: `efficiency.md`, `.json`, `.png`.
+pub const DEFAULT_NAME: &str = "efficiency";
+
+/// Writes `<name>.md`, `<name>.json`, `<name>.png` (ratios) and one
+/// `<name>-<preset>-<dtype>-<threads>t.png` per setting of the largest preset.
+pub fn write(r: &EfficiencyReport, dir: &Path, name: &str) -> Result<Written> {
     std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let mut figures = Vec::new();
     if !r.settings.is_empty() {
-        let png = dir.join("efficiency.png");
+        let png = dir.join(format!("{name}.png"));
         ratio_figure(r).save_png(&png)?;
         figures.push(png);
     }
@@ -388,13 +425,13 @@ pub fn write(r: &EfficiencyReport, dir: &Path) -> Result<Written> {
         .filter(|s| Some(&s.preset) == largest.as_ref())
     {
         let png = dir.join(format!(
-            "efficiency-{}-{}-{}t.png",
+            "{name}-{}-{}-{}t.png",
             s.preset, s.dtype, s.threads
         ));
         parts_figure(s).save_png(&png)?;
         figures.push(png);
     }
-    let markdown_path = dir.join("efficiency.md");
+    let markdown_path = dir.join(format!("{name}.md"));
     let mut text = markdown(r, &figures);
     // Hand-written commentary survives a rerun: it is carried over from the old file.
     if let Ok(old) = std::fs::read_to_string(&markdown_path)
@@ -404,7 +441,7 @@ pub fn write(r: &EfficiencyReport, dir: &Path) -> Result<Written> {
         text += &old[at..];
     }
     std::fs::write(&markdown_path, text).map_err(Error::io(&markdown_path))?;
-    let json = dir.join("efficiency.json");
+    let json = dir.join(format!("{name}.json"));
     let text = serde_json::to_string_pretty(r).expect("report serialises") + "\n";
     std::fs::write(&json, text).map_err(Error::io(&json))?;
     Ok(Written {

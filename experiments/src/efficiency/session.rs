@@ -12,6 +12,8 @@ use edkd_models::teacher::LmCache;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use super::vision::ImageInput;
+
 /// A component of a generation step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +28,10 @@ pub enum Part {
     Layers,
     /// Output projection to the vocabulary and the greedy pick.
     LmHead,
+    /// The vision tower over the image tiles (the same tower on both sides).
+    Tower,
+    /// The `mlp2x_gelu` projector from the tower's width to the text model's.
+    Projector,
 }
 
 impl Part {
@@ -36,6 +42,8 @@ impl Part {
             Part::Decoder => "decoder layers",
             Part::Layers => "layers",
             Part::LmHead => "LM head",
+            Part::Tower => "vision tower",
+            Part::Projector => "projector",
         }
     }
 }
@@ -108,6 +116,14 @@ pub trait Session {
     fn next(&mut self, token: i64, clock: &mut Clock) -> i64;
 }
 
+/// The input embeddings: image tokens (if any) before the text's.
+fn with_image(image: Option<&Tensor>, text: Tensor) -> Tensor {
+    match image {
+        Some(image) => Tensor::cat(&[image, &text], 1),
+        None => text,
+    }
+}
+
 fn greedy(logits: &Tensor) -> i64 {
     logits.argmax(-1, false).int64_value(&[0])
 }
@@ -120,13 +136,20 @@ pub struct StudentSession<'a> {
     pub model: &'a Student,
     pub new_tokens: i64,
     pub state: Option<(Encoded, DecoderCache)>,
+    /// Image tiles whose projected patch tokens go before the text in the encoder input.
+    pub images: Option<&'a ImageInput>,
 }
 
 impl Session for StudentSession<'_> {
     fn first(&mut self, ids: &Tensor, clock: &mut Clock) -> i64 {
         let m = self.model;
-        let valid = Tensor::ones(ids.size(), (Kind::Bool, ids.device()));
-        let enc = clock.time(Part::Encoder, || m.encode(ids, &valid, false));
+        let image = self.images.map(|i| i.embeds(clock)); // [1, image tokens, d]
+        let enc = clock.time(Part::Encoder, || {
+            let x = with_image(image.as_ref(), m.embed(ids)); // [1, s, d]
+            let (b, s, _) = x.size3().expect("[b, s, d] embeddings");
+            let valid = Tensor::ones([b, s], (Kind::Bool, ids.device()));
+            m.encode_embeds(&x, &valid, false)
+        });
         let cache = clock.time(Part::CrossKv, || m.new_cache(&enc, self.new_tokens));
         let (enc, cache) = self.state.insert((enc, cache));
         let bos = token_tensor(m.config.bos_token_id, ids.device());
@@ -147,16 +170,21 @@ pub struct TwinSession<'a> {
     pub model: &'a CausalLm,
     pub new_tokens: i64,
     pub cache: Option<LmCache>,
+    /// Image tiles whose projected patch tokens go before the text in the prompt.
+    pub images: Option<&'a ImageInput>,
 }
 
 impl Session for TwinSession<'_> {
     fn first(&mut self, ids: &Tensor, clock: &mut Clock) -> i64 {
         let m = self.model;
-        let (b, t) = ids.size2().expect("[b, t] ids");
+        let image = self.images.map(|i| i.embeds(clock)); // [1, image tokens, d]
+        let (b, text) = ids.size2().expect("[b, t] ids");
+        let t = text + image.as_ref().map_or(0, |x| x.size()[1]);
         let cache = self.cache.insert(m.new_cache(b, t + self.new_tokens));
         let positions = Tensor::arange(t, (Kind::Int64, ids.device())).unsqueeze(0); // [1, t]
         let h = clock.time(Part::Layers, || {
-            m.hidden(ids, &positions, &AttnMask::Causal, Some(cache), false)
+            let x = with_image(image.as_ref(), m.embed(ids)); // [1, t, d]
+            m.hidden_embeds(&x, &positions, &AttnMask::Causal, Some(cache), false)
         }); // [1, t, d]
         clock.time(Part::LmHead, || {
             greedy(&m.logits(&h.narrow(1, t - 1, 1).squeeze_dim(1)))
