@@ -21,6 +21,8 @@ const BOOTSTRAP_SEED: u64 = 15;
 pub const COMMENTARY: &str = "## Commentary";
 
 type Metric = fn(&Prediction) -> f64;
+/// One end of an interval.
+type Bound = fn(&Interval) -> f64;
 /// The metrics of the tables, in order.
 pub const METRICS: [(&str, Metric); 3] = [
     ("EM", |p| p.metrics.exact_match),
@@ -321,8 +323,7 @@ impl AblationReport {
             .map(|(i, a)| (i as f64 + 1.0, a.scores[1].mean))
             .collect();
         panel = panel.with(Series::line_markers("mean over seeds", means));
-        let bands: [(fn(&Interval) -> f64, &str); 2] =
-            [(|i| i.lo, "95% low"), (|i| i.hi, "95% high")];
+        let bands: [(Bound, &str); 2] = [(|i| i.lo, "95% low"), (|i| i.hi, "95% high")];
         for (band, name) in bands {
             let pts = self
                 .arms

@@ -50,13 +50,16 @@ fn flop_reduction(row: &Row) -> f64 {
     1.0 - row.student.cost.total_flops() / row.twin.cost.total_flops()
 }
 
+/// A claim's name, the paper's figure, ours per row, and whether it is a percentage.
+type Claim<'a> = (&'a str, String, &'a dyn Fn(&Row) -> f64, bool);
+
 /// The headline table: each claim of the paper, ours over every setting measured and at
 /// the paper's size (mu-330m) alone.
 fn headline(r: &EfficiencyReport) -> String {
     let mut out = String::from(
         "| claim (student vs decoder-only twin, equal parameters) | paper | ours, all settings | ours, mu-330m |\n|---|---|---|---|\n",
     );
-    let claims: [(&str, String, &dyn Fn(&Row) -> f64, bool); 4] = [
+    let claims: [Claim<'_>; 4] = [
         (
             "first-token latency lower by",
             format!("{:.0}%", PAPER_FIRST_TOKEN_REDUCTION * 100.0),
