@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edkd_data::manifest::Verify;
+use edkd_data::manifest::{Manifest, Verify};
 use edkd_data::packing::{IdOrder, Packing};
 use edkd_data::{CacheEntry, CacheMeta, CacheWriter, Dataset, OpenOptions};
 use edkd_models::chat::TeacherView;
@@ -170,8 +170,8 @@ fn plan(ds: &Dataset, todo: &[u64], p: &Plan) -> Vec<std::ops::Range<usize>> {
 
 /// Refuses a dataset with images for a teacher that cannot read them, or one whose image
 /// placeholder is another token than the teacher's.
-fn check_images(ds: &Dataset, info: &InfoResponse, split: &str) -> Result<()> {
-    let Some(images) = &ds.manifest.images else {
+fn check_images(manifest: &Manifest, info: &InfoResponse, split: &str) -> Result<()> {
+    let Some(images) = &manifest.images else {
         return Ok(());
     };
     if !info.accepts_images {
@@ -267,8 +267,9 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     if !info.tokenizer_sha256.is_empty() {
         options.expect_tokenizer_sha256 = Some(info.tokenizer_sha256.clone());
     }
+    // Before the tokenizer check: a text teacher for image data is the error to name.
+    check_images(&Manifest::load(&config.data)?, &info, &config.split)?;
     let ds = Arc::new(Dataset::open(&config.data, &options)?);
-    check_images(&ds, &info, &config.split)?;
     let tokenizer_sha256 = ds.manifest.tokenizer.sha256.clone();
     let eos = ds.manifest.tokenizer.special_ids.eos;
     let mut meta = CacheMeta {

@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|p| {
             std::fs::read(p)
-                .map(bytes::Bytes::from)
+                .map(Into::into)
                 .with_context(|| format!("reading --image {}", p.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
