@@ -105,12 +105,19 @@ impl Scorer {
     }
 
     /// Decodes and preprocesses the images of `seq`, the request's sequence `index` (named
-    /// in errors): `[images, 3, H, W]` on the CPU, `None` without images. A bad image is
-    /// INVALID_ARGUMENT naming `sequences[index].images[j]`. Never panics.
+    /// in errors): `[images, 3, H, W]` on the CPU, `None` without images. An image that does
+    /// not decode or is too large is INVALID_ARGUMENT naming `sequences[index].images[j]`;
+    /// a panic in a decoder becomes [`Error::Model`].
     pub fn prepare(&self, index: usize, seq: &SeqInput) -> Result<Option<Tensor>> {
         if seq.images.is_empty() {
             return Ok(None);
         }
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.pixels(index, seq)))
+            .unwrap_or_else(|panic| Err(caught(panic)))
+            .map(Some)
+    }
+
+    fn pixels(&self, index: usize, seq: &SeqInput) -> Result<Tensor> {
         let Some(twin) = self.teacher.vision() else {
             return Err(Error::invalid(
                 format!("sequences[{index}].images"),
@@ -127,6 +134,8 @@ impl Scorer {
             })?;
             decoded.push(image);
         }
+        // A processor that does not crop to the tower's size is the teacher's fault, not
+        // the image's.
         let tower = twin.model.embedder.tower_config();
         let want = [
             decoded.len() as i64,
@@ -134,19 +143,23 @@ impl Scorer {
             tower.image_size,
             tower.image_size,
         ];
-        let pixels = std::panic::catch_unwind(AssertUnwindSafe(|| twin.processor.batch(&decoded)))
-            .map_err(caught)?
-            .map_err(|e| Error::invalid(format!("sequences[{index}].images"), e.to_string()))?;
+        let misfit = |what: String| {
+            Error::Model(format!(
+                "sequences[{index}].images: {what}; the tower reads {want:?}: check the \
+                 teacher's preprocessor_config.json"
+            ))
+        };
+        let pixels = twin
+            .processor
+            .batch(&decoded)
+            .map_err(|e| misfit(e.to_string()))?;
         if pixels.size() != want {
-            return Err(Error::invalid(
-                format!("sequences[{index}].images"),
-                format!(
-                    "the teacher's image processor made pixels of shape {:?}; its tower reads {want:?}",
-                    pixels.size()
-                ),
-            ));
+            return Err(misfit(format!(
+                "the image processor made pixels of shape {:?}",
+                pixels.size()
+            )));
         }
-        Ok(Some(pixels))
+        Ok(pixels)
     }
 
     /// Target rows whose full-vocabulary log-probs are materialised at once.

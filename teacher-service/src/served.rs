@@ -54,8 +54,10 @@ fn folder_model_type(dir: &Path) -> Result<Option<String>> {
     }
     let text =
         std::fs::read_to_string(&path).map_err(Error::io(format!("reading {}", path.display())))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Config(format!("{}: not JSON: {e}", path.display())))?;
+    // Malformed JSON is left to the loader, which names the problem in its own words.
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(None);
+    };
     Ok(value
         .get("model_type")
         .and_then(|v| v.as_str())
