@@ -45,8 +45,11 @@ fn png(shade: u8) -> Vec<u8> {
     encode_png(&RgbImage::from_raw(24, 20, raw).unwrap())
 }
 
-/// Rows `(prompt, target, image)`: `target + [eos]` are the labels the teacher scores.
-fn batch(rows: &[(Vec<i64>, Vec<i64>, Option<Vec<u8>>)]) -> Batch {
+/// A row's prompt, target and image.
+type Row = (Vec<i64>, Vec<i64>, Option<Vec<u8>>);
+
+/// A batch of `rows`: `target + [eos]` are the labels the teacher scores.
+fn batch(rows: &[Row]) -> Batch {
     let dec_len = rows.iter().map(|r| r.1.len() + 1).max().unwrap();
     let teacher_len = rows.iter().map(|r| r.0.len() + r.1.len()).max().unwrap();
     let mut b = Batch {
@@ -100,7 +103,7 @@ fn remote_source_sends_each_rows_image() {
         ..Default::default()
     };
     let vl = rt.block_on(edkd_teacher::start(served, config)).unwrap();
-    let rows = vec![
+    let rows: Vec<Row> = vec![
         (vec![1, IMAGE, 7, 8], vec![9, 10, 11], Some(png(3))),
         (vec![1, 12, 13], vec![14, 15], None),
         (vec![IMAGE, 16], vec![17, 18, 19, 20], Some(png(7))),
@@ -178,7 +181,7 @@ fn a_text_teacher_is_refused_for_image_rows() {
         e.contains("teacher: ") && e.contains("reads no images") && e.contains("the data"),
         "{e}"
     );
-    let rows = vec![
+    let rows: Vec<Row> = vec![
         (vec![1, 5, 7], vec![9, 10], None),
         (vec![1, 12, 13], vec![14, 15], Some(png(5))),
     ];
