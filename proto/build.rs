@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("edkd_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
         .bytes(".edkd.teacher.v1.ScoredSequence")
+        .bytes(".edkd.teacher.v1.Sequence.images")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -187,6 +187,7 @@ fn server_memory_and_connections_stay_bounded_under_abuse() {
             id: "good".into(),
             prompt_ids: vec![1, 5, 9],
             target_ids: vec![7, 3],
+            images: Vec::new(),
         }],
         top_k: 4,
         temperature: 1.0,

@@ -191,6 +191,7 @@ fn time_scoring(opts: &Options, teacher: Teacher) -> Result<ScoringReport> {
                 target: row[p..].to_vec(),
                 k: opts.top_k,
                 temperature: 1.0,
+                ..Default::default()
             }
         })
         .collect();

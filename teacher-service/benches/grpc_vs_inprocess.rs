@@ -163,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                         id: format!("b{b}s{s}"),
                         prompt_ids: tokens(seed, p.max(1), vocab),
                         target_ids: tokens(seed + 7, t.max(1), vocab),
+                        images: Vec::new(),
                     }
                 })
                 .collect()
@@ -190,6 +191,7 @@ fn main() -> anyhow::Result<()> {
                     target: s.target_ids.clone(),
                     k: TOP_K,
                     temperature: 1.0,
+                    ..SeqInput::default()
                 })
                 .collect()
         })

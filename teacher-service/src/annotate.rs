@@ -1,16 +1,19 @@
 //! Offline annotation: scores a prepared dataset split through the service and writes the
 //! teacher-logit cache (edkd-data's format). Resumable: ids already in finished cache shards
-//! are skipped, so an interrupted run loses at most one unfinished shard.
+//! are skipped, so an interrupted run loses at most one unfinished shard. A dataset with an
+//! image column sends each example's image with it (to a vision-language teacher); the
+//! cache, keyed by example id, is the same format either way.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edkd_data::manifest::Verify;
+use bytes::Bytes;
+use edkd_data::manifest::{Manifest, Verify};
 use edkd_data::packing::{IdOrder, Packing};
 use edkd_data::{CacheEntry, CacheMeta, CacheWriter, Dataset, OpenOptions};
 use edkd_models::chat::TeacherView;
-use edkd_proto::teacher::v1::{ScoreRequest, Sequence, ValueFormat};
+use edkd_proto::teacher::v1::{InfoResponse, ScoreRequest, Sequence, ValueFormat};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::client::Client;
@@ -129,20 +132,29 @@ pub struct AnnotateSummary {
 /// Tokens a view's re-tokenization may add beyond its template's own.
 const VIEW_SLACK_TOKENS: usize = 4;
 
-/// Sequences per request: examples `indices` of the split; each prompt is `extra` tokens
-/// longer than its input (the teacher view's template).
-fn plan(
-    ds: &Dataset,
-    todo: &[u64],
+/// How requests are cut: at most `per_request` sequences and `token_limit` tokens each.
+struct Plan {
     per_request: usize,
     token_limit: usize,
+    /// Tokens each prompt has beyond its input (the teacher view's template).
     extra: usize,
-) -> Vec<std::ops::Range<usize>> {
+    /// Positions an image adds beyond its placeholder.
+    image_positions: usize,
+}
+
+/// Sequences per request: examples `indices` of the split.
+fn plan(ds: &Dataset, todo: &[u64], p: &Plan) -> Vec<std::ops::Range<usize>> {
+    let (per_request, token_limit) = (p.per_request, p.token_limit);
     let mut groups = Vec::new();
     let (mut start, mut tokens) = (0, 0);
     for (i, &idx) in todo.iter().enumerate() {
         let (n, t) = ds.lengths(idx);
-        let len = n + extra + t + 1;
+        let image = if ds.has_images() && ds.example(idx).image.is_some() {
+            p.image_positions
+        } else {
+            0
+        };
+        let len = n + p.extra + t + 1 + image;
         if i > start && (i - start >= per_request || tokens + len > token_limit) {
             groups.push(start..i);
             start = i;
@@ -154,6 +166,36 @@ fn plan(
         groups.push(start..todo.len());
     }
     groups
+}
+
+/// Refuses a dataset with images for a teacher that cannot read them, or one whose image
+/// placeholder is another token than the teacher's.
+fn check_images(manifest: &Manifest, info: &InfoResponse, split: &str) -> Result<()> {
+    let Some(images) = &manifest.images else {
+        return Ok(());
+    };
+    if !info.accepts_images {
+        return Err(Error::Config(format!(
+            "teacher `{}` reads no images (its Info says accepts_images = false), but split \
+             `{split}` has an image column: serve a vision-language teacher (an \
+             edkd_vision_decoder folder) to annotate it",
+            info.model_id
+        )));
+    }
+    match images.image_token_id {
+        Some(id) if id == info.image_token_id => Ok(()),
+        Some(id) => Err(Error::Config(format!(
+            "the data's image placeholder `{}` is token {id}, the teacher `{}` reads token {} \
+             as its image placeholder: prepare the data with the teacher's tokenizer",
+            images.placeholder, info.model_id, info.image_token_id
+        ))),
+        None => Err(Error::Config(format!(
+            "the data's image placeholder `{}` is no single token in its tokenizer, so the \
+             teacher `{}` cannot find where the images go: prepare the data with a tokenizer \
+             that has it as a special token (`edkd data train-tokenizer --special`)",
+            images.placeholder, info.model_id
+        ))),
+    }
 }
 
 /// Ids of examples with an empty input named in an [`Error::EmptyInput`].
@@ -225,6 +267,8 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     if !info.tokenizer_sha256.is_empty() {
         options.expect_tokenizer_sha256 = Some(info.tokenizer_sha256.clone());
     }
+    // Before the tokenizer check: a text teacher for image data is the error to name.
+    check_images(&Manifest::load(&config.data)?, &info, &config.split)?;
     let ds = Arc::new(Dataset::open(&config.data, &options)?);
     let tokenizer_sha256 = ds.manifest.tokenizer.sha256.clone();
     let eos = ds.manifest.tokenizer.special_ids.eos;
@@ -272,9 +316,12 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
     let groups = plan(
         &ds,
         &todo,
-        config.sequences_per_request,
-        limits.max_request_tokens.max(1) as usize,
-        view_overhead,
+        &Plan {
+            per_request: config.sequences_per_request,
+            token_limit: limits.max_request_tokens.max(1) as usize,
+            extra: view_overhead,
+            image_positions: (info.tokens_per_image as usize).saturating_sub(1),
+        },
     );
     tracing::info!(
         total,
@@ -320,6 +367,7 @@ pub async fn annotate(client: &Client, config: &AnnotateConfig) -> Result<Annota
                         id: e.id.to_owned(),
                         prompt_ids: prompt,
                         target_ids: target,
+                        images: e.image.map(Bytes::copy_from_slice).into_iter().collect(),
                     }
                 })
                 .collect();

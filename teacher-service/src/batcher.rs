@@ -2,6 +2,11 @@
 //! channel and await a oneshot reply; it groups queued jobs up to a token budget or a short
 //! wait, and runs them as padded forward passes of similar lengths.
 //!
+//! Images are decoded here, on the batcher's thread, as their request is taken: never on the
+//! async runtime, one image at a time, and only for the requests of the next passes (at
+//! most a token budget's worth, each image counting its positions), so a full queue holds
+//! encoded bytes, not pixels. A bad image fails its own request, not the pass.
+//!
 //! Admission is a semaphore of `queue_capacity` places. A request holds its place until the
 //! batcher takes it or its caller goes away, so a cancelled request frees its place at once,
 //! even while the batcher is busy with a long forward pass.
@@ -11,20 +16,32 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tch::Tensor;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::scoring::{Scorer, SeqInput, SeqScores};
+use crate::scoring::{Prepared, Scorer, SeqInput, SeqScores};
 
 /// Scores the sequences of one forward pass: the [`Scorer`] in the server, a stand-in in tests.
 pub trait ScoreBatch: Send + 'static {
-    fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>>;
+    /// Decodes the images of a request's sequence `index` before it joins a pass (an error
+    /// fails that request only). Default: a scorer that reads no images.
+    fn prepare(&self, index: usize, seq: &SeqInput) -> Result<Option<Tensor>> {
+        let _ = (index, seq);
+        Ok(None)
+    }
+
+    fn score(&self, seqs: &[Prepared<'_>]) -> Result<Vec<SeqScores>>;
 }
 
 impl ScoreBatch for Scorer {
-    fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
-        Scorer::score(self, seqs)
+    fn prepare(&self, index: usize, seq: &SeqInput) -> Result<Option<Tensor>> {
+        Scorer::prepare(self, index, seq)
+    }
+
+    fn score(&self, seqs: &[Prepared<'_>]) -> Result<Vec<SeqScores>> {
+        Scorer::score_prepared(self, seqs)
     }
 }
 
@@ -89,6 +106,13 @@ struct Job {
 struct Taken {
     seqs: Vec<SeqInput>,
     tokens: usize,
+    reply: oneshot::Sender<Result<Vec<SeqScores>>>,
+}
+
+/// A taken job whose images are decoded: `pixels[s]` for sequence `s`.
+struct Ready {
+    seqs: Vec<SeqInput>,
+    pixels: Vec<Option<Tensor>>,
     reply: oneshot::Sender<Result<Vec<SeqScores>>>,
 }
 
@@ -214,10 +238,32 @@ fn run(scorer: impl ScoreBatch, rx: Receiver<Job>, config: BatcherConfig, metric
     }
 }
 
+/// Decodes the images of a job; a bad one answers the job with its error (naming the
+/// sequence and image) and drops it.
+fn prepare(scorer: &impl ScoreBatch, job: Taken) -> Option<Ready> {
+    let pixels: Result<Vec<Option<Tensor>>> = job
+        .seqs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| scorer.prepare(i, s))
+        .collect();
+    match pixels {
+        Ok(pixels) => Some(Ready {
+            seqs: job.seqs,
+            pixels,
+            reply: job.reply,
+        }),
+        Err(e) => {
+            let _ = job.reply.send(Err(e));
+            None
+        }
+    }
+}
+
 /// Scores `jobs` (skipping those whose caller has gone away) in forward passes of similar
 /// lengths within the token budget, and replies to each.
 fn run_jobs(scorer: &impl ScoreBatch, jobs: Vec<Taken>, budget: usize, metrics: &Metrics) {
-    let jobs: Vec<Taken> = jobs
+    let jobs: Vec<Ready> = jobs
         .into_iter()
         .filter(|j| {
             let live = !j.reply.is_closed();
@@ -226,6 +272,7 @@ fn run_jobs(scorer: &impl ScoreBatch, jobs: Vec<Taken>, budget: usize, metrics: 
             }
             live
         })
+        .filter_map(|j| prepare(scorer, j))
         .collect();
     // (job, sequence) sorted by length, so each pass pads little.
     let mut order: Vec<(usize, usize)> = jobs
@@ -251,14 +298,22 @@ fn run_jobs(scorer: &impl ScoreBatch, jobs: Vec<Taken>, budget: usize, metrics: 
             end += 1;
         }
         let part = &order[start..end];
-        let seqs: Vec<&SeqInput> = part.iter().map(|&(j, s)| &jobs[j].seqs[s]).collect();
-        let padded = part.len() * seqs.last().map_or(0, |s| s.input_len());
+        let seqs: Vec<Prepared<'_>> = part
+            .iter()
+            .map(|&(j, s)| Prepared {
+                seq: &jobs[j].seqs[s],
+                pixels: jobs[j].pixels[s].as_ref(),
+            })
+            .collect();
+        let padded = part.len() * seqs.last().map_or(0, |s| s.seq.input_len());
         metrics.batch_tokens.observe(padded as f64);
         let began = Instant::now();
         match scorer.score(&seqs) {
             Ok(scores) => {
-                let targets: usize = seqs.iter().map(|s| s.target.len()).sum();
+                let targets: usize = seqs.iter().map(|s| s.seq.target.len()).sum();
+                let images: usize = seqs.iter().map(|s| s.seq.images.len()).sum();
                 metrics.scored_tokens.inc_by(targets as u64);
+                metrics.scored_images.inc_by(images as u64);
                 metrics
                     .forward_seconds
                     .observe(began.elapsed().as_secs_f64());
@@ -303,14 +358,14 @@ mod tests {
     }
 
     impl ScoreBatch for Gated {
-        fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
+        fn score(&self, seqs: &[Prepared<'_>]) -> Result<Vec<SeqScores>> {
             let _ = self.entered.send(());
             let _ = self.gate.recv();
             self.scored.fetch_add(seqs.len(), Ordering::SeqCst);
             Ok(seqs
                 .iter()
                 .map(|s| SeqScores {
-                    k: s.k,
+                    k: s.seq.k,
                     ..SeqScores::default()
                 })
                 .collect())
@@ -323,6 +378,7 @@ mod tests {
             target: vec![3],
             k: 1,
             temperature: 1.0,
+            ..SeqInput::default()
         }]
     }
 

@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 /// Bytes of the gRPC message prefix (flag + length) counted against the in-flight budget.
 const GRPC_PREFIX_BYTES: usize = 5;
 
+/// Default [`ServerConfig::max_image_bytes`]: a large photo as JPEG, half the default
+/// request message.
+pub const DEFAULT_MAX_IMAGE_BYTES: usize = 8 << 20;
+
 /// PEM-encoded certificate chain and private key.
 #[derive(Debug, Clone)]
 pub struct TlsPem {
@@ -34,6 +38,8 @@ pub struct ServerConfig {
     pub max_wait: Duration,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// Largest encoded image a sequence may carry (vision-language teachers), in bytes.
+    pub max_image_bytes: usize,
     pub tls: Option<TlsPem>,
     /// Required bearer token on every RPC (and on `/metrics`).
     pub auth_token: Option<String>,
@@ -70,6 +76,7 @@ impl Default for ServerConfig {
             max_wait: Duration::from_millis(2),
             max_request_bytes: 16 << 20,
             max_response_bytes: 64 << 20,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             tls: None,
             auth_token: None,
             max_connections: 256,
@@ -91,6 +98,7 @@ impl ServerConfig {
             ("max_top_k", self.max_top_k),
             ("max_request_tokens", self.max_request_tokens),
             ("max_sequences", self.max_sequences),
+            ("max_image_bytes", self.max_image_bytes),
             ("queue_capacity", self.queue_capacity),
             ("max_connections", self.max_connections),
             (

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub batch_tokens: Histogram,
     /// Target tokens scored; its rate is scored tokens/s.
     pub scored_tokens: IntCounter,
+    /// Images read by a vision-language teacher in passes that succeeded.
+    pub scored_images: IntCounter,
     /// Seconds per forward pass (model + top-k).
     pub forward_seconds: Histogram,
     /// End-to-end seconds per Score request (or per ScoreStream message).
@@ -54,6 +56,11 @@ impl Metrics {
             .map_err(prom)?,
             scored_tokens: IntCounter::new("scored_tokens_total", "Target tokens scored")
                 .map_err(prom)?,
+            scored_images: IntCounter::new(
+                "scored_images_total",
+                "Images read by a vision-language teacher",
+            )
+            .map_err(prom)?,
             forward_seconds: Histogram::with_opts(
                 HistogramOpts::new("forward_seconds", "Seconds per forward pass")
                     .buckets(latency_buckets.clone()),
@@ -91,6 +98,9 @@ impl Metrics {
             .map_err(prom)?;
         m.registry
             .register(Box::new(m.scored_tokens.clone()))
+            .map_err(prom)?;
+        m.registry
+            .register(Box::new(m.scored_images.clone()))
             .map_err(prom)?;
         m.registry
             .register(Box::new(m.forward_seconds.clone()))

@@ -1,10 +1,15 @@
 //! Scoring a batch of sequences with a loaded teacher: one padded forward pass, then
 //! log-softmax at temperature T only at target positions, top-k, tail log-mass and the gold
 //! token's log-prob.
+//!
+//! A vision-language teacher first decodes each sequence's images ([`Scorer::prepare`]),
+//! splices their patch embeddings in at the placeholders, and reads the target rows at the
+//! places the text positions landed ([`edkd_models::multimodal::Merged::text_position`]).
 
 use std::panic::AssertUnwindSafe;
 
-use edkd_models::Teacher;
+use bytes::Bytes;
+use edkd_data::images::RgbImage;
 use edkd_models::nn::AttnMask;
 use edkd_models::nn::attention::causal_padding_mask;
 use edkd_models::nn::rope::RopeScaling;
@@ -12,6 +17,7 @@ use edkd_models::teacher::positions_from_valid;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::served::ServedTeacher;
 
 /// Bytes of one `[rows, vocab]` f32 block of log-probs on CPU. Kept well under glibc's
 /// largest mmap threshold (32 MiB): bigger blocks are mmapped and page-faulted afresh on
@@ -25,20 +31,38 @@ const CPU_MIN_LOGIT_ROWS: usize = 32;
 const DEVICE_LOGIT_ROWS_PER_CHUNK: usize = 512;
 
 /// One validated sequence to score.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SeqInput {
     pub prompt: Vec<u32>,
     pub target: Vec<u32>,
     pub k: usize,
     pub temperature: f32,
+    /// Encoded images (PNG or JPEG), one per image placeholder in `prompt`, in order.
+    pub images: Vec<Bytes>,
+    /// Positions the images add beyond their placeholders (their patch embeddings).
+    pub image_positions: usize,
 }
 
 impl SeqInput {
     /// Tokens fed to the model: `prompt ++ target[..T-1]` (the last target token is only a
-    /// label).
+    /// label), with the images' positions.
     pub fn input_len(&self) -> usize {
+        self.text_len() + self.image_positions
+    }
+
+    /// Text tokens fed to the model: `prompt ++ target[..T-1]`.
+    fn text_len(&self) -> usize {
         self.prompt.len() + self.target.len() - 1
     }
+}
+
+/// A sequence ready for a forward pass: its images decoded and preprocessed.
+#[derive(Debug, Clone, Copy)]
+pub struct Prepared<'a> {
+    pub seq: &'a SeqInput,
+    /// `[images, 3, H, W]` processed pixels on the CPU ([`Scorer::prepare`]); `None` for a
+    /// text sequence.
+    pub pixels: Option<&'a Tensor>,
 }
 
 /// Scores of one sequence, row-major `[positions, k]` / `[positions]`.
@@ -53,25 +77,94 @@ pub struct SeqScores {
 
 /// Owns the teacher; lives on the batcher's thread.
 pub struct Scorer {
-    teacher: Teacher,
+    teacher: ServedTeacher,
 }
 
 fn torch(e: tch::TchError) -> Error {
     Error::Model(e.to_string())
 }
 
+fn caught(panic: Box<dyn std::any::Any + Send>) -> Error {
+    let message = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::Model(message)
+}
+
 impl Scorer {
-    pub fn new(teacher: Teacher) -> Self {
-        Self { teacher }
+    pub fn new(teacher: impl Into<ServedTeacher>) -> Self {
+        Self {
+            teacher: teacher.into(),
+        }
     }
 
     pub fn device(&self) -> Device {
-        self.teacher.model.device()
+        self.teacher.lm().device()
+    }
+
+    /// Decodes and preprocesses the images of `seq`, the request's sequence `index` (named
+    /// in errors): `[images, 3, H, W]` on the CPU, `None` without images. An image that does
+    /// not decode or is too large is INVALID_ARGUMENT naming `sequences[index].images[j]`;
+    /// a panic in a decoder becomes [`Error::Model`].
+    pub fn prepare(&self, index: usize, seq: &SeqInput) -> Result<Option<Tensor>> {
+        if seq.images.is_empty() {
+            return Ok(None);
+        }
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.pixels(index, seq)))
+            .unwrap_or_else(|panic| Err(caught(panic)))
+            .map(Some)
+    }
+
+    fn pixels(&self, index: usize, seq: &SeqInput) -> Result<Tensor> {
+        let Some(twin) = self.teacher.vision() else {
+            return Err(Error::invalid(
+                format!("sequences[{index}].images"),
+                "this teacher reads no images",
+            ));
+        };
+        let mut decoded: Vec<RgbImage> = Vec::with_capacity(seq.images.len());
+        for (j, bytes) in seq.images.iter().enumerate() {
+            let (_, image) = edkd_data::images::decode(bytes).map_err(|problem| {
+                Error::invalid(
+                    format!("sequences[{index}].images[{j}]"),
+                    problem.to_string(),
+                )
+            })?;
+            decoded.push(image);
+        }
+        // A processor that does not crop to the tower's size is the teacher's fault, not
+        // the image's.
+        let tower = twin.model.embedder.tower_config();
+        let want = [
+            decoded.len() as i64,
+            tower.num_channels,
+            tower.image_size,
+            tower.image_size,
+        ];
+        let misfit = |what: String| {
+            Error::Model(format!(
+                "sequences[{index}].images: {what}; the tower reads {want:?}: check the \
+                 teacher's preprocessor_config.json"
+            ))
+        };
+        let pixels = twin
+            .processor
+            .batch(&decoded)
+            .map_err(|e| misfit(e.to_string()))?;
+        if pixels.size() != want {
+            return Err(misfit(format!(
+                "the image processor made pixels of shape {:?}",
+                pixels.size()
+            )));
+        }
+        Ok(pixels)
     }
 
     /// Target rows whose full-vocabulary log-probs are materialised at once.
     fn logit_rows_per_chunk(&self) -> usize {
-        let vocab = self.teacher.model.config.vocab_size.max(1) as usize;
+        let vocab = self.teacher.lm().config.vocab_size.max(1) as usize;
         match self.device() {
             Device::Cpu => {
                 (CPU_LOGIT_CHUNK_BYTES / (vocab * size_of::<f32>())).max(CPU_MIN_LOGIT_ROWS)
@@ -80,24 +173,37 @@ impl Scorer {
         }
     }
 
-    /// Scores `seqs` in one right-padded forward pass. Inputs must be validated (ids below
-    /// the vocabulary, non-empty prompt and target, k <= vocab). A libtorch panic inside the
-    /// model becomes [`Error::Model`]: the serving thread never unwinds.
+    /// Scores `seqs` in one right-padded forward pass, decoding their images first (a bad
+    /// one fails the whole pass: the batcher uses [`Scorer::prepare`] and
+    /// [`Scorer::score_prepared`] to fail only its request). Inputs must be validated (ids
+    /// below the vocabulary, non-empty prompt and target, k <= vocab).
     pub fn score(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
+        let pixels = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.prepare(i, s))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<Prepared<'_>> = seqs
+            .iter()
+            .zip(&pixels)
+            .map(|(&seq, pixels)| Prepared {
+                seq,
+                pixels: pixels.as_ref(),
+            })
+            .collect();
+        self.score_prepared(&rows)
+    }
+
+    /// Scores prepared sequences in one right-padded forward pass (text and image sequences
+    /// may share it). A libtorch panic inside the model becomes [`Error::Model`]: the
+    /// serving thread never unwinds.
+    pub fn score_prepared(&self, seqs: &[Prepared<'_>]) -> Result<Vec<SeqScores>> {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
         let _no_grad = tch::no_grad_guard();
-        std::panic::catch_unwind(AssertUnwindSafe(|| self.score_grouped(seqs))).unwrap_or_else(
-            |panic| {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(Error::Model(message))
-            },
-        )
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.score_grouped(seqs)))
+            .unwrap_or_else(|panic| Err(caught(panic)))
     }
 
     /// Sequences that may share a forward pass get the same key. Length-dependent RoPE
@@ -105,7 +211,7 @@ impl Scorer {
     /// pass, so a sequence is only batched with others that lead to the same tables as when
     /// it is scored alone.
     fn rope_group(&self, full_len: usize) -> usize {
-        match &self.teacher.model.config.rope.scaling {
+        match &self.teacher.lm().config.rope.scaling {
             RopeScaling::Dynamic { original_max, .. } if full_len as i64 > *original_max => {
                 full_len
             }
@@ -120,23 +226,24 @@ impl Scorer {
     /// is fed too, so the length matches scoring `prompt ++ target` alone).
     fn length_dependent_rope(&self) -> bool {
         matches!(
-            self.teacher.model.config.rope.scaling,
+            self.teacher.lm().config.rope.scaling,
             RopeScaling::Dynamic { .. } | RopeScaling::LongRope { .. }
         )
     }
 
-    fn score_grouped(&self, seqs: &[&SeqInput]) -> Result<Vec<SeqScores>> {
+    fn score_grouped(&self, seqs: &[Prepared<'_>]) -> Result<Vec<SeqScores>> {
         if !self.length_dependent_rope() {
             return self.score_inner(seqs, false);
         }
         let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for (i, s) in seqs.iter().enumerate() {
-            let key = self.rope_group(s.prompt.len() + s.target.len());
+            // The whole sequence, images included: what it is alone.
+            let key = self.rope_group(s.seq.input_len() + 1);
             groups.entry(key).or_default().push(i);
         }
         let mut out: Vec<Option<SeqScores>> = vec![None; seqs.len()];
         for members in groups.values() {
-            let part: Vec<&SeqInput> = members.iter().map(|&i| seqs[i]).collect();
+            let part: Vec<Prepared<'_>> = members.iter().map(|&i| seqs[i]).collect();
             for (&i, scores) in members.iter().zip(self.score_inner(&part, true)?) {
                 out[i] = Some(scores);
             }
@@ -144,18 +251,17 @@ impl Scorer {
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }
 
-    fn score_inner(&self, seqs: &[&SeqInput], full: bool) -> Result<Vec<SeqScores>> {
-        let model = &self.teacher.model;
+    fn score_inner(&self, seqs: &[Prepared<'_>], full: bool) -> Result<Vec<SeqScores>> {
         let device = self.device();
         let b = seqs.len();
-        let fed = |s: &SeqInput| s.input_len() + usize::from(full);
-        let t = seqs.iter().map(|s| fed(s)).max().unwrap_or(0);
+        let fed = |s: &SeqInput| s.text_len() + usize::from(full);
+        let t = seqs.iter().map(|s| fed(s.seq)).max().unwrap_or(0);
         let mut ids = vec![0i64; b * t];
         let mut valid = vec![false; b * t];
-        // Flat `[b * t]` index of the hidden state that predicts each target token.
-        let mut rows = Vec::new();
+        // (row, text position) of the hidden state that predicts each target token.
+        let mut text_rows: Vec<(usize, usize)> = Vec::new();
         let (mut gold, mut temps, mut ks) = (Vec::new(), Vec::new(), Vec::new());
-        for (r, s) in seqs.iter().enumerate() {
+        for (r, s) in seqs.iter().map(|p| p.seq).enumerate() {
             let row = &mut ids[r * t..(r + 1) * t];
             let input = s.prompt.iter().chain(&s.target[..fed(s) - s.prompt.len()]);
             for (d, &tok) in row.iter_mut().zip(input) {
@@ -163,7 +269,7 @@ impl Scorer {
             }
             valid[r * t..r * t + fed(s)].fill(true);
             for (j, &tok) in s.target.iter().enumerate() {
-                rows.push((r * t + s.prompt.len() - 1 + j) as i64);
+                text_rows.push((r, s.prompt.len() - 1 + j));
                 gold.push(i64::from(tok));
                 temps.push(s.temperature);
                 ks.push(s.k as i64);
@@ -178,15 +284,41 @@ impl Scorer {
             .and_then(|x| x.f_reshape([b, t]))
             .and_then(|x| x.f_to_device(device))
             .map_err(torch)?;
-        let positions = positions_from_valid(&valid);
-        let mask = if seqs.iter().all(|s| fed(s) as i64 == t) {
-            AttnMask::Causal
-        } else {
-            AttnMask::Explicit(causal_padding_mask(&valid, 0, t))
+        let (hidden, rows) = match self.teacher.vision() {
+            None => {
+                let positions = positions_from_valid(&valid);
+                let mask = if seqs.iter().all(|s| fed(s.seq) as i64 == t) {
+                    AttnMask::Causal
+                } else {
+                    AttnMask::Explicit(causal_padding_mask(&valid, 0, t))
+                };
+                let hidden = self
+                    .teacher
+                    .lm()
+                    .hidden(&ids, &positions, &mask, None, false); // [b, t, d]
+                let rows: Vec<i64> = text_rows
+                    .iter()
+                    .map(|&(r, p)| r as i64 * t + p as i64)
+                    .collect();
+                (hidden, rows)
+            }
+            Some(twin) => {
+                let pixels = self.batch_pixels(seqs)?;
+                let (hidden, merged) = twin
+                    .model
+                    .hidden(&ids, &valid, pixels.as_ref(), false)
+                    .map_err(|e| Error::Model(e.to_string()))?; // [b, L, d]
+                let (_, width) = merged.valid.size2().map_err(torch)?;
+                // Where each text position landed once the images were spliced in.
+                let rows: Vec<i64> = text_rows
+                    .iter()
+                    .map(|&(r, p)| r as i64 * width + merged.text_position(r, p as i64))
+                    .collect();
+                (hidden, rows)
+            }
         };
-        let hidden = model.hidden(&ids, &positions, &mask, None, false); // [b, t, d]
-        let d = hidden.size().last().copied().unwrap_or(0);
-        let hidden = hidden.f_reshape([b * t, d]).map_err(torch)?; // [b*t, d]
+        let (hb, ht, d) = hidden.size3().map_err(torch)?;
+        let hidden = hidden.f_reshape([hb * ht, d]).map_err(torch)?; // [b*L, d]
 
         let k_max = ks.iter().copied().max().unwrap_or(1);
         let n = rows.len();
@@ -216,7 +348,7 @@ impl Scorer {
         let k_max = k_max as usize;
         let mut out = Vec::with_capacity(seqs.len());
         let mut row = 0;
-        for s in seqs {
+        for s in seqs.iter().map(|p| p.seq) {
             let p = s.target.len();
             let mut scores = SeqScores {
                 k: s.k,
@@ -239,6 +371,24 @@ impl Scorer {
         Ok(out)
     }
 
+    /// The pass's images `[n, 3, H, W]` in row order (the order the twin fills its
+    /// placeholder rows in), in the tower's dtype and on its device; `None` without images.
+    fn batch_pixels(&self, seqs: &[Prepared<'_>]) -> Result<Option<Tensor>> {
+        let Some(twin) = self.teacher.vision() else {
+            return Ok(None);
+        };
+        let parts: Vec<&Tensor> = seqs.iter().filter_map(|s| s.pixels).collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let tower = &twin.model.embedder.tower;
+        let pixels = Tensor::f_cat(&parts, 0)
+            .and_then(|x| x.f_to_kind(tower.kind()))
+            .and_then(|x| x.f_to_device(tower.device()))
+            .map_err(torch)?;
+        Ok(Some(pixels))
+    }
+
     /// Top-k ids `[n * k_max]`, their log-probs, tail log-mass `[n]` and gold log-prob `[n]`
     /// for hidden rows `chunk.rows`.
     #[allow(clippy::type_complexity)]
@@ -258,11 +408,7 @@ impl Scorer {
         let selected = hidden.f_index_select(0, &rows)?; // [n, d]
         // In place where possible: every [n, V] temporary is a large allocation.
         let mut logp = {
-            let mut logits = self
-                .teacher
-                .model
-                .logits(&selected)
-                .f_to_kind(Kind::Float)?; // [n, V]
+            let mut logits = self.teacher.lm().logits(&selected).f_to_kind(Kind::Float)?; // [n, V]
             let _ = logits.f_div_(&temps)?;
             logits.f_log_softmax(-1, Kind::Float)? // [n, V]
         };

@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use edkd_models::Teacher;
 use edkd_proto::teacher::v1::teacher_server::{self, TeacherServer};
 use edkd_proto::teacher::v1::{
     InfoRequest, InfoResponse, ScoreRequest, ScoreResponse, ScoredSequence,
@@ -30,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::policy::PolicyLayer;
 use crate::scoring::{Scorer, SeqScores};
-use crate::validate::{Limits, validate};
+use crate::served::{MAX_IMAGES_PER_SEQUENCE, ServedTeacher};
+use crate::validate::{ImageLimits, Limits, validate};
 use crate::wire;
 
 /// Requests of one ScoreStream being scored at once; the client's window beyond this waits
@@ -322,9 +322,16 @@ impl RunningServer {
 }
 
 /// Binds, starts the batcher and the gRPC (and metrics) servers, and returns once listening.
-pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServer> {
-    let model_cfg = &teacher.model.config;
+/// `teacher`: a [`edkd_models::Teacher`] or any [`ServedTeacher`] (a vision-language one
+/// takes images).
+pub async fn start(
+    teacher: impl Into<ServedTeacher>,
+    config: ServerConfig,
+) -> Result<RunningServer> {
+    let teacher: ServedTeacher = teacher.into();
+    let model_cfg = &teacher.lm().config;
     let vocab_size = model_cfg.vocab_size as usize;
+    let image_spec = teacher.image_spec();
     let limits = Limits {
         vocab_size,
         max_positions: model_cfg.max_positions as usize,
@@ -332,6 +339,11 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
         max_request_tokens: config.max_request_tokens,
         max_sequences: config.max_sequences,
         max_response_bytes: config.max_response_bytes,
+        images: image_spec.map(|spec| ImageLimits {
+            spec,
+            max_image_bytes: config.max_image_bytes,
+            max_images_per_sequence: MAX_IMAGES_PER_SEQUENCE,
+        }),
     };
     config.check()?;
     if limits.max_top_k == 0 {
@@ -342,7 +354,7 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
     }
     let model_id = config.model_id.clone().unwrap_or_else(|| {
         teacher
-            .dir
+            .dir()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
@@ -352,13 +364,12 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
         architecture: model_cfg.family.architecture().to_owned(),
         vocab_size: vocab_size as u32,
         tokenizer_sha256: teacher
-            .tokenizer
-            .as_ref()
+            .tokenizer()
             .map(|t| t.sha256().to_owned())
             .unwrap_or_default(),
         max_positions: limits.max_positions as u32,
-        dtype: kind_name(teacher.model.kind()),
-        device: device_name(teacher.model.device()),
+        dtype: kind_name(teacher.lm().kind()),
+        device: device_name(teacher.lm().device()),
         limits: Some(edkd_proto::teacher::v1::Limits {
             max_top_k: limits.max_top_k as u32,
             max_request_tokens: limits.max_request_tokens as u32,
@@ -367,10 +378,17 @@ pub async fn start(teacher: Teacher, config: ServerConfig) -> Result<RunningServ
             queue_capacity: config.queue_capacity as u32,
             max_request_bytes: config.max_request_bytes as u64,
             max_response_bytes: config.max_response_bytes as u64,
+            max_image_bytes: limits.images.map_or(0, |l| l.max_image_bytes as u64),
+            max_images_per_sequence: limits
+                .images
+                .map_or(0, |l| l.max_images_per_sequence as u32),
         }),
         packings: crate::wire::wire_packings()
             .map(|p| p.code() as i32)
             .collect(),
+        accepts_images: image_spec.is_some(),
+        image_token_id: image_spec.map_or(0, |s| s.image_token_id),
+        tokens_per_image: image_spec.map_or(0, |s| s.tokens_per_image as u32),
     };
 
     let metrics = Arc::new(Metrics::new()?);

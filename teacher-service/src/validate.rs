@@ -5,6 +5,7 @@ use edkd_proto::teacher::v1::{ScoreRequest, ValueFormat};
 
 use crate::error::{Error, Result};
 use crate::scoring::SeqInput;
+use crate::served::ImageSpec;
 use crate::wire;
 
 /// Lowest accepted temperature. Below it a logit gap of 1 already puts probabilities under
@@ -28,6 +29,86 @@ pub struct Limits {
     pub max_request_tokens: usize,
     pub max_sequences: usize,
     pub max_response_bytes: usize,
+    /// How a vision-language teacher takes images; `None`: it takes none.
+    pub images: Option<ImageLimits>,
+}
+
+/// Image limits of a vision-language teacher.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageLimits {
+    pub spec: ImageSpec,
+    /// Largest encoded image, in bytes.
+    pub max_image_bytes: usize,
+    pub max_images_per_sequence: usize,
+}
+
+/// Checks the images of sequence `i` (cheap checks only: counts, sizes and signatures; the
+/// batcher decodes them) and returns the positions they add.
+fn check_images(
+    i: usize,
+    prompt: &[u32],
+    target: &[u32],
+    images: &[bytes::Bytes],
+    limits: Option<&ImageLimits>,
+) -> Result<usize> {
+    let field = |name: &str| format!("sequences[{i}].{name}");
+    let Some(limits) = limits else {
+        if images.is_empty() {
+            return Ok(0);
+        }
+        return Err(Error::invalid(
+            field("images"),
+            format!(
+                "{} image(s) sent to a teacher that reads no images (Info.accepts_images is \
+                 false): serve a vision-language teacher, or send text only",
+                images.len()
+            ),
+        ));
+    };
+    let placeholder = limits.spec.image_token_id;
+    if let Some(j) = target.iter().position(|&t| t == placeholder) {
+        return Err(Error::invalid(
+            format!("{}[{j}]", field("target_ids")),
+            format!("is the image placeholder token {placeholder}; images belong in the prompt"),
+        ));
+    }
+    if images.len() > limits.max_images_per_sequence {
+        return Err(Error::invalid(
+            field("images"),
+            format!(
+                "{} images, over the limit of {} per sequence",
+                images.len(),
+                limits.max_images_per_sequence
+            ),
+        ));
+    }
+    let placeholders = prompt.iter().filter(|&&t| t == placeholder).count();
+    if placeholders != images.len() {
+        return Err(Error::invalid(
+            field("images"),
+            format!(
+                "{} image(s) for {placeholders} image placeholder(s) (token {placeholder}) in \
+                 prompt_ids: each placeholder takes one image, in order",
+                images.len()
+            ),
+        ));
+    }
+    for (j, image) in images.iter().enumerate() {
+        let field = format!("{}[{j}]", field("images"));
+        if image.len() > limits.max_image_bytes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} bytes, over the limit of {} bytes per image",
+                    image.len(),
+                    limits.max_image_bytes
+                ),
+            ));
+        }
+        edkd_data::images::sniff(image)
+            .map_err(|problem| Error::invalid(field, problem.to_string()))?;
+    }
+    Ok(limits.spec.extra_positions(images.len()))
 }
 
 /// A validated request.
@@ -95,6 +176,7 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
         ));
     }
     let mut total_tokens = 0usize;
+    let mut total_image_positions = 0usize;
     let mut total_targets = 0usize;
     let mut seqs = Vec::with_capacity(req.sequences.len());
     let mut ids = Vec::with_capacity(req.sequences.len());
@@ -121,12 +203,24 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
                 ));
             }
         }
-        let len = s.prompt_ids.len() + s.target_ids.len();
+        let image_positions = check_images(
+            i,
+            &s.prompt_ids,
+            &s.target_ids,
+            &s.images,
+            limits.images.as_ref(),
+        )?;
+        let len = s.prompt_ids.len() + s.target_ids.len() + image_positions;
         if len > limits.max_positions {
+            let images = if image_positions > 0 {
+                format!(" + {image_positions} image positions")
+            } else {
+                String::new()
+            };
             return Err(Error::invalid(
                 field("prompt_ids + target_ids"),
                 format!(
-                    "{len} tokens ({} + {}), over the teacher's max positions {}",
+                    "{len} tokens ({} + {}{images}), over the teacher's max positions {}",
                     s.prompt_ids.len(),
                     s.target_ids.len(),
                     limits.max_positions
@@ -134,6 +228,7 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
             ));
         }
         total_tokens += len;
+        total_image_positions += image_positions;
         total_targets += s.target_ids.len();
         ids.push(s.id);
         seqs.push(SeqInput {
@@ -141,13 +236,20 @@ pub fn validate(req: ScoreRequest, limits: &Limits, tokenizer_sha256: &str) -> R
             target: s.target_ids,
             k,
             temperature,
+            images: s.images,
+            image_positions,
         });
     }
     if total_tokens > limits.max_request_tokens {
         return Err(Error::invalid(
             "sequences",
             format!(
-                "{total_tokens} prompt + target tokens, over the token budget of {} per request",
+                "{total_tokens} prompt + target tokens{}, over the token budget of {} per request",
+                if total_image_positions > 0 {
+                    format!(" ({total_image_positions} of them image positions)")
+                } else {
+                    String::new()
+                },
                 limits.max_request_tokens
             ),
         ));

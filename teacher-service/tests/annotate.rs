@@ -329,3 +329,119 @@ async fn examples_the_teacher_cannot_score_are_named_by_id() {
     assert_eq!(err.code(), Code::InvalidArgument);
     server.shutdown().await.unwrap();
 }
+
+/// Image-to-text examples (PNG paths in JSONL, one text-only row among them) prepared with
+/// an image column and a tokenizer whose `<image>` is one token; returns the data folder,
+/// the tokenizer and the placeholder's id.
+fn prepare_images(dir: &Path, n: usize) -> (PathBuf, PathBuf, u32) {
+    use edkd_data::images::IMAGE_PLACEHOLDER;
+    use edkd_data::synth_image::{
+        IMAGE_MIX, ImageSynthConfig, generate_images, write_jsonl_with_images,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let examples = generate_images(&ImageSynthConfig::new(IMAGE_MIX, Split::Train, 3, n)).unwrap();
+    let jsonl = dir.join("images.jsonl");
+    write_jsonl_with_images(&jsonl, &examples).unwrap();
+    let mut lines = std::fs::read_to_string(&jsonl).unwrap();
+    lines.push_str(
+        &serde_json::json!({"id": "text-only", "input": "Question: what is red?",
+                            "target": "a square", "image": null})
+        .to_string(),
+    );
+    lines.push('\n');
+    std::fs::write(&jsonl, lines).unwrap();
+    let tokenizer = dir.join("tokenizer.json");
+    let texts = examples
+        .iter()
+        .flat_map(|e| [e.input.clone(), e.target.clone()])
+        .collect();
+    edkd_data::tokenizer::train_bpe_with_specials_to_file(
+        texts,
+        300,
+        2,
+        &[IMAGE_PLACEHOLDER],
+        &tokenizer,
+    )
+    .unwrap();
+    let out = dir.join("data");
+    let mut config = PrepareConfig {
+        shard_rows: 8,
+        command: vec!["(test)".into()],
+        ..PrepareConfig::new(&[&jsonl], &tokenizer, &out)
+    };
+    config.fields.image_field = Some("image".into());
+    let summary = edkd_data::prepare::prepare(&config).unwrap();
+    let image_token = summary.manifest.images.unwrap().image_token_id.unwrap();
+    (out, tokenizer, image_token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotate_sends_each_examples_image_to_a_vision_language_teacher() {
+    use common::vision::{load_twin, save_twin, vision_reference, vision_server};
+    const N: usize = 14;
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, tokenizer, image_token) = prepare_images(tmp.path(), N);
+    let twin_dir = tmp.path().join("twin");
+    save_twin(&twin_dir, image_token, Some(&tokenizer), 8);
+    let twin = load_twin(&twin_dir);
+    let vl = vision_server(&twin_dir, ServerConfig::default()).await;
+    let client = client(&vl);
+    let cache = tmp.path().join("cache");
+    let cfg = config(&data, &cache);
+    let summary = annotate(&client, &cfg).await.unwrap();
+    assert_eq!((summary.examples, summary.scored), (N + 1, N + 1));
+
+    // Every row equals the twin's own forward pass over the example and its image.
+    let reader = CacheReader::open(&cache).unwrap();
+    let ds = open_train(&data);
+    assert!(ds.has_images());
+    let eos = ds.manifest.tokenizer.special_ids.eos;
+    let mut with_image = 0;
+    for i in 0..ds.len() {
+        let e = ds.example(i);
+        let row = reader.get(e.id).unwrap().expect("every example is cached");
+        let entry = row.entry();
+        let mut target = e.target_ids.to_vec();
+        target.push(eos);
+        let scores = edkd_teacher::wire::Scores {
+            id: e.id.into(),
+            positions: entry.positions(),
+            k: cfg.top_k,
+            topk_ids: entry.topk_ids.to_vec(),
+            topk_logprobs: entry.topk_logprobs.to_vec(),
+            tail_logmass: entry.tail_logmass.to_vec(),
+            gold_logprob: entry.gold_logprob.to_vec(),
+        };
+        let images: Vec<bytes::Bytes> = e
+            .image
+            .map(bytes::Bytes::copy_from_slice)
+            .into_iter()
+            .collect();
+        with_image += images.len();
+        let r = vision_reference(&twin, e.input_ids, &target, &images, 1.0);
+        assert_matches(&scores, &r, &target, cfg.top_k, 1e-5);
+    }
+    assert_eq!(with_image, N);
+    assert!(
+        vl.metrics
+            .render()
+            .contains(&format!("edkd_teacher_scored_images_total {N}")),
+        "every image was read"
+    );
+
+    // A text teacher is refused before anything is scored, naming why.
+    let text_server = server("llama_linear", ServerConfig::default()).await;
+    let e = annotate(
+        &common::client(&text_server),
+        &config(&data, &tmp.path().join("x")),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("reads no images") && e.contains("image column"),
+        "{e}"
+    );
+    text_server.shutdown().await.unwrap();
+    vl.shutdown().await.unwrap();
+}

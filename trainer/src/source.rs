@@ -235,13 +235,16 @@ fn transient(e: &edkd_teacher::Error) -> bool {
 }
 
 /// An `edkd teacher serve` process. Large batches are split to the server's limits and
-/// the parts sent concurrently.
+/// the parts sent concurrently. A batch's images (`Batch.images`) travel with their rows,
+/// to a teacher whose `Info` says it reads them.
 pub struct Remote {
     runtime: tokio::runtime::Runtime,
     client: Client,
     config: RemoteConfig,
     max_request_tokens: usize,
     max_sequences: usize,
+    /// Positions an image adds beyond its placeholder; `None`: the teacher reads no images.
+    image_positions: Option<usize>,
     info: SourceInfo,
 }
 
@@ -300,9 +303,41 @@ impl Remote {
             client,
             max_request_tokens: (limits.max_request_tokens as usize).max(1),
             max_sequences: (limits.max_sequences as usize).max(1),
+            image_positions: info
+                .accepts_images
+                .then(|| (info.tokens_per_image as usize).saturating_sub(1)),
             config,
             info: source,
         })
+    }
+
+    /// Whether the teacher reads images (its `Info.accepts_images`), as found at connect.
+    pub fn accepts_images(&self) -> bool {
+        self.image_positions.is_some()
+    }
+
+    /// Refuses a teacher that reads no images, for data that has them (`what` names it):
+    /// the check a run makes before its first step.
+    pub fn require_images(&self, what: &str) -> Result<()> {
+        if self.accepts_images() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "teacher: {} reads no images (its Info says accepts_images = false), but {what} \
+             has images: serve a vision-language teacher (an edkd_vision_decoder folder) or \
+             train on text data",
+            self.info.description
+        )))
+    }
+
+    /// Row `r`'s image bytes (none, or one), refused for a teacher that reads no images.
+    fn row_images(&self, batch: &Batch, r: usize) -> Result<Vec<bytes::Bytes>> {
+        let Some(image) = batch.images.as_ref().and_then(|i| i.get(r)?.as_deref()) else {
+            return Ok(Vec::new());
+        };
+        let id = batch.ids.get(r).map_or("?", String::as_str);
+        self.require_images(&format!("example `{id}` of the batch"))?;
+        Ok(vec![bytes::Bytes::copy_from_slice(image)])
     }
 }
 
@@ -371,7 +406,9 @@ impl TeacherSource for Remote {
                 .filter(|&j| batch.decoder_mask[r * batch.dec_len + j])
                 .map(|j| batch.labels[r * batch.dec_len + j] as u32)
                 .collect();
-            let len = prompt.len() + target.len();
+            let images = self.row_images(batch, r)?;
+            let len =
+                prompt.len() + target.len() + images.len() * self.image_positions.unwrap_or(0);
             let full = requests.last().is_none_or(|q| {
                 q.sequences.len() >= self.max_sequences || tokens + len > self.max_request_tokens
             });
@@ -394,6 +431,7 @@ impl TeacherSource for Remote {
                 id: batch.ids.get(r).cloned().unwrap_or_default(),
                 prompt_ids: prompt,
                 target_ids: target,
+                images,
             });
             rows_of.last_mut().expect("pushed above").push(r);
         }

@@ -31,6 +31,10 @@ pub struct Args {
     /// Ask for packed scores (bits-q8, delta-q4, ...): what a trainer would receive.
     #[arg(long)]
     packing: Option<String>,
+    /// A PNG or JPEG for a vision-language teacher, sent as is; one per `<image>`
+    /// placeholder in --prompt, in order (repeat the flag for more).
+    #[arg(long)]
+    image: Vec<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -63,8 +67,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (ids, target)
         }
     };
+    let images = args
+        .image
+        .iter()
+        .map(|p| {
+            std::fs::read(p)
+                .map(Into::into)
+                .with_context(|| format!("reading --image {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let client = args.connect.client()?;
     let info = client.info().await?;
+    ensure!(
+        images.is_empty() || info.accepts_images,
+        "--image: teacher {} reads no images (its Info says accepts_images = false)",
+        info.model_id
+    );
     let response = client
         .score(ScoreRequest {
             request_id: 0,
@@ -72,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 id: "query".into(),
                 prompt_ids: prompt,
                 target_ids: target.clone(),
+                images,
             }],
             top_k: args.top_k,
             temperature: args.temperature,

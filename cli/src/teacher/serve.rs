@@ -4,15 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use edkd_models::LoadOptions;
 use edkd_models::device::{parse_device, parse_dtype};
-use edkd_models::{LoadOptions, Teacher};
-use edkd_teacher::{ServerConfig, TlsPem};
+use edkd_teacher::{ServedTeacher, ServerConfig, TlsPem};
 
 use super::seconds_flag;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Teacher checkpoint folder (config.json, safetensors, tokenizer.json) or .gguf file.
+    /// Teacher checkpoint folder (config.json, safetensors, tokenizer.json) or .gguf file;
+    /// a vision-language twin folder (`edkd_vision_decoder`) serves images too.
     #[arg(long, env = "EDKD_TEACHER_MODEL")]
     model: PathBuf,
     /// cpu, cuda or cuda:N.
@@ -56,6 +57,13 @@ pub struct Args {
     /// Largest response message, in bytes.
     #[arg(long, default_value_t = 64 << 20, env = "EDKD_TEACHER_MAX_RESPONSE_BYTES")]
     max_response_bytes: usize,
+    /// Largest encoded image in a request (vision-language teachers), in bytes.
+    #[arg(
+        long,
+        default_value_t = edkd_teacher::config::DEFAULT_MAX_IMAGE_BYTES,
+        env = "EDKD_TEACHER_MAX_IMAGE_BYTES"
+    )]
+    max_image_bytes: usize,
     /// PEM certificate chain (with --tls-key: serve TLS).
     #[arg(long, requires = "tls_key", env = "EDKD_TEACHER_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -195,7 +203,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(w) = edkd_models::device::slow_bf16_warning(options.device, options.kind) {
         tracing::warn!("{w}");
     }
-    let teacher = Teacher::load(&args.model, options)
+    let teacher = ServedTeacher::load(&args.model, options)
         .with_context(|| format!("loading teacher {}", args.model.display()))?;
     let config = ServerConfig {
         listen: args.listen,
@@ -208,6 +216,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_wait,
         max_request_bytes: args.max_request_bytes,
         max_response_bytes: args.max_response_bytes,
+        max_image_bytes: args.max_image_bytes,
         tls,
         auth_token,
         max_connections: args.max_connections,
@@ -222,9 +231,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let server = edkd_teacher::start(teacher, config).await?;
     let info = &server.info;
     eprintln!(
-        "serving {} ({}, vocab {}, {} on {}) at {}{}",
+        "serving {} ({}{}, vocab {}, {} on {}) at {}{}",
         info.model_id,
         info.architecture,
+        if info.accepts_images {
+            format!(
+                " with images: token {}, {} positions each",
+                info.image_token_id, info.tokens_per_image
+            )
+        } else {
+            String::new()
+        },
         info.vocab_size,
         info.dtype,
         info.device,

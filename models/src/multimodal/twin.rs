@@ -60,6 +60,19 @@ impl VisionTwin {
         pixel_values: Option<&Tensor>,
         train: bool,
     ) -> Result<(Tensor, Merged)> {
+        let (hidden, merged) = self.hidden(input_ids, valid, pixel_values, train)?;
+        Ok((self.text.logits(&hidden), merged))
+    }
+
+    /// [`VisionTwin::forward`] before the LM head: final hidden states `[b, L, d]`, so a
+    /// scorer projects only the positions it needs onto the vocabulary.
+    pub fn hidden(
+        &self,
+        input_ids: &Tensor,
+        valid: &Tensor,
+        pixel_values: Option<&Tensor>,
+        train: bool,
+    ) -> Result<(Tensor, Merged)> {
         let merged = self.merge_inputs(input_ids, valid, pixel_values, Side::Right, train)?;
         let (_, len) = merged.valid.size2()?;
         let mask = if merged.valid.all().int64_value(&[]) == 1 {
@@ -71,7 +84,7 @@ impl VisionTwin {
         let hidden = self
             .text
             .hidden_embeds(&merged.embeds, &positions, &mask, None, train);
-        Ok((self.text.logits(&hidden), merged))
+        Ok((hidden, merged))
     }
 
     /// [`crate::generate`] with images: one prefill over the left-padded merged prompts,

@@ -11,6 +11,8 @@ use edkd_teacher::wire::Scores;
 use edkd_teacher::{Client, ClientConfig, RunningServer, ServerConfig};
 use tch::{Kind, Tensor};
 
+pub mod vision;
+
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../models/tests/fixtures/teachers")
@@ -56,6 +58,7 @@ pub fn sequence(id: &str, prompt: Vec<u32>, target: Vec<u32>) -> Sequence {
         id: id.into(),
         prompt_ids: prompt,
         target_ids: target,
+        images: Vec::new(),
     }
 }
 

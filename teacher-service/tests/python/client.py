@@ -2,14 +2,19 @@
 
 Usage: client.py ADDR PROTO_ROOT < request.json > answer.json
 
-request.json: {"sequences": [{"id", "prompt_ids", "target_ids"}], "top_k", "temperature",
-"value_format": "f32" | "f16" | "bf16"}. The answer lists, per sequence, the decoded top-k
-ids and log-probs ([positions][k]), tail log-mass and gold log-prob ([positions]), plus the
-Info response and the health status.
+request.json: {"sequences": [{"id", "prompt_ids", "target_ids", "images_hex"?,
+"pillow_jpeg"?}], "top_k", "temperature", "value_format": "f32" | "f16" | "bf16"}.
+`images_hex`: encoded images (hex strings) sent as they are; `pillow_jpeg`: {"size": [w, h],
+"seed": n}, a picture drawn and encoded as JPEG here with Pillow and appended to the
+sequence's images. The answer lists, per sequence, the decoded top-k ids and log-probs
+([positions][k]), tail log-mass and gold log-prob ([positions]) and the images it sent
+(hex), plus the Info response and the codes of two bad requests.
 """
 
 import importlib
+import io
 import json
+import random
 import sys
 import tempfile
 
@@ -47,6 +52,29 @@ def values(raw: bytes, fmt: str) -> np.ndarray:
     return bits.view(np.float32).astype(np.float64)
 
 
+def pillow_jpeg(spec: dict) -> bytes:
+    from PIL import Image, ImageDraw
+
+    w, h = spec["size"]
+    rng = random.Random(spec["seed"])
+    colour = lambda: tuple(rng.randrange(256) for _ in range(3))  # noqa: E731
+    img = Image.new("RGB", (w, h), colour())
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        x0, y0 = rng.randrange(w), rng.randrange(h)
+        draw.ellipse([x0, y0, x0 + w // 3, y0 + h // 3], fill=colour())
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def images_of(s: dict) -> list:
+    images = [bytes.fromhex(h) for h in s.get("images_hex", [])]
+    if "pillow_jpeg" in s:
+        images.append(pillow_jpeg(s["pillow_jpeg"]))
+    return images
+
+
 def main() -> None:
     addr, proto_root = sys.argv[1], sys.argv[2]
     req = json.load(sys.stdin)
@@ -62,7 +90,12 @@ def main() -> None:
     request = pb.ScoreRequest(
         request_id=3,
         sequences=[
-            pb.Sequence(id=s["id"], prompt_ids=s["prompt_ids"], target_ids=s["target_ids"])
+            pb.Sequence(
+                id=s["id"],
+                prompt_ids=s["prompt_ids"],
+                target_ids=s["target_ids"],
+                images=images_of(s),
+            )
             for s in req["sequences"]
         ],
         top_k=req["top_k"],
@@ -77,11 +110,15 @@ def main() -> None:
             "model_id": info.model_id,
             "vocab_size": info.vocab_size,
             "max_top_k": info.limits.max_top_k,
+            "accepts_images": info.accepts_images,
+            "image_token_id": info.image_token_id,
+            "tokens_per_image": info.tokens_per_image,
+            "max_image_bytes": info.limits.max_image_bytes,
         },
         "request_id": resp.request_id,
         "sequences": [],
     }
-    for s in resp.sequences:
+    for s, sent in zip(resp.sequences, request.sequences):
         p = s.num_positions
         ids = np.frombuffer(s.topk_ids, dtype="<u4").reshape(p, k)
         answer["sequences"].append(
@@ -91,6 +128,7 @@ def main() -> None:
                 "topk_logprobs": values(s.topk_logprobs, fmt).reshape(p, k).tolist(),
                 "tail_logmass": values(s.tail_logmass, fmt).tolist(),
                 "gold_logprob": values(s.gold_logprob, fmt).tolist(),
+                "images_hex": [bytes(i).hex() for i in sent.images],
             }
         )
     # An error must come back as a status code, not a crash.
@@ -99,6 +137,17 @@ def main() -> None:
         answer["bad_request_code"] = "OK"
     except grpc.RpcError as e:
         answer["bad_request_code"] = e.code().name
+    # So must an image that is no image, naming the field.
+    if any(s.images for s in request.sequences):
+        first = next(i for i, s in enumerate(request.sequences) if s.images)
+        bad = pb.ScoreRequest()
+        bad.CopyFrom(request)
+        bad.sequences[first].images[0] = b"GIF89a"
+        try:
+            stub.Score(bad, timeout=30)
+            answer["bad_image"] = {"code": "OK"}
+        except grpc.RpcError as e:
+            answer["bad_image"] = {"code": e.code().name, "details": e.details()}
     json.dump(answer, sys.stdout, allow_nan=True)
 
 
