@@ -1,6 +1,9 @@
 //! `edkd experiment`: experiments that answer a question end to end and write a report.
 
-use crate::{experiment_ablations, experiment_compression, experiment_efficiency, experiment_kd};
+use crate::{
+    experiment_ablations, experiment_compression, experiment_efficiency, experiment_kd,
+    experiment_vision,
+};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -25,6 +28,11 @@ pub enum Command {
     /// the encoder, encoder-decoder vs its decoder-only twin before and after KD; several
     /// seeds, bootstrap intervals over seeds and examples.
     Ablations(experiment_ablations::Args),
+    /// Image-to-text distillation on the synthetic image tasks: a vision-language
+    /// decoder-only teacher (CLIP-style tower trained from scratch), the encoder-decoder
+    /// vision student with CE and with KD; EM/F1 with intervals against the majority-answer
+    /// baseline, and the efficiency reports at 576 / 2,304 image tokens when present.
+    Vision(experiment_vision::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -34,5 +42,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Compression(args) => experiment_compression::run(args),
         Command::Efficiency(args) => experiment_efficiency::run(args),
         Command::Ablations(args) => experiment_ablations::run(args),
+        Command::Vision(args) => experiment_vision::run(args),
     }
 }

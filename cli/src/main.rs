@@ -10,6 +10,7 @@ mod experiment_ablations;
 mod experiment_compression;
 mod experiment_efficiency;
 mod experiment_kd;
+mod experiment_vision;
 mod export;
 mod generate;
 mod info;

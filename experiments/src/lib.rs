@@ -45,5 +45,6 @@ pub mod python;
 pub mod synthetic;
 pub mod teacher_forward;
 pub mod training;
+pub mod vision;
 
 pub use error::{Error, Result};
