@@ -150,8 +150,10 @@ fn examples(cfg: &VisionConfig, split: Split, n: usize) -> Result<Vec<ImageExamp
 }
 
 fn prepare(cfg: &VisionConfig, name: &str) -> Result<()> {
-    let mut fields = edkd_data::ingest::FieldMap::default();
-    fields.image_field = Some("image".into());
+    let fields = edkd_data::ingest::FieldMap {
+        image_field: Some("image".into()),
+        ..Default::default()
+    };
     let pc = edkd_data::prepare::PrepareConfig {
         validation_inputs: vec![cfg.raw("validation").display().to_string()],
         fields,
