@@ -251,6 +251,22 @@ impl VisionStudentModel {
         })
     }
 
+    /// Chooses what trains (the projector always does): records the choice in the config
+    /// that is saved, and sets `requires_grad` by group ([`apply_trainable`]).
+    pub fn set_trainable(&mut self, train_tower: bool, train_text: bool) {
+        for v in [
+            Some(&mut self.model.embedder.config),
+            self.model.text.config.vision.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            v.train_tower = train_tower;
+            v.train_text = train_text;
+        }
+        apply_trainable(&self.vs, &self.model.embedder.config);
+    }
+
     /// Loads a trained projector (LLaVA's stage-1 `mm_projector` adapter, as safetensors
     /// with keys `mm_projector.0.weight`, ...), strictly.
     pub fn load_projector(&mut self, file: &Path) -> Result<()> {

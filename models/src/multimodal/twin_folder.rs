@@ -102,6 +102,15 @@ impl VisionTwinModel {
         }
     }
 
+    /// Chooses what trains (the projector always does): records the choice in the config
+    /// that is saved, and sets `requires_grad` by group ([`apply_trainable`]).
+    pub fn set_trainable(&mut self, train_tower: bool, train_text: bool) {
+        let v = &mut self.model.embedder.config;
+        v.train_tower = train_tower;
+        v.train_text = train_text;
+        apply_trainable(&self.vs, v);
+    }
+
     /// Writes the folder described in the module docs (and copies `tokenizer`).
     pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
         let config = TwinFolderConfig {
