@@ -13,8 +13,10 @@ use crate::optim::{AdamWConfig, Schedule};
 
 mod numbers;
 mod recipe;
+mod vision;
 pub use numbers::{MAX_EPS, MAX_LR, MAX_PREFETCH, MAX_THREADS_PER_CORE, MAX_TIMEOUT_S};
 pub use recipe::RECIPES;
+pub use vision::{TowerShape, VisionSection, check_feature_layer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -26,7 +28,7 @@ pub enum ConfigError {
     Field { field: String, message: String },
 }
 
-fn field(field: &str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn field(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Field {
         field: field.into(),
         message: message.into(),
@@ -101,6 +103,10 @@ pub struct ModelSection {
     pub overrides: toml::Table,
     /// `fp32`, or `bf16` (bf16 weights and compute, fp32 master weights in the optimizer).
     pub precision: String,
+    /// Train a vision-language model: a CLIP tower and a projector in front of the text
+    /// model (the student's encoder, or the decoder-only model's prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionSection>,
 }
 
 impl Default for ModelSection {
@@ -111,6 +117,7 @@ impl Default for ModelSection {
             init: None,
             overrides: toml::Table::new(),
             precision: "fp32".into(),
+            vision: None,
         }
     }
 }
@@ -543,6 +550,9 @@ impl TrainConfig {
         {
             fix(p);
         }
+        if let Some(p) = self.model.vision.as_mut().and_then(|v| v.tower.as_mut()) {
+            fix(p);
+        }
     }
 
     /// The resolved config as TOML (saved next to the outputs).
@@ -564,6 +574,9 @@ impl TrainConfig {
                 "model.precision",
                 format!("`{}`: expected fp32 or bf16", self.model.precision),
             ));
+        }
+        if let Some(v) = &self.model.vision {
+            v.validate(self.model.init.is_some())?;
         }
         if self.model.architecture == Architecture::DecoderOnly
             && self.teacher.kind != TeacherKind::None
