@@ -182,6 +182,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Options) -> Result<Row> {
         pad: 0,
         bos: 1,
         eos: 2,
+        image_token_id: None,
     };
     if vocab.size <= 3 {
         return Err(Error::input("vocab", format!("{}: too small", vocab.size)));
@@ -202,7 +203,7 @@ fn measure(mpi: &mut Mpi, preset: &str, args: &Options) -> Result<Row> {
     for step in 0..WARMUP_STEPS + args.steps {
         mpi.barrier();
         let t0 = Instant::now();
-        let logits = net.logits(&tensors, true);
+        let logits = net.logits(&tensors, true)?;
         let v = logits.size()[2];
         let loss = logits.reshape([-1, v]).cross_entropy_loss::<Tensor>(
             &tensors.labels.reshape([-1]),

@@ -16,6 +16,10 @@ pub enum Error {
     Teacher(#[from] edkd_teacher::Error),
     #[error("teacher: {0}")]
     Source(String),
+    /// Images that do not fit the model or the text (a row's image without a placeholder,
+    /// images for a text model).
+    #[error("images: {0}")]
+    Images(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

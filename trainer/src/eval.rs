@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use edkd_data::{Dataset, Reader, ReaderConfig};
+use edkd_data::images::{RgbImage, decode_rgb8};
+use edkd_data::{Batch, Dataset, Reader, ReaderConfig};
 use edkd_models::Tokenizer;
 use edkd_models::generate::GenerationConfig;
 use serde::{Deserialize, Serialize};
@@ -75,14 +76,48 @@ pub trait Evaluable {
     fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>>;
     fn eos(&self) -> i64;
     fn pad(&self) -> i64;
+
+    /// The batch's tensors on `device`. A model that reads images adds their pixels; the
+    /// default is a text model's, which refuses a batch with images.
+    fn tensors(&self, b: &Batch, device: Device) -> Result<BatchTensors> {
+        crate::model::vision::refuse_images(b, "this model (a text model)")?;
+        Ok(BatchTensors::new(b, device))
+    }
+
+    /// [`Evaluable::generate`] with each input's image (`None` for a row without one). The
+    /// default is a text model's, which refuses images.
+    fn generate_with_images(
+        &self,
+        inputs: &[Vec<i64>],
+        images: &[Option<RgbImage>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<i64>>> {
+        if images.iter().any(Option::is_some) {
+            return Err(crate::Error::Images(
+                "this model (a text model) cannot read the inputs' images".into(),
+            ));
+        }
+        self.generate(inputs, cfg)
+    }
 }
 
 impl Evaluable for Net {
     fn logits(&self, t: &BatchTensors) -> Result<tch::Tensor> {
-        Ok(Net::logits(self, t, false))
+        Net::logits(self, t, false)
     }
     fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
         Net::generate(self, inputs, cfg)
+    }
+    fn tensors(&self, b: &Batch, device: Device) -> Result<BatchTensors> {
+        Net::tensors(self, b, device)
+    }
+    fn generate_with_images(
+        &self,
+        inputs: &[Vec<i64>],
+        images: &[Option<RgbImage>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<i64>>> {
+        Net::generate_with_images(self, inputs, images, cfg)
     }
     fn eos(&self) -> i64 {
         Net::eos(self)
@@ -113,8 +148,9 @@ pub fn open_eval_split(
     Ok((Dataset::open(data, &open)?, tokenizer))
 }
 
-/// Loads a saved model folder (student or decoder-only) with its `tokenizer.json` and
-/// opens `split` of the dataset in `data`, checking it was tokenized with that tokenizer.
+/// Loads a saved model folder (student or decoder-only, text or vision-language) with its
+/// `tokenizer.json` and opens `split` of the dataset in `data`, checking it was tokenized
+/// with that tokenizer.
 fn open_folder(
     model: &std::path::Path,
     data: &std::path::Path,
@@ -139,6 +175,7 @@ fn open_folder(
         pad: specials.pad as i64,
         bos: specials.bos as i64,
         eos: specials.eos as i64,
+        image_token_id: crate::train::image_token_id(&ds)?,
     };
     let net = Net::build(&section, vocab, device, 0)?;
     Ok((net, ds, tokenizer))
@@ -235,7 +272,7 @@ pub fn evaluate(
             batch = truncate_rows(&batch, n - seen);
         }
         seen += batch.rows;
-        let t = BatchTensors::new(&batch, device);
+        let t = net.tensors(&batch, device)?;
         let logits = net.logits(&t)?;
         let targets = match teacher.as_deref_mut() {
             Some(src) => Some(src.score(&batch)?),
@@ -337,7 +374,11 @@ pub fn predict(
             .iter()
             .map(|e| e.input_ids.iter().map(|&x| x as i64).collect())
             .collect();
-        let outputs = net.generate(&inputs, &gen_cfg)?;
+        let images = examples
+            .iter()
+            .map(|e| e.image.map(|b| decode_rgb8(b, e.id)).transpose())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let outputs = net.generate_with_images(&inputs, &images, &gen_cfg)?;
         for (e, ids) in examples.iter().zip(outputs) {
             let pred_ids: Vec<i64> = ids.into_iter().take_while(|&t| t != net.eos()).collect();
             let gold_ids: Vec<i64> = e.target_ids.iter().map(|&x| x as i64).collect();

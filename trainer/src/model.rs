@@ -1,11 +1,16 @@
 //! The model being trained: the encoder-decoder student, or a decoder-only (Llama-shaped)
 //! model trained on the same batches with the same alignment (baselines, and the demo's
-//! teacher). Both give logits `[b, dec_len, V]` aligned with the batch's labels.
+//! teacher), each as a text model or a vision-language one ([`vision`]). All give logits
+//! `[b, dec_len, V]` aligned with the batch's labels.
+
+pub mod vision;
 
 use std::path::Path;
 
 use edkd_data::Batch;
+use edkd_data::images::RgbImage;
 use edkd_models::generate::{Decoding, GenerationConfig, generate, generate_seq2seq};
+use edkd_models::multimodal::{VisionStudentModel, VisionTwinModel};
 use edkd_models::student::{StudentConfig, StudentModel, save_folder, twin_config};
 use edkd_models::teacher::{CausalLm, LoadOptions, Teacher};
 use tch::{Device, Kind, Tensor, nn::VarStore};
@@ -26,6 +31,9 @@ pub struct BatchTensors {
     pub teacher_mask: Tensor,
     /// `[b, dec_len]`: the index into `teacher_ids` whose logits predict `labels[:, t]`.
     pub teacher_positions: Tensor,
+    /// `[n, 3, s, s]`: the images of the rows that have one, in row order, processed for
+    /// a vision-language model ([`Net::tensors`]); `None` for text.
+    pub pixel_values: Option<Tensor>,
 }
 
 impl BatchTensors {
@@ -58,6 +66,7 @@ impl BatchTensors {
             teacher_ids: t2(&b.teacher_ids, b.teacher_len),
             teacher_mask: m2(&b.teacher_mask, b.teacher_len),
             teacher_positions: t2(&positions, b.dec_len),
+            pixel_values: None,
         }
     }
 }
@@ -86,7 +95,14 @@ fn causal_target_hidden(model: &CausalLm, t: &BatchTensors, train: bool) -> Tens
 #[allow(clippy::large_enum_variant)]
 pub enum Net {
     EncoderDecoder(StudentModel),
-    DecoderOnly { vs: VarStore, model: CausalLm },
+    DecoderOnly {
+        vs: VarStore,
+        model: CausalLm,
+    },
+    /// The vision-language student: images enter the encoder.
+    VisionEncoderDecoder(VisionStudentModel),
+    /// Its decoder-only twin: images enter the prompt.
+    VisionDecoderOnly(VisionTwinModel),
 }
 
 /// Special ids and vocabulary the model must agree with (from the data manifest).
@@ -97,13 +113,24 @@ pub struct Vocab {
     pub pad: i64,
     pub bos: i64,
     pub eos: i64,
+    /// The image placeholder's token id when the data has images (manifest
+    /// `images.image_token_id`); `None` for text data.
+    pub image_token_id: Option<i64>,
 }
 
 impl Net {
     /// A fresh model from a preset (vocabulary and special ids from `vocab`), or the
-    /// folder `section.init`.
+    /// folder `section.init`. With `section.vision`, or an `init` folder that is a vision-language model, the
+    /// model reads images ([`vision::build`]).
     pub fn build(section: &ModelSection, vocab: Vocab, device: Device, seed: u64) -> Result<Self> {
+        let vision_init = section
+            .init
+            .as_deref()
+            .is_some_and(|d| vision::folder_kind(d).is_some());
         let net = match (&section.init, section.architecture) {
+            _ if section.vision.is_some() || vision_init => {
+                vision::build(section, vocab, device, seed)?
+            }
             (Some(dir), Architecture::EncoderDecoder) => {
                 let m = StudentModel::load(
                     dir,
@@ -129,32 +156,12 @@ impl Net {
                 }
             }
             (None, arch) => {
-                let mut cfg = StudentConfig::preset(&section.preset)?;
-                let mut value = serde_json::to_value(&cfg).expect("config serialises");
-                for (k, v) in &section.overrides {
-                    let v = serde_json::to_value(v)
-                        .map_err(|e| Error::Config(format!("model.overrides.{k}: {e}")))?;
-                    match value.get_mut(k) {
-                        Some(slot) => *slot = v,
-                        None => {
-                            return Err(Error::Config(format!(
-                                "model.overrides.{k}: the student config has no field `{k}`"
-                            )));
-                        }
-                    }
-                }
-                cfg = serde_json::from_value(value)
-                    .map_err(|e| Error::Config(format!("model.overrides: {e}")))?;
-                cfg.pad_token_id = vocab.pad;
-                cfg.bos_token_id = vocab.bos;
-                cfg.eos_token_id = vocab.eos;
+                let cfg = preset_config(section, vocab)?;
                 match arch {
                     Architecture::EncoderDecoder => {
-                        cfg.vocab_size = StudentConfig::padded_vocab(vocab.size);
                         Net::EncoderDecoder(StudentModel::init(&cfg, device, seed as i64)?)
                     }
                     Architecture::DecoderOnly => {
-                        cfg.vocab_size = vocab.size;
                         cfg.validate()?;
                         let lm = twin_config(&cfg);
                         tch::manual_seed(seed as i64);
@@ -185,6 +192,8 @@ impl Net {
         match self {
             Net::EncoderDecoder(m) => &m.vs,
             Net::DecoderOnly { vs, .. } => vs,
+            Net::VisionEncoderDecoder(m) => &m.vs,
+            Net::VisionDecoderOnly(m) => &m.vs,
         }
     }
 
@@ -192,30 +201,88 @@ impl Net {
         match self {
             Net::EncoderDecoder(m) => &mut m.vs,
             Net::DecoderOnly { vs, .. } => vs,
+            Net::VisionEncoderDecoder(m) => &mut m.vs,
+            Net::VisionDecoderOnly(m) => &mut m.vs,
+        }
+    }
+
+    /// Whether the model reads images.
+    pub fn is_vision(&self) -> bool {
+        matches!(
+            self,
+            Net::VisionEncoderDecoder(_) | Net::VisionDecoderOnly(_)
+        )
+    }
+
+    /// The image placeholder's token id of a vision-language model.
+    pub fn image_token_id(&self) -> Option<i64> {
+        match self {
+            Net::VisionEncoderDecoder(m) => Some(m.model.embedder.config.image_token_id),
+            Net::VisionDecoderOnly(m) => Some(m.model.embedder.config.image_token_id),
+            _ => None,
+        }
+    }
+
+    /// The decoder-only text model (of a text or a vision-language net), if it is one.
+    fn causal(&self) -> Option<&CausalLm> {
+        match self {
+            Net::DecoderOnly { model, .. } => Some(model),
+            Net::VisionDecoderOnly(m) => Some(&m.model.text),
+            _ => None,
+        }
+    }
+
+    /// The encoder-decoder student's config (of a text or a vision-language net).
+    fn student_config(&self) -> Option<&StudentConfig> {
+        match self {
+            Net::EncoderDecoder(m) => Some(&m.model.config),
+            Net::VisionEncoderDecoder(m) => Some(m.model.config()),
+            _ => None,
         }
     }
 
     pub fn vocab(&self) -> i64 {
-        match self {
-            Net::EncoderDecoder(m) => m.model.config.vocab_size,
-            Net::DecoderOnly { model, .. } => model.config.vocab_size,
+        match (self.student_config(), self.causal()) {
+            (Some(c), _) => c.vocab_size,
+            (None, Some(m)) => m.config.vocab_size,
+            (None, None) => unreachable!("a net is a student or a decoder-only model"),
         }
     }
 
     pub fn eos(&self) -> i64 {
-        match self {
-            Net::EncoderDecoder(m) => m.model.config.eos_token_id,
-            Net::DecoderOnly { model, .. } => {
-                model.config.eos_token_ids.first().copied().unwrap_or(-1)
-            }
+        match (self.student_config(), self.causal()) {
+            (Some(c), _) => c.eos_token_id,
+            (None, Some(m)) => m.config.eos_token_ids.first().copied().unwrap_or(-1),
+            (None, None) => unreachable!("a net is a student or a decoder-only model"),
         }
     }
 
     pub fn pad(&self) -> i64 {
-        match self {
-            Net::EncoderDecoder(m) => m.model.config.pad_token_id,
-            Net::DecoderOnly { model, .. } => model.config.pad_token_id.unwrap_or(0),
+        match (self.student_config(), self.causal()) {
+            (Some(c), _) => c.pad_token_id,
+            (None, Some(m)) => m.config.pad_token_id.unwrap_or(0),
+            (None, None) => unreachable!("a net is a student or a decoder-only model"),
         }
+    }
+
+    /// The batch's tensors on `device`, with the processed pixels of its images for a
+    /// vision-language model; a text model refuses a batch with images.
+    pub fn tensors(&self, b: &Batch, device: Device) -> Result<BatchTensors> {
+        let mut t = BatchTensors::new(b, device);
+        match self {
+            Net::VisionEncoderDecoder(m) => {
+                t.pixel_values =
+                    vision::batch_pixels(&m.processor, m.model.embedder.config.image_token_id, b)?
+                        .map(|p| p.to_device(device));
+            }
+            Net::VisionDecoderOnly(m) => {
+                t.pixel_values =
+                    vision::batch_pixels(&m.processor, m.model.embedder.config.image_token_id, b)?
+                        .map(|p| p.to_device(device));
+            }
+            _ => vision::refuse_images(b, "the model (a text model; set model.vision)")?,
+        }
+        Ok(t)
     }
 
     pub fn num_parameters(&self) -> i64 {
@@ -223,21 +290,30 @@ impl Net {
     }
 
     /// Logits `[b, dec_len, V]` aligned with `t.labels`.
-    pub fn logits(&self, t: &BatchTensors, train: bool) -> Tensor {
-        match self {
+    pub fn logits(&self, t: &BatchTensors, train: bool) -> Result<Tensor> {
+        let px = t.pixel_values.as_ref();
+        Ok(match self {
             Net::EncoderDecoder(m) => {
                 m.model
                     .forward(&t.encoder_ids, &t.encoder_mask, &t.decoder_input_ids, train)
             }
             Net::DecoderOnly { model, .. } => causal_target_logits(model, t, train),
-        }
+            Net::VisionEncoderDecoder(m) => m.model.forward(
+                &t.encoder_ids,
+                &t.encoder_mask,
+                px,
+                &t.decoder_input_ids,
+                train,
+            )?,
+            Net::VisionDecoderOnly(m) => vision::twin_target_logits(&m.model, t, train)?,
+        })
     }
 
     /// Logits `[n, V]` at the real label positions only (`t.decoder_mask`, row-major, as
     /// `loss::select_rows` orders them): the LM head runs on those rows, not on padding.
-    pub fn target_logits(&self, t: &BatchTensors, train: bool) -> Tensor {
+    pub fn target_logits(&self, t: &BatchTensors, train: bool) -> Result<Tensor> {
         let rows = |hidden: &Tensor| crate::loss::select_rows(hidden, &t.decoder_mask);
-        match self {
+        Ok(match self {
             Net::EncoderDecoder(m) => {
                 let enc = m.model.encode(&t.encoder_ids, &t.encoder_mask, train);
                 let hidden = m.model.decode(&t.decoder_input_ids, &enc, None, train);
@@ -246,24 +322,63 @@ impl Net {
             Net::DecoderOnly { model, .. } => {
                 model.logits(&rows(&causal_target_hidden(model, t, train)))
             }
-        }
+            Net::VisionEncoderDecoder(m) => {
+                let px = t.pixel_values.as_ref();
+                let enc = m.model.encode(&t.encoder_ids, &t.encoder_mask, px, train)?;
+                let text = &m.model.text;
+                text.logits(&rows(&text.decode(&t.decoder_input_ids, &enc, None, train)))
+            }
+            Net::VisionDecoderOnly(m) => {
+                let hidden = vision::twin_target_hidden(&m.model, t, train)?;
+                m.model.text.logits(&rows(&hidden))
+            }
+        })
     }
 
     /// Generates an answer for each input (greedy or sampled per `cfg`), cached decoding.
     pub fn generate(&self, inputs: &[Vec<i64>], cfg: &GenerationConfig) -> Result<Vec<Vec<i64>>> {
+        self.generate_with_images(inputs, &[], cfg)
+    }
+
+    /// [`Net::generate`] with each input's image (`images[r]`, `None` for a row without
+    /// one; empty: no images at all). A text model refuses images.
+    pub fn generate_with_images(
+        &self,
+        inputs: &[Vec<i64>],
+        images: &[Option<RgbImage>],
+        cfg: &GenerationConfig,
+    ) -> Result<Vec<Vec<i64>>> {
+        let any_image = images.iter().any(Option::is_some);
         Ok(match self {
+            Net::EncoderDecoder(_) | Net::DecoderOnly { .. } if any_image => {
+                return Err(Error::Images(
+                    "the model is a text model and cannot read the inputs' images".into(),
+                ));
+            }
             Net::EncoderDecoder(m) => generate_seq2seq(&m.model, inputs, cfg, Decoding::Cached)?,
             Net::DecoderOnly { model, .. } => generate(model, inputs, cfg)?,
+            Net::VisionEncoderDecoder(m) => {
+                let px = vision::pixels(&m.processor, images, m.model.text.device())?;
+                m.model
+                    .generate(inputs, px.as_ref(), cfg, Decoding::Cached)?
+            }
+            Net::VisionDecoderOnly(m) => {
+                let px = vision::pixels(&m.processor, images, m.model.text.device())?;
+                m.model.generate(inputs, px.as_ref(), cfg)?
+            }
         })
     }
 
-    /// Writes a loadable model folder (student folder, or a Hugging Face Llama folder).
+    /// Writes a loadable model folder (student folder, a Hugging Face Llama folder, or
+    /// their vision-language forms).
     pub fn save(&self, dir: &Path, tokenizer: Option<&Path>) -> Result<()> {
         match self {
             Net::EncoderDecoder(m) => m.save(dir, tokenizer)?,
             Net::DecoderOnly { vs, model } => {
                 save_folder(dir, &model.config.to_hf_json(), vs, tokenizer)?
             }
+            Net::VisionEncoderDecoder(m) => m.save(dir, tokenizer)?,
+            Net::VisionDecoderOnly(m) => m.save(dir, tokenizer)?,
         }
         Ok(())
     }
@@ -273,6 +388,44 @@ impl Net {
         match self {
             Net::EncoderDecoder(m) => serde_json::to_value(&m.model.config).expect("serialises"),
             Net::DecoderOnly { model, .. } => model.config.to_hf_json(),
+            Net::VisionEncoderDecoder(m) => {
+                serde_json::to_value(m.model.config()).expect("serialises")
+            }
+            Net::VisionDecoderOnly(m) => serde_json::json!({
+                "model_type": edkd_models::multimodal::TWIN_MODEL_TYPE,
+                "text_config": m.model.text.config.to_hf_json(),
+                "vision": m.model.embedder.config,
+            }),
         }
     }
+}
+
+/// The student config of a fresh model: the preset with `section.overrides`, the data's
+/// special ids, and its vocabulary (padded to a multiple of 64 for the encoder-decoder
+/// student, the tokenizer's own for a decoder-only model).
+pub(crate) fn preset_config(section: &ModelSection, vocab: Vocab) -> Result<StudentConfig> {
+    let mut cfg = StudentConfig::preset(&section.preset)?;
+    let mut value = serde_json::to_value(&cfg).expect("config serialises");
+    for (k, v) in &section.overrides {
+        let v = serde_json::to_value(v)
+            .map_err(|e| Error::Config(format!("model.overrides.{k}: {e}")))?;
+        match value.get_mut(k) {
+            Some(slot) => *slot = v,
+            None => {
+                return Err(Error::Config(format!(
+                    "model.overrides.{k}: the student config has no field `{k}`"
+                )));
+            }
+        }
+    }
+    cfg = serde_json::from_value(value)
+        .map_err(|e| Error::Config(format!("model.overrides: {e}")))?;
+    cfg.pad_token_id = vocab.pad;
+    cfg.bos_token_id = vocab.bos;
+    cfg.eos_token_id = vocab.eos;
+    cfg.vocab_size = match section.architecture {
+        Architecture::EncoderDecoder => StudentConfig::padded_vocab(vocab.size),
+        Architecture::DecoderOnly => vocab.size,
+    };
+    Ok(cfg)
 }

@@ -272,7 +272,7 @@ fn remote_cache_and_in_process_teachers_give_the_same_loss() {
     let cfg = config(&data, &["loss.alpha=1.0", "loss.temperature=2.0"]);
     let net = Net::build(&cfg.model, vocab_of(&data), Device::Cpu, 7).unwrap();
     let t = BatchTensors::new(&batch, Device::Cpu);
-    let logits = tch::no_grad(|| net.logits(&t, false));
+    let logits = tch::no_grad(|| net.logits(&t, false)).unwrap();
     let loss = cfg.loss.kd();
     // The service, unpacked or asked for a packing by name.
     let remote = |packing: Option<&str>| {

@@ -98,6 +98,7 @@ mod tests {
             pad: 0,
             bos: 1,
             eos: 2,
+            image_token_id: None,
         };
         let net = Net::build(&section, vocab, Device::Cpu, 0).unwrap();
         let Net::EncoderDecoder(s) = &net else {

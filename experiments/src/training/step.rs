@@ -80,6 +80,7 @@ fn make_batch(opts: &Options, vocab: Vocab) -> StepBatch {
             decoder_input_ids,
             labels,
             decoder_mask: all(lo),
+            pixel_values: None,
         },
         teacher,
     }
@@ -135,7 +136,10 @@ impl EdkdStep {
     /// One step: (seconds, loss).
     fn step(&mut self, t: &BatchTensors) -> (f64, f64) {
         let t0 = Instant::now();
-        let logits = self.net.logits(t, true);
+        let logits = self
+            .net
+            .logits(t, true)
+            .expect("a text student's forward reads no images and cannot fail");
         let parts = self.loss.total(
             &logits,
             &t.labels,
@@ -249,6 +253,7 @@ pub fn edkd_vs_pytorch(opts: &Options, work: &Path) -> Result<StepReport> {
         pad: 0,
         bos: 1,
         eos: 2,
+        image_token_id: None,
     };
     let section = student_section()?;
     let net = Net::build(&section, vocab, Device::Cpu, opts.seed)?;

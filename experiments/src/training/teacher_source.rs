@@ -140,6 +140,7 @@ fn prepare_data(work: &Path, examples: usize, seed: u64) -> Result<Prepared> {
         pad: t.special_ids.pad as i64,
         bos: t.special_ids.bos as i64,
         eos: t.special_ids.eos as i64,
+        image_token_id: None,
     };
     Ok(Prepared {
         data,

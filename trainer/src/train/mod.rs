@@ -42,6 +42,7 @@ use crate::optim::{AdamW, Schedule};
 use self::log::RunLog;
 use self::on_policy::OnPolicy;
 use self::prefetch::{Prefetcher, SharedSource, lock};
+pub(crate) use self::setup::image_token_id;
 pub use self::setup::open_source;
 use self::setup::{RunData, Vocabs};
 
@@ -182,12 +183,14 @@ impl<'a> Trainer<'a> {
         fs::create_dir_all(&opts.out).map_err(Error::io(&opts.out))?;
 
         let (data, train_ds) = RunData::open(cfg, &opts.out)?;
+        setup::check_teacher_images(cfg, &data)?;
         let source = setup::open_viewed_source(cfg, device, &data)?;
         if let Some(src) = &source {
             setup::check_source(src.as_ref(), cfg, &data)?;
         }
         let vocabs = Vocabs::new(data.vocab, source.as_ref().map(|s| s.info().vocab_size));
         let mut net = Net::build(&cfg.model, vocabs.model, device, cfg.seed)?;
+        setup::check_model_images(cfg, &data, &net)?;
         if vocabs.kd > net.vocab() {
             return Err(Error::Config(format!(
                 "the teacher's vocabulary ({}) is larger than the student's ({})",

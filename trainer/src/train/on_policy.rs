@@ -107,10 +107,17 @@ impl OnPolicy {
             seed,
             max_token_id: Some(self.max_token_id),
         };
-        let outs = net.generate(&inputs, &gen_cfg)?;
+        let outs = net.generate_with_images(&inputs, &b.decode_images()?, &gen_cfg)?;
+        // A sample ends before an image placeholder the student emits: the teacher reads
+        // one image per example, at the input's placeholder.
+        let image = net.image_token_id();
         let targets: Vec<Vec<i64>> = outs
             .into_iter()
-            .map(|o| o.into_iter().take_while(|&t| t != eos).collect())
+            .map(|o| {
+                o.into_iter()
+                    .take_while(|&t| t != eos && Some(t) != image)
+                    .collect()
+            })
             .collect();
         let bos = b.decoder_input_ids.first().copied().unwrap_or(0);
         Ok(with_targets(

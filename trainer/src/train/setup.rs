@@ -57,6 +57,7 @@ impl RunData {
             pad: t.special_ids.pad as i64,
             bos: t.special_ids.bos as i64,
             eos: t.special_ids.eos as i64,
+            image_token_id: image_token_id(&train)?,
         };
         let data = Self {
             eval,
@@ -82,6 +83,65 @@ impl RunData {
             teacher: true,
         }
     }
+}
+
+/// The data's image placeholder id: `None` for text data; an error for data with images
+/// whose tokenizer did not have the placeholder as one token.
+pub(crate) fn image_token_id(ds: &Dataset) -> Result<Option<i64>> {
+    let Some(images) = &ds.manifest.images else {
+        return Ok(None);
+    };
+    match images.image_token_id {
+        Some(id) => Ok(Some(i64::from(id))),
+        None => Err(Error::Config(format!(
+            "{}: the data has images but `images.image_token_id` is null (its tokenizer has              no `{}` token, so the placeholder was split into ordinary tokens); train the              tokenizer with --special \"{}\" and prepare the data again",
+            ds.dir.join("manifest.json").display(),
+            images.placeholder,
+            images.placeholder
+        ))),
+    }
+}
+
+/// Refuses a text in-process teacher on data with images: it would answer blind, and
+/// distilling blind answers teaches the student to ignore the image. (Checked before the
+/// teacher is loaded.)
+pub(crate) fn check_teacher_images(cfg: &TrainConfig, data: &RunData) -> Result<()> {
+    use crate::model::vision::{VisionFolder, folder_kind};
+    if data.vocab.image_token_id.is_none() || cfg.teacher.kind != TeacherKind::Model {
+        return Ok(());
+    }
+    match &cfg.teacher.model {
+        Some(dir) if folder_kind(dir) != Some(VisionFolder::Twin) => Err(crate::config::field(
+            "teacher.model",
+            format!(
+                "{} is a text model, but the data has images: an in-process teacher for \
+                 images is a vision-language twin folder ({})",
+                dir.display(),
+                edkd_models::multimodal::TWIN_MODEL_TYPE
+            ),
+        )
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a text model on data with images (the images would be silently ignored; a
+/// blind baseline is trained on data prepared without --image-field). The opposite, a
+/// vision-language model on text data, is refused when it is built.
+pub(crate) fn check_model_images(cfg: &TrainConfig, data: &RunData, net: &Net) -> Result<()> {
+    if data.vocab.image_token_id.is_some() && !net.is_vision() {
+        return Err(crate::config::field(
+            "model.vision",
+            format!(
+                "absent, but the data ({}) has images: set [model.vision] to train a \
+                 vision-language model (or prepare the data without --image-field for a \
+                 text-only baseline)",
+                cfg.data.manifest.display()
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The tokenizer file the run uses: configured, or the teacher's (a folder's

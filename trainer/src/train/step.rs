@@ -11,7 +11,6 @@ use tch::{Kind, Tensor};
 
 use crate::dist;
 use crate::error::{Error, Result};
-use crate::model::BatchTensors;
 use crate::source::TeacherOut;
 
 use super::on_policy::Sampled;
@@ -95,9 +94,15 @@ impl Trainer<'_> {
             let teacher = f.teacher.transpose()?;
             if on_policy {
                 let sample = sampled.get(i).and_then(Option::as_ref);
-                self.backward_on_policy(&f.batch, sample, global_tokens, global_samples, &mut sums);
+                self.backward_on_policy(
+                    &f.batch,
+                    sample,
+                    global_tokens,
+                    global_samples,
+                    &mut sums,
+                )?;
             } else {
-                self.backward_off_policy(&f.batch, teacher.as_ref(), global_tokens, &mut sums);
+                self.backward_off_policy(&f.batch, teacher.as_ref(), global_tokens, &mut sums)?;
             }
         }
         // Summed before the update so that every rank agrees on skipping a non-finite step.
@@ -154,9 +159,9 @@ impl Trainer<'_> {
         teacher: Option<&TeacherOut>,
         global_tokens: f64,
         sums: &mut Sums,
-    ) {
-        let t = BatchTensors::new(batch, self.device);
-        let z = self.net.target_logits(&t, true); // [n, V]: the LM head on target rows only
+    ) -> Result<()> {
+        let t = self.net.tensors(batch, self.device)?;
+        let z = self.net.target_logits(&t, true)?; // [n, V]: the LM head on target rows only
         let n = target_tokens(batch);
         let targets = teacher.map(|o| o.targets(&t.decoder_mask, self.device));
         let parts = self.loss.total_rows(
@@ -169,6 +174,7 @@ impl Trainer<'_> {
         if let Some((_, stats)) = &targets {
             sums.add_kd(parts.kd, n, stats.topk_mass, agreement(&z, &stats.top1));
         }
+        Ok(())
     }
 
     /// CE on the gold targets plus KD on the student's own samples.
@@ -179,20 +185,20 @@ impl Trainer<'_> {
         global_tokens: f64,
         global_samples: f64,
         sums: &mut Sums,
-    ) {
+    ) -> Result<()> {
         let loss = &self.loss;
-        let t = BatchTensors::new(batch, self.device);
+        let t = self.net.tensors(batch, self.device)?;
         let n = target_tokens(batch);
         let ce = loss.cross_entropy(
-            &self.net.target_logits(&t, true),
+            &self.net.target_logits(&t, true)?,
             &t.labels.masked_select(&t.decoder_mask),
         );
         let mut total = &ce * ((1.0 - loss.alpha) * n / global_tokens);
         sums.ce += ce.double_value(&[]) * n;
         if let Some(s) = sample {
-            let st = BatchTensors::new(&s.batch, self.device);
+            let st = self.net.tensors(&s.batch, self.device)?;
             let (targets, stats) = s.teacher.targets(&st.decoder_mask, self.device);
-            let z = self.net.target_logits(&st, true);
+            let z = self.net.target_logits(&st, true)?;
             let kd = loss.distill(&z, &targets, self.vocabs.kd);
             let ns = target_tokens(&s.batch);
             total += &kd * (loss.alpha * ns / global_samples.max(1.0));
@@ -204,6 +210,7 @@ impl Trainer<'_> {
             );
         }
         total.backward();
+        Ok(())
     }
 
     /// All-reduces, clips and applies the accumulated gradients; returns the step's

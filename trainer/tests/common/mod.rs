@@ -83,5 +83,11 @@ pub fn vocab_of(data: &Path) -> Vocab {
         pad: s.pad as i64,
         bos: s.bos as i64,
         eos: s.eos as i64,
+        image_token_id: ds
+            .manifest
+            .images
+            .as_ref()
+            .and_then(|i| i.image_token_id)
+            .map(i64::from),
     }
 }
