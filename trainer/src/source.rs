@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use edkd_data::{Batch, CacheReader, TeacherBatch};
+use edkd_models::multimodal::VisionTwinModel;
 use edkd_models::teacher::{LoadOptions, Teacher};
 use edkd_teacher::proto::{ScoreRequest, ScoreResponse, Sequence, ValueFormat};
 use edkd_teacher::wire::decode_response;
@@ -15,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::loss::TeacherTargets;
+use crate::model::vision::{self, VisionFolder};
 use crate::model::{BatchTensors, causal_target_logits};
 
 /// A teacher's answer for one batch.
@@ -119,23 +121,43 @@ impl TeacherOut {
 
 /// A teacher folder loaded into this process; scores without grad.
 pub struct InProcess {
-    teacher: Teacher,
+    teacher: InProcessModel,
     info: SourceInfo,
 }
 
+/// The teacher an [`InProcess`] source holds.
+#[allow(clippy::large_enum_variant)]
+enum InProcessModel {
+    /// A decoder-only text model (Hugging Face folder or GGUF).
+    Text(Teacher),
+    /// A vision-language twin folder: it reads each row's image at the placeholder.
+    Vision(VisionTwinModel),
+}
+
 impl InProcess {
+    /// Loads `dir`: a vision-language twin folder (`edkd_vision_decoder`), or any folder
+    /// or GGUF file a text teacher loads from.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let teacher = Teacher::load(
-            dir,
-            LoadOptions {
-                device,
-                kind: Kind::Float,
-            },
-        )?;
+        let opts = LoadOptions {
+            device,
+            kind: Kind::Float,
+        };
+        let (teacher, tokenizer, vocab_size) =
+            if vision::folder_kind(dir) == Some(VisionFolder::Twin) {
+                let m = VisionTwinModel::load(dir, opts)?;
+                let sha = m.tokenizer.as_ref().map(|t| t.sha256().to_owned());
+                let vocab = m.model.text.config.vocab_size;
+                (InProcessModel::Vision(m), sha, vocab)
+            } else {
+                let t = Teacher::load(dir, opts)?;
+                let sha = t.tokenizer.as_ref().map(|t| t.sha256().to_owned());
+                let vocab = t.model.config.vocab_size;
+                (InProcessModel::Text(t), sha, vocab)
+            };
         let info = SourceInfo {
             description: format!("in-process teacher {}", dir.display()),
-            tokenizer_sha256: teacher.tokenizer.as_ref().map(|t| t.sha256().to_owned()),
-            vocab_size: teacher.model.config.vocab_size,
+            tokenizer_sha256: tokenizer,
+            vocab_size,
             temperature: None,
             teacher_prompt: None,
         };
@@ -148,9 +170,27 @@ impl TeacherSource for InProcess {
         &self.info
     }
 
+    /// A vision-language teacher reads `prompt ++ target` with the row's image at the
+    /// placeholder; its logits are gathered where each target token is predicted
+    /// ([`vision::twin_target_logits`]). A text teacher refuses a batch with images: it
+    /// would answer blind, and distilling blind answers teaches the student to ignore the
+    /// image.
     fn score(&mut self, batch: &Batch) -> Result<TeacherOut> {
-        let t = BatchTensors::new(batch, self.teacher.model.device());
-        let logits = tch::no_grad(|| causal_target_logits(&self.teacher.model, &t, false));
+        let logits = match &self.teacher {
+            InProcessModel::Text(teacher) => {
+                vision::refuse_images(batch, "the in-process teacher (a text model)")?;
+                let t = BatchTensors::new(batch, teacher.model.device());
+                tch::no_grad(|| causal_target_logits(&teacher.model, &t, false))
+            }
+            InProcessModel::Vision(m) => {
+                let device = m.model.text.device();
+                let mut t = BatchTensors::new(batch, device);
+                let id = m.model.embedder.config.image_token_id;
+                t.pixel_values =
+                    vision::batch_pixels(&m.processor, id, batch)?.map(|p| p.to_device(device));
+                tch::no_grad(|| vision::twin_target_logits(&m.model, &t, false))?
+            }
+        };
         Ok(TeacherOut::Full(logits.to_kind(Kind::Float)))
     }
 }
