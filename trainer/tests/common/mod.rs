@@ -2,6 +2,8 @@
 //! teacher's tokenizer, and a small config over it.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 
 use edkd_data::prepare::{PrepareConfig, Truncation};
