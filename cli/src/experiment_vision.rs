@@ -29,8 +29,8 @@ pub struct Args {
     teacher_steps: u64,
     #[arg(long, default_value_t = 1000)]
     student_steps: u64,
-    /// Image side in pixels (a multiple of the tower's patch size, 8).
-    #[arg(long, default_value_t = 64)]
+    /// Image side in pixels (a multiple of the tower's patch size, 16).
+    #[arg(long, default_value_t = 48)]
     image_size: u32,
     /// libtorch threads (0: all cores).
     #[arg(long, default_value_t = 0)]
