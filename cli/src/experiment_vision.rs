@@ -25,9 +25,9 @@ pub struct Args {
     /// Held-out examples scored.
     #[arg(long, default_value_t = 500)]
     eval_examples: usize,
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 4000)]
     teacher_steps: u64,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 2000)]
     student_steps: u64,
     /// Image side in pixels (a multiple of the tower's patch size, 16).
     #[arg(long, default_value_t = 48)]

@@ -67,8 +67,8 @@ impl VisionConfig {
             // leaves the majority-answer plateau far sooner than with 8-pixel patches.
             image_size: 48,
             patch_size: 16,
-            teacher_steps: 1_500,
-            student_steps: 1_000,
+            teacher_steps: 4_000,
+            student_steps: 2_000,
             seeds: vec![0, 1, 2],
             vocab_size: 384,
             threads: 0,
@@ -136,6 +136,9 @@ impl VisionConfig {
             // warmup-stable-decay keeps the learning rate up long enough to leave it.
             "optim.schedule=wsd".into(),
             "optim.lr=3e-3".into(),
+            // Short rows (9 image + ~12 text tokens): 32 of them a step.
+            "batch.max_rows=32".into(),
+            "batch.max_tokens=4096".into(),
         ]
     }
 }
