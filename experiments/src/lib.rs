@@ -42,6 +42,7 @@ pub mod kd_real;
 pub mod loopback;
 pub mod memory;
 pub mod python;
+pub mod report_files;
 pub mod synthetic;
 pub mod teacher_forward;
 pub mod training;

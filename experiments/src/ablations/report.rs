@@ -17,8 +17,6 @@ use crate::error::{Error, Result};
 
 /// Seed of every bootstrap in the report.
 const BOOTSTRAP_SEED: u64 = 15;
-/// Heading of the hand-written part of `ablations.md`, carried over on a rerun.
-pub const COMMENTARY: &str = "## Commentary";
 
 type Metric = fn(&Prediction) -> f64;
 /// One end of an interval.
@@ -358,17 +356,9 @@ impl AblationReport {
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let md_path = dir.join("ablations.md");
-        let mut md = self.markdown();
-        if let Ok(old) = std::fs::read_to_string(&md_path)
-            && let Some(at) = old.find(COMMENTARY)
-        {
-            md += "\n";
-            md += &old[at..];
-        }
-        std::fs::write(&md_path, md).map_err(Error::io(&md_path))?;
+        crate::report_files::write_markdown(&md_path, self.markdown())?;
         let json = dir.join("ablations.json");
-        let text = serde_json::to_string_pretty(self).expect("report serialises") + "\n";
-        std::fs::write(&json, text).map_err(Error::io(&json))?;
+        crate::report_files::write_json(&json, self)?;
         let png = dir.join("ablations.png");
         self.figure().save_png(&png)?;
         Ok(vec![md_path, json, png])

@@ -18,8 +18,7 @@ pub const PAPER_DECODE_SPEEDUP: f64 = 4.7;
 pub const PAPER_MEMORY_REDUCTION: (f64, f64) = (0.11, 0.16);
 pub const PAPER_FLOP_REDUCTION: f64 = 0.22;
 
-/// The heading of the hand-written part of `efficiency.md`, kept across reruns.
-pub const COMMENTARY: &str = "## Commentary";
+pub use crate::report_files::COMMENTARY;
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -435,18 +434,9 @@ pub fn write(r: &EfficiencyReport, dir: &Path, name: &str) -> Result<Written> {
         figures.push(png);
     }
     let markdown_path = dir.join(format!("{name}.md"));
-    let mut text = markdown(r, &figures);
-    // Hand-written commentary survives a rerun: it is carried over from the old file.
-    if let Ok(old) = std::fs::read_to_string(&markdown_path)
-        && let Some(at) = old.find(COMMENTARY)
-    {
-        text += "\n";
-        text += &old[at..];
-    }
-    std::fs::write(&markdown_path, text).map_err(Error::io(&markdown_path))?;
+    crate::report_files::write_markdown(&markdown_path, markdown(r, &figures))?;
     let json = dir.join(format!("{name}.json"));
-    let text = serde_json::to_string_pretty(r).expect("report serialises") + "\n";
-    std::fs::write(&json, text).map_err(Error::io(&json))?;
+    crate::report_files::write_json(&json, r)?;
     Ok(Written {
         markdown: markdown_path,
         json,

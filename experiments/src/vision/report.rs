@@ -17,8 +17,6 @@ use crate::efficiency::experiment::EfficiencyReport;
 use crate::error::{Error, Result};
 
 const BOOTSTRAP_SEED: u64 = 21;
-/// Heading of the hand-written part of `vision.md`, carried over on a rerun.
-pub const COMMENTARY: &str = "## Commentary";
 /// The efficiency reports the vision report summarises, by image tokens.
 pub const EFFICIENCY_REPORTS: [(i64, &str); 2] = [
     (576, "vision-efficiency-576"),
@@ -290,17 +288,9 @@ impl VisionReport {
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
         let md_path = dir.join("vision.md");
-        let mut md = self.markdown(dir);
-        if let Ok(old) = std::fs::read_to_string(&md_path)
-            && let Some(at) = old.find(COMMENTARY)
-        {
-            md += "\n";
-            md += &old[at..];
-        }
-        std::fs::write(&md_path, md).map_err(Error::io(&md_path))?;
+        crate::report_files::write_markdown(&md_path, self.markdown(dir))?;
         let json = dir.join("vision.json");
-        let text = serde_json::to_string_pretty(self).expect("report serialises") + "\n";
-        std::fs::write(&json, text).map_err(Error::io(&json))?;
+        crate::report_files::write_json(&json, self)?;
         Ok(vec![md_path, json])
     }
 }
