@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod multimodal;
 pub mod nn;
 pub mod pt;
+pub mod rng;
 pub mod sampling;
 pub mod student;
 pub mod teacher;

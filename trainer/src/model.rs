@@ -164,9 +164,10 @@ impl Net {
                     Architecture::DecoderOnly => {
                         cfg.validate()?;
                         let lm = twin_config(&cfg);
-                        tch::manual_seed(seed as i64);
                         let vs = VarStore::new(device);
-                        let model = CausalLm::new(&vs.root(), &lm);
+                        let model = edkd_models::rng::seeded(seed as i64, || {
+                            CausalLm::new(&vs.root(), &lm)
+                        });
                         Net::DecoderOnly { vs, model }
                     }
                 }

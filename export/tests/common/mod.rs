@@ -18,10 +18,18 @@ pub fn tiny_student(dir: &Path, seed: i64) -> StudentModel {
         let vars = s.vs.variables();
         let e = &vars["embed_tokens.weight"];
         let mut e = e.shallow_clone();
-        e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * EMBED_STD));
+        e.copy_(&(embeddings(&e, seed) * EMBED_STD));
     });
     s.save(dir, None).unwrap();
     s
+}
+
+/// Standard-normal embeddings of `e`'s shape, from `seed` alone (whatever other test
+/// threads draw meanwhile).
+fn embeddings(e: &Tensor, seed: i64) -> Tensor {
+    edkd_models::rng::seeded(seed.wrapping_add(1_000), || {
+        Tensor::randn(e.size(), (Kind::Float, Device::Cpu))
+    })
 }
 
 /// The tiny student's decoder-only twin, saved as a Llama folder in `dir`.
@@ -31,7 +39,7 @@ pub fn tiny_twin(dir: &Path, seed: i64) {
     tch::no_grad(|| {
         let vars = vs.variables();
         let mut e = vars["model.embed_tokens.weight"].shallow_clone();
-        e.copy_(&(Tensor::randn(e.size(), (Kind::Float, Device::Cpu)) * EMBED_STD));
+        e.copy_(&(embeddings(&e, seed) * EMBED_STD));
     });
     save_folder(dir, &twin.config.to_hf_json(), &vs, None).unwrap();
 }

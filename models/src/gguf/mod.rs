@@ -102,7 +102,7 @@ impl GgufModel {
     /// Builds the model on the CPU in f32 and fills it from the file, strictly.
     pub fn load_weights(&self) -> Result<(VarStore, CausalLm)> {
         let mut vs = VarStore::new(Device::Cpu);
-        let model = CausalLm::new(&vs.root(), &self.config);
+        let model = crate::rng::exclusive(|| CausalLm::new(&vs.root(), &self.config));
         let heads = (self.config.num_heads, self.config.num_kv_heads);
         tensors::load_into(&mut vs, &self.file, self.arch, heads)?;
         Ok((vs, model))

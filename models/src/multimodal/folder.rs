@@ -161,9 +161,8 @@ impl VisionStudentModel {
     /// processor is CLIP's default at the tower's size.
     pub fn init(config: &StudentConfig, device: Device, seed: i64) -> Result<Self> {
         config.validate()?;
-        tch::manual_seed(seed);
         let vs = VarStore::new(device);
-        let model = VisionStudent::new(&vs.root(), config)?;
+        let model = crate::rng::seeded(seed, || VisionStudent::new(&vs.root(), config))?;
         let size = model.embedder.tower_config().image_size as u32;
         Self::finish(vs, model, ImageProcessor::clip_default(size), None, None)
     }
@@ -189,9 +188,8 @@ impl VisionStudentModel {
         };
         config.vision = Some(choices.with_tower(tower));
         config.validate()?;
-        tch::manual_seed(seed);
         let mut vs = VarStore::new(Device::Cpu);
-        let model = VisionStudent::new(&vs.root(), &config)?;
+        let model = crate::rng::seeded(seed, || VisionStudent::new(&vs.root(), &config))?;
         let mut tokenizer = None;
         if let (Some(s), TextSource::Folder(dir)) = (loaded, text) {
             let copied = copy_variables(&s.vs, &vs, |_| true, dir)?;
@@ -213,14 +211,16 @@ impl VisionStudentModel {
         check_dtype(opts.kind, opts.device)?;
         let config = read_config(dir)?;
         let mut vs = VarStore::new(Device::Cpu);
-        let model = VisionStudent::new(&vs.root(), &config).map_err(|e| match e {
-            Error::Config { field, msg, .. } => Error::Config {
-                path: dir.join("config.json"),
-                field,
-                msg,
+        let model = crate::rng::exclusive(|| VisionStudent::new(&vs.root(), &config)).map_err(
+            |e| match e {
+                Error::Config { field, msg, .. } => Error::Config {
+                    path: dir.join("config.json"),
+                    field,
+                    msg,
+                },
+                other => other,
             },
-            other => other,
-        })?;
+        )?;
         load_folder(&mut vs, dir)?;
         vs.set_kind(opts.kind);
         vs.set_device(opts.device);

@@ -57,9 +57,10 @@ impl VisionTwinModel {
             field: "vision",
             msg: "absent: a vision-language twin needs the student's vision section".into(),
         })?;
-        tch::manual_seed(seed);
         let vs = VarStore::new(device);
-        let model = VisionTwin::new(&vs.root(), &twin_config(student), vision)?;
+        let model = crate::rng::seeded(seed, || {
+            VisionTwin::new(&vs.root(), &twin_config(student), vision)
+        })?;
         let size = model.embedder.tower_config().image_size as u32;
         Ok(Self::finish(
             vs,
@@ -144,7 +145,7 @@ impl VisionTwinModel {
         let pad = text.pad_token_id.unwrap_or(-1);
         config.vision.validate(text.vocab_size, pad, &path)?;
         let mut vs = VarStore::new(Device::Cpu);
-        let model = VisionTwin::new(&vs.root(), &text, &config.vision)?;
+        let model = crate::rng::exclusive(|| VisionTwin::new(&vs.root(), &text, &config.vision))?;
         load_folder(&mut vs, dir)?;
         vs.set_kind(opts.kind);
         vs.set_device(opts.device);

@@ -259,7 +259,7 @@ pub fn init_from_teacher(source: &Teacher, spec: &InitSpec) -> Result<StudentMod
     let config = student_config(c, spec);
     config.validate()?;
     let vs = VarStore::new(Device::Cpu);
-    let model = Student::new(&vs.root(), &config);
+    let model = crate::rng::exclusive(|| Student::new(&vs.root(), &config));
     let from: HashMap<String, Tensor> = source.vs.variables();
     let mut unmapped = Vec::new();
     tch::no_grad(|| -> Result<()> {

@@ -28,9 +28,8 @@ impl StudentModel {
     pub fn init(config: &StudentConfig, device: Device, seed: i64) -> Result<Self> {
         config.validate()?;
         text_only(config, Path::new("student config"))?;
-        tch::manual_seed(seed);
         let vs = VarStore::new(device);
-        let model = Student::new(&vs.root(), config);
+        let model = crate::rng::seeded(seed, || Student::new(&vs.root(), config));
         Ok(Self {
             vs,
             model,
@@ -44,7 +43,7 @@ impl StudentModel {
         let config = read_config(dir)?;
         text_only(&config, &dir.join("config.json"))?;
         let mut vs = VarStore::new(Device::Cpu);
-        let model = Student::new(&vs.root(), &config);
+        let model = crate::rng::exclusive(|| Student::new(&vs.root(), &config));
         crate::weights::load_folder(&mut vs, dir)?;
         vs.set_kind(opts.kind);
         vs.set_device(opts.device);
@@ -148,8 +147,7 @@ pub fn folder_kind(dir: &Path) -> Result<FolderKind> {
 
 /// A decoder-only twin initialised at random, saved as a Hugging Face Llama folder.
 pub fn init_twin(student: &StudentConfig, device: Device, seed: i64) -> (VarStore, CausalLm) {
-    tch::manual_seed(seed);
     let vs = VarStore::new(device);
-    let model = CausalLm::new(&vs.root(), &twin_config(student));
+    let model = crate::rng::seeded(seed, || CausalLm::new(&vs.root(), &twin_config(student)));
     (vs, model)
 }

@@ -76,7 +76,7 @@ impl Teacher {
         check_dtype(opts.kind, opts.device)?;
         let config = CausalLmConfig::from_folder(dir)?;
         let mut vs = VarStore::new(Device::Cpu);
-        let model = CausalLm::new(&vs.root(), &config);
+        let model = crate::rng::exclusive(|| CausalLm::new(&vs.root(), &config));
         crate::weights::load_folder(&mut vs, dir)?;
         vs.set_kind(opts.kind);
         vs.set_device(opts.device);

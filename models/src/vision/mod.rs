@@ -50,7 +50,8 @@ impl VisionTower {
         let config = ClipVisionConfig::from_folder(dir)?;
         let processor = ImageProcessor::from_folder(dir, config.image_size as u32)?;
         let mut vs = VarStore::new(Device::Cpu);
-        let model = ClipVisionModel::new(&(vs.root() / Self::SCOPE), &config);
+        let model =
+            crate::rng::exclusive(|| ClipVisionModel::new(&(vs.root() / Self::SCOPE), &config));
         load_tower_weights(&mut vs, Self::SCOPE, dir, config.checkpoint)?;
         vs.set_kind(opts.kind);
         vs.set_device(opts.device);

@@ -51,7 +51,6 @@ impl Trainer<'_> {
         let cfg = self.cfg;
         let step = self.state.step;
         let t0 = Instant::now();
-        tch::manual_seed(step_seed(cfg.seed, step, SALT_TORCH) as i64);
         let on_policy = self.on_policy.due(step, self.teacher.is_some());
 
         let mut micro = Vec::with_capacity(cfg.optim.accumulation);
@@ -87,24 +86,30 @@ impl Trainer<'_> {
         let [global_tokens, global_samples, global_real] = counts;
 
         let mut sums = Sums::default();
-        for (i, f) in micro.into_iter().enumerate() {
-            if f.batch.rows == 0 {
-                continue;
+        // Dropout draws from libtorch's process-global generator: seeded per step, and held
+        // for the forward and backward passes only (no collective or teacher wait inside).
+        let seed = step_seed(cfg.seed, step, SALT_TORCH) as i64;
+        edkd_models::rng::seeded(seed, || -> Result<()> {
+            for (i, f) in micro.into_iter().enumerate() {
+                if f.batch.rows == 0 {
+                    continue;
+                }
+                let teacher = f.teacher.transpose()?;
+                if on_policy {
+                    let sample = sampled.get(i).and_then(Option::as_ref);
+                    self.backward_on_policy(
+                        &f.batch,
+                        sample,
+                        global_tokens,
+                        global_samples,
+                        &mut sums,
+                    )?;
+                } else {
+                    self.backward_off_policy(&f.batch, teacher.as_ref(), global_tokens, &mut sums)?;
+                }
             }
-            let teacher = f.teacher.transpose()?;
-            if on_policy {
-                let sample = sampled.get(i).and_then(Option::as_ref);
-                self.backward_on_policy(
-                    &f.batch,
-                    sample,
-                    global_tokens,
-                    global_samples,
-                    &mut sums,
-                )?;
-            } else {
-                self.backward_off_policy(&f.batch, teacher.as_ref(), global_tokens, &mut sums)?;
-            }
-        }
+            Ok(())
+        })?;
         // Summed before the update so that every rank agrees on skipping a non-finite step.
         let stop_here = self.stop_requested() as u8 as f64;
         let mut s = [
