@@ -200,7 +200,12 @@ fn generate_reads_an_image_for_vision_language_students_and_twins() {
     cfg.pad_token_id = c.pad_token_id;
     let want = student
         .model
-        .generate(&[prompt.clone()], Some(&pixels), &cfg, Decoding::Cached)
+        .generate(
+            std::slice::from_ref(&prompt),
+            Some(&pixels),
+            &cfg,
+            Decoding::Cached,
+        )
         .unwrap();
     assert_eq!(generated(&sdir), want[0]);
     // The twin (the prompt's placeholder becomes the image's patch tokens there too).
