@@ -9,6 +9,9 @@
 //!   that depends on timing, which changes its answers in the last bits;
 //! - a single-process `edkd train` killed with SIGKILL and resumed ends bit-identical.
 
+#[path = "../../test-support/ports.rs"]
+mod ports;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -239,20 +242,6 @@ fn two_ranks_equal_one_rank_with_twice_the_batch_and_resume_across_world_sizes()
     }
 }
 
-/// A port `p` such that nothing listens on `p .. p + count` now.
-fn free_ports(count: u16) -> u16 {
-    loop {
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = first.local_addr().unwrap().port();
-        let rest: Vec<_> = (1..count)
-            .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", p.checked_add(i)?)).ok())
-            .collect();
-        if rest.len() + 1 == count as usize {
-            return p;
-        }
-    }
-}
-
 /// Processes whose command line contains `needle`, with their command lines.
 fn processes_with(needle: &str) -> Vec<(u32, String)> {
     let me = std::process::id();
@@ -299,7 +288,7 @@ struct Job {
 
 fn write_job(dir: &Path, name: &str, replicas: u16, config: &Path, data: &Path) -> Job {
     let output = dir.join(format!("launch-{name}-{}", std::process::id()));
-    let port = free_ports(replicas);
+    let port = ports::free_ports(replicas);
     let text = format!(
         r#"name = "dist-{name}"
 output = "{output}"

@@ -3,6 +3,9 @@
 //! waits, and finishes with the weights of an uninterrupted run. And a second SIGTERM
 //! aborts a run at once, whatever its step is doing.
 
+#[path = "../../test-support/ports.rs"]
+mod ports;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -46,14 +49,6 @@ impl Drop for Guard {
             let _ = self.0.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `edkd teacher serve` on `port` and waits for its startup line.
@@ -153,7 +148,7 @@ fn a_teacher_killed_and_restarted_mid_run_changes_nothing() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = prepare(tmp.path());
-    let port = free_port();
+    let port = ports::free_port();
     let addr = format!("127.0.0.1:{port}");
 
     let teacher = serve(port);
@@ -218,7 +213,7 @@ fn a_teacher_that_stays_dead_fails_the_run_naming_its_address() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = prepare(tmp.path());
-    let port = free_port();
+    let port = ports::free_port();
     let addr = format!("127.0.0.1:{port}");
     let teacher = serve(port);
     let out = tmp.path().join("run");
@@ -252,7 +247,7 @@ fn a_second_sigterm_aborts_a_run_stuck_in_its_step() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let data = prepare(tmp.path());
-    let port = free_port();
+    let port = ports::free_port();
     let addr = format!("127.0.0.1:{port}");
     let teacher = serve(port);
     let out = tmp.path().join("run");

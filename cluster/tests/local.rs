@@ -1,6 +1,9 @@
 //! The local supervisor with stand-in commands: `sh -c` scripts for trainers, and this test
 //! binary re-run as a real gRPC health server for teachers (see [`stand_in_teacher`]).
 
+#[path = "../../test-support/ports.rs"]
+mod ports;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -159,13 +162,6 @@ fn wait_for_line(lines: &Lines, needle: &str) -> Result<String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("no line containing {needle:?} in {:?}", texts(lines))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Whether `pid` is a live process (a zombie awaiting its reaper counts as dead).
@@ -380,8 +376,8 @@ fn stop_kills_whole_process_groups() -> Result<()> {
 fn teachers_become_healthy_before_the_trainer_starts() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let teachers = vec![
-        stand_in("teacher0", free_port(), 300, None),
-        stand_in("teacher1", free_port(), 600, None),
+        stand_in("teacher0", ports::free_port(), 300, None),
+        stand_in("teacher1", ports::free_port(), 600, None),
     ];
     let trainer = sh("trainer", "echo trained", &[]);
     let (opts, lines) = options();
@@ -402,7 +398,7 @@ fn teachers_become_healthy_before_the_trainer_starts() -> Result<()> {
 #[test]
 fn dead_teacher_restarts_everything() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let teachers = vec![stand_in("teacher0", free_port(), 0, Some(800))];
+    let teachers = vec![stand_in("teacher0", ports::free_port(), 0, Some(800))];
     let trainer = sh("trainer", r#"echo "started $$ $*"; sleep 1000"#, &[]);
     let (opts, lines) = options();
     let outcome = local::supervise(&launch_plan(dir.path(), teachers, trainer, 1), &opts)?;
@@ -437,7 +433,7 @@ fn dead_teacher_restarts_everything() -> Result<()> {
 #[test]
 fn teacher_that_never_serves_times_out_with_its_log_tail() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port();
+    let port = ports::free_port();
     let teacher = TeacherLaunch {
         process: sh(
             "teacher0",
@@ -477,7 +473,7 @@ fn teacher_that_exits_at_startup_is_an_error() -> Result<()> {
             "echo 'no config.json in models/x' >&2; exit 2",
             &[],
         ),
-        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, ports::free_port())),
     };
     let (opts, _) = options();
     let trainer = sh("trainer", "true", &[]);

@@ -1,6 +1,9 @@
 //! Runs the rendered sbatch script under bash with stand-ins for `srun`, `scontrol` and
 //! `edkd` on PATH, to check its restart logic rather than just its text.
 
+#[path = "../../test-support/ports.rs"]
+mod ports;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -207,19 +210,13 @@ fn python3() -> bool {
     Command::new("python3").arg("--version").output().is_ok()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[test]
 fn trainer_waits_for_teachers_and_gets_their_address() -> Result<()> {
     if !python3() {
         eprintln!("python3 not installed: skipped");
         return Ok(());
     }
-    let port = free_port()?;
+    let port = ports::free_port();
     let cluster = Cluster::new(Some(port), 1)?;
     let output = cluster.run(0, &[])?;
     ensure!(output.status.success(), "{}", describe(&output));
@@ -243,7 +240,7 @@ fn dead_teacher_requeues_the_job() -> Result<()> {
         eprintln!("python3 not installed: skipped");
         return Ok(());
     }
-    let cluster = Cluster::new(Some(free_port()?), 1)?;
+    let cluster = Cluster::new(Some(ports::free_port()), 1)?;
     let output = cluster.run(0, &[("FAKE_TEACHER_DIES", "1"), ("FAKE_TRAIN_SLEEP", "30")])?;
     ensure!(output.status.success(), "{}", describe(&output));
     let log = RestartLog::load(&cluster.path("run"))?;
