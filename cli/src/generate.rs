@@ -135,10 +135,10 @@ fn generate_vision(
     opts: LoadOptions,
     config_for: impl Fn(i64, i64) -> GenerationConfig,
 ) -> anyhow::Result<()> {
-    let cfg_of = |image_token_id: i64, eos: i64, pad: i64| {
+    // As evaluation does: never an id past the tokenizer's (the vocabulary's padding rows).
+    let cfg_of = |tok: Option<&Tokenizer>, eos: i64, pad: i64| {
         let mut cfg = config_for(eos, pad);
-        // A generated placeholder would ask for an image nobody gave.
-        cfg.max_token_id = Some(image_token_id);
+        cfg.max_token_id = tok.map(|t| t.vocab_size() as i64);
         cfg
     };
     match kind {
@@ -148,7 +148,7 @@ fn generate_vision(
             let image_id = c.vision.as_ref().map_or(-1, |v| v.image_token_id);
             let ids = input_ids(args, m.tokenizer.as_ref(), false)?;
             let pixels = pixels(args, &ids, image_id, &m.processor, m.model.text.device())?;
-            let cfg = cfg_of(image_id, c.eos_token_id, c.pad_token_id);
+            let cfg = cfg_of(m.tokenizer.as_ref(), c.eos_token_id, c.pad_token_id);
             let out = m
                 .model
                 .generate(&[ids], pixels.as_ref(), &cfg, Decoding::Cached)?;
@@ -160,7 +160,7 @@ fn generate_vision(
             let image_id = m.model.embedder.config.image_token_id;
             let ids = input_ids(args, m.tokenizer.as_ref(), true)?;
             let pixels = pixels(args, &ids, image_id, &m.processor, m.model.text.device())?;
-            let mut cfg = cfg_of(image_id, -1, c.pad_token_id.unwrap_or(0));
+            let mut cfg = cfg_of(m.tokenizer.as_ref(), -1, c.pad_token_id.unwrap_or(0));
             cfg.eos_token_ids = c.eos_token_ids.clone();
             let out = m.model.generate(&[ids], pixels.as_ref(), &cfg)?;
             print_output(&out[0], m.tokenizer.as_ref())
