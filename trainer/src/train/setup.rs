@@ -77,7 +77,13 @@ impl RunData {
             seed: cfg.seed,
             max_tokens: cfg.batch.max_tokens,
             max_rows: cfg.batch.max_rows,
-            bucket_window: cfg.batch.bucket_window.max(1),
+            // 0 turns length sorting off; the window then only bounds how many examples are
+            // packed (in shuffled order) and shuffled together, so it stays large: a window
+            // of one example would make every micro-batch a single row.
+            bucket_window: match cfg.batch.bucket_window {
+                0 => edkd_data::reader::DEFAULT_BUCKET_WINDOW,
+                w => w,
+            },
             bucket_by_length: cfg.batch.bucket_window > 0,
             shuffle: cfg.batch.shuffle,
             teacher: true,
@@ -384,4 +390,22 @@ pub(crate) fn resume(
         ..st
     };
     Ok((state, Some(cursor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_window_zero_turns_sorting_off_not_batching() {
+        let mut cfg = TrainConfig::default();
+        cfg.batch.bucket_window = 0;
+        let r = RunData::reader_config(&cfg, 0, 1);
+        assert!(!r.bucket_by_length);
+        assert!(r.bucket_window >= cfg.batch.max_rows, "{}", r.bucket_window);
+        cfg.batch.bucket_window = 24;
+        let r = RunData::reader_config(&cfg, 0, 1);
+        assert!(r.bucket_by_length);
+        assert_eq!(r.bucket_window, 24);
+    }
 }
