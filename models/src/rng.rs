@@ -31,14 +31,10 @@ pub fn exclusive<T>(f: impl FnOnce() -> T) -> T {
 /// thread: every other [`seeded`] section in the process waits until `f` returns, so what
 /// `f` draws depends on `seed` alone. Re-entrant on the same thread.
 pub fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    if HELD.with(Cell::get) {
+    exclusive(|| {
         tch::manual_seed(seed);
-        return f();
-    }
-    let _guard: MutexGuard<'_, ()> = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
-    let _release = Held::enter();
-    tch::manual_seed(seed);
-    f()
+        f()
+    })
 }
 
 /// Marks this thread as inside a section until dropped (also when `f` panics).
